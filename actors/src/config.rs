@@ -1,0 +1,206 @@
+//! A node's configuration file (`plexus node --config FILE`).
+//!
+//! Relative paths in the file are resolved against the file's directory, so a
+//! cluster directory can be moved as a whole.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// File path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for a node config.
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// File path.
+        path: PathBuf,
+        /// Parser message.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// Paths of the node's TLS material.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TlsPaths {
+    /// The cluster CA certificate (PEM).
+    pub ca_cert: PathBuf,
+    /// This node's certificate (PEM), signed by the CA.
+    pub node_cert: PathBuf,
+    /// This node's private key (PEM).
+    pub node_key: PathBuf,
+}
+
+/// A cluster member.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// Node id (non-zero, unique).
+    pub id: u64,
+    /// Its QUIC `ip:port`.
+    pub addr: SocketAddr,
+}
+
+/// Raft timings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RaftTimings {
+    /// Leader heartbeat period, ms.
+    pub heartbeat_ms: u64,
+    /// Election timeout lower bound, ms.
+    pub election_timeout_min_ms: u64,
+    /// Election timeout upper bound, ms.
+    pub election_timeout_max_ms: u64,
+    /// Applied entries between snapshots.
+    pub snapshot_logs_since_last: u64,
+}
+
+impl Default for RaftTimings {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 250,
+            election_timeout_min_ms: 1_000,
+            election_timeout_max_ms: 2_000,
+            snapshot_logs_since_last: 10_000,
+        }
+    }
+}
+
+/// Request limits at the gateway.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GatewayLimits {
+    /// Client requests being served at once by this node; more get `Busy`.
+    pub requests_in_flight_max: usize,
+    /// Deadline for one request inside the node, ms.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for GatewayLimits {
+    fn default() -> Self {
+        Self {
+            requests_in_flight_max: 8_192,
+            request_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeConfig {
+    /// This node's id; must appear in `peers`.
+    pub node_id: u64,
+    /// Address to bind the QUIC endpoint to.
+    pub listen: SocketAddr,
+    /// Where the WAL, snapshots and the lock file live.
+    pub data_dir: PathBuf,
+    /// Token clients must present.
+    pub token: String,
+    /// Virtual shards in the cluster (fixed at creation).
+    #[serde(default = "default_shards")]
+    pub shard_count: u32,
+    /// Replicas per shard (1..=nodes).
+    #[serde(default = "default_replication")]
+    pub replication: usize,
+    /// TLS material.
+    pub tls: TlsPaths,
+    /// Every member, this node included.
+    pub peers: Vec<PeerConfig>,
+    /// Raft timings.
+    #[serde(default)]
+    pub raft: RaftTimings,
+    /// Gateway limits.
+    #[serde(default)]
+    pub gateway: GatewayLimits,
+    /// fsync the WAL (never turn off outside benchmarks of the fsync cost itself).
+    #[serde(default = "default_true")]
+    pub fsync: bool,
+}
+
+fn default_shards() -> u32 {
+    64
+}
+fn default_replication() -> usize {
+    3
+}
+fn default_true() -> bool {
+    true
+}
+
+impl NodeConfig {
+    /// Reads and validates a config file, resolving relative paths.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let mut cfg: NodeConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut cfg.data_dir,
+            &mut cfg.tls.ca_cert,
+            &mut cfg.tls.node_cert,
+            &mut cfg.tls.node_key,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that would otherwise fail later and less clearly.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.shard_count == 0 || self.shard_count > 65_536 {
+            return Err(ConfigError::Invalid(format!(
+                "shard_count {} must be in 1..=65536",
+                self.shard_count
+            )));
+        }
+        if !self.peers.iter().any(|p| p.id == self.node_id) {
+            return Err(ConfigError::Invalid(format!(
+                "node_id {} is not among peers",
+                self.node_id
+            )));
+        }
+        let mut ids: Vec<u64> = self.peers.iter().map(|p| p.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != self.peers.len() || ids.contains(&0) {
+            return Err(ConfigError::Invalid("peer ids must be unique and non-zero".into()));
+        }
+        if self.replication == 0 || self.replication > self.peers.len() {
+            return Err(ConfigError::Invalid(format!(
+                "replication {} must be in 1..={} (the number of nodes)",
+                self.replication,
+                self.peers.len()
+            )));
+        }
+        if self.token.len() < 16 {
+            return Err(ConfigError::Invalid("token must be at least 16 characters".into()));
+        }
+        Ok(())
+    }
+
+    /// Ids of every member, ascending.
+    pub fn member_ids(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.peers.iter().map(|p| p.id).collect();
+        ids.sort_unstable();
+        ids
+    }
+}

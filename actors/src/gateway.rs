@@ -1,0 +1,145 @@
+//! The gateway: admission control and routing of client requests.
+//!
+//! `Gateway` is what the QUIC endpoint calls for every client request. It
+//! admits at most `requests_in_flight_max` requests (the rest get `Busy`
+//! at once, so no queue grows without bound), then hands the request to the
+//! supervised `GatewayActor`, which runs it against the local replica and
+//! answers. A request for a shard this node does not lead gets a redirect.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use plexus_net::ClientHandler;
+use plexus_proto::{AdminOp, Consistency, ErrorReply, HelloOk, Op, Reply, Request, Response};
+use plexus_raft::Command;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::Semaphore;
+
+use crate::registry::Registry;
+
+/// Messages of the gateway actor.
+pub enum GatewayMsg {
+    /// Serve one admitted request.
+    Handle(Request, RpcReplyPort<Response>),
+}
+
+/// The supervised actor that executes admitted client requests.
+pub struct GatewayActor;
+
+impl Actor for GatewayActor {
+    type Msg = GatewayMsg;
+    type State = Arc<Registry>;
+    type Arguments = Arc<Registry>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        registry: Arc<Registry>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(registry)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        registry: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            GatewayMsg::Handle(req, reply) => {
+                // Each request runs on its own task so a slow commit never
+                // holds up the mailbox; admission already bounded how many exist.
+                let registry = registry.clone();
+                tokio::spawn(async move {
+                    let resp = execute(&registry, req).await;
+                    let _ = reply.send(resp);
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs one request against this node's replicas.
+pub async fn execute(registry: &Registry, req: Request) -> Response {
+    let span = tracing::debug_span!("request", shard = req.shard);
+    let _enter = span.enter();
+    if let Op::Admin(admin) = &req.op {
+        return Ok(match admin {
+            AdminOp::ShardMap => Reply::ShardMap(registry.shard_map()),
+            AdminOp::Status => Reply::Status(registry.status(None)),
+        });
+    }
+    let expected = req.op.shard(registry.shard_count).unwrap_or(req.shard);
+    if expected != req.shard {
+        return Err(ErrorReply::WrongShard {
+            got: req.shard,
+            expected,
+        });
+    }
+    let Some(replica) = registry.get(req.shard) else {
+        return Err(registry.redirect(req.shard));
+    };
+    match req.op {
+        Op::Write(op) => {
+            if !replica.is_leader() {
+                return Err(registry.redirect(req.shard));
+            }
+            let cmd = Command::Client {
+                session: req.session,
+                op,
+                now_millis: registry.clock.now_millis(),
+            };
+            replica.propose(cmd, registry.request_timeout).await
+        }
+        Op::Read(op) => {
+            if req.consistency == Consistency::Linearizable && !replica.is_leader() {
+                return Err(registry.redirect(req.shard));
+            }
+            replica.read(&op, req.consistency, registry.request_timeout).await
+        }
+        Op::Admin(_) => Err(ErrorReply::Internal("admin op fell through".into())),
+    }
+}
+
+/// The endpoint's client handler: admission, then the gateway actor.
+pub struct Gateway {
+    registry: Arc<Registry>,
+    actor: ActorRef<GatewayMsg>,
+    admission: Arc<Semaphore>,
+}
+
+impl Gateway {
+    /// A gateway admitting at most `in_flight_max` requests at once.
+    pub fn new(registry: Arc<Registry>, actor: ActorRef<GatewayMsg>, in_flight_max: usize) -> Self {
+        Self {
+            registry,
+            actor,
+            admission: Arc::new(Semaphore::new(in_flight_max)),
+        }
+    }
+}
+
+impl ClientHandler for Gateway {
+    fn hello(&self) -> HelloOk {
+        HelloOk {
+            node_id: self.registry.node_id,
+            shard_map: self.registry.shard_map(),
+        }
+    }
+
+    fn handle(&self, req: Request) -> BoxFuture<'static, Response> {
+        let permit = self.admission.clone().try_acquire_owned();
+        let actor = self.actor.clone();
+        Box::pin(async move {
+            let Ok(_permit) = permit else {
+                return Err(ErrorReply::Busy("node is at its in-flight request limit".into()));
+            };
+            match actor.call(|port| GatewayMsg::Handle(req, port), None).await {
+                Ok(ractor::rpc::CallResult::Success(resp)) => resp,
+                Ok(_) => Err(ErrorReply::Internal("gateway dropped the request".into())),
+                Err(e) => Err(ErrorReply::Internal(format!("gateway unavailable: {e}"))),
+            }
+        })
+    }
+}

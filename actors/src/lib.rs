@@ -1,0 +1,21 @@
+//! The plexus node: the ractor supervision tree and what it supervises.
+//!
+//! A node supervisor starts one shard supervisor per hosted Raft group and a
+//! gateway actor for client requests. Shard actors own replicas
+//! (`plexus-raft`) and register them in the `Registry`, which the gateway
+//! (client requests, via `plexus-net`) and the peer service (Raft RPCs) read.
+//!
+//! This crate does not parse command lines or manage processes (that is the
+//! `plexus` binary) and holds no replicated state of its own.
+
+pub mod clock;
+pub mod config;
+pub mod gateway;
+pub mod node;
+pub mod peer;
+pub mod registry;
+pub mod restart;
+pub mod shard;
+
+pub use config::NodeConfig;
+pub use node::{start_node, NodeError, NodeHandle};

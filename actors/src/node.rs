@@ -1,0 +1,282 @@
+//! Node assembly: storage, endpoint, registry and the supervision tree.
+//!
+//! ```text
+//! NodeSupervisor ─┬─ ShardSupervisor(g) ── ShardActor(g)   one per hosted group
+//!                 └─ GatewayActor                            client requests
+//! ```
+//! `start_node` opens the WAL (recovering it), binds the QUIC endpoint,
+//! starts the tree and only then serves peers and clients.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use plexus_net::{NetLimits, NodeEndpoint, TlsMaterial};
+use plexus_raft::replica::{open_log, ReplicaOptions};
+use plexus_raft::state::StateLimits;
+use plexus_raft::wal::{GroupLog, SnapshotStore, Wal, WalOptions};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::NodeConfig;
+use crate::gateway::{Gateway, GatewayActor, GatewayMsg};
+use crate::peer::{PeerService, QuicTransport};
+use crate::registry::Registry;
+use crate::restart::RestartPolicy;
+use crate::shard::{ShardArgs, ShardSupervisor, SupervisorMsg};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The data directory is unusable or locked by another process.
+    #[error("data directory {0}: {1}")]
+    DataDir(String, String),
+    /// The WAL or snapshots could not be opened (corruption included).
+    #[error("storage: {0}")]
+    Storage(String),
+    /// TLS material could not be read.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// The endpoint could not be bound.
+    #[error("network: {0}")]
+    Net(String),
+    /// The supervision tree failed to start.
+    #[error("actors: {0}")]
+    Actors(String),
+}
+
+/// Messages to the node supervisor.
+pub enum NodeMsg {
+    /// Inject a panic into a shard actor (tests).
+    InjectPanic(u32),
+}
+
+struct NodeArgs {
+    registry: Arc<Registry>,
+    wal: Wal,
+    recovered: BTreeMap<u32, GroupLog>,
+    snapshots: Arc<SnapshotStore>,
+    opts: ReplicaOptions,
+    policy: RestartPolicy,
+    gateway_slot: Arc<RwLock<Option<ActorRef<GatewayMsg>>>>,
+}
+
+struct NodeSupervisor;
+
+struct NodeState {
+    shards: BTreeMap<u32, ActorRef<SupervisorMsg>>,
+    registry: Arc<Registry>,
+    gateway_slot: Arc<RwLock<Option<ActorRef<GatewayMsg>>>>,
+}
+
+impl Actor for NodeSupervisor {
+    type Msg = NodeMsg;
+    type State = NodeState;
+    type Arguments = NodeArgs;
+
+    async fn pre_start(&self, myself: ActorRef<NodeMsg>, mut args: NodeArgs) -> Result<NodeState, ActorProcessingErr> {
+        let mut shards = BTreeMap::new();
+        for group in args.registry.hosted_groups() {
+            let log = open_log(group, &args.wal, args.recovered.remove(&group).unwrap_or_default())?;
+            let shard_args = ShardArgs {
+                group,
+                registry: args.registry.clone(),
+                log,
+                snapshots: args.snapshots.clone(),
+                opts: args.opts.clone(),
+            };
+            let (sup, _) = Actor::spawn_linked(
+                None,
+                ShardSupervisor,
+                (shard_args, args.policy.clone()),
+                myself.get_cell(),
+            )
+            .await?;
+            shards.insert(group, sup);
+        }
+        let (gw, _) = Actor::spawn_linked(None, GatewayActor, args.registry.clone(), myself.get_cell()).await?;
+        if let Ok(mut slot) = args.gateway_slot.write() {
+            *slot = Some(gw);
+        }
+        Ok(NodeState {
+            shards,
+            registry: args.registry,
+            gateway_slot: args.gateway_slot,
+        })
+    }
+
+    async fn handle(&self, _me: ActorRef<NodeMsg>, msg: NodeMsg, st: &mut NodeState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            NodeMsg::InjectPanic(group) => {
+                if let Some(s) = st.shards.get(&group) {
+                    let _ = s.cast(SupervisorMsg::InjectPanic);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<NodeMsg>,
+        evt: SupervisionEvent,
+        st: &mut NodeState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, err) = evt {
+            let gateway_failed = st
+                .gateway_slot
+                .read()
+                .ok()
+                .and_then(|g| g.as_ref().map(|g| g.get_id() == cell.get_id()))
+                .unwrap_or(false);
+            if gateway_failed {
+                tracing::error!(error = %err, "gateway actor failed; restarting it");
+                let (gw, _) = Actor::spawn_linked(None, GatewayActor, st.registry.clone(), myself.get_cell()).await?;
+                if let Ok(mut slot) = st.gateway_slot.write() {
+                    *slot = Some(gw);
+                }
+            } else {
+                // A shard supervisor only fails if its child could not even be
+                // (re)opened; the shard stays down here and the node serves the rest.
+                tracing::error!(error = %err, "shard supervisor failed; its shard is down on this node");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A running node.
+pub struct NodeHandle {
+    /// The node's registry (replicas, layout).
+    pub registry: Arc<Registry>,
+    endpoint: NodeEndpoint,
+    supervisor: ActorRef<NodeMsg>,
+    join: tokio::task::JoinHandle<()>,
+    wal: Wal,
+    _lock: std::fs::File,
+}
+
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, NodeError> {
+    let err = |e: String| NodeError::DataDir(dir.display().to_string(), e);
+    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("LOCK"))
+        .map_err(|e| err(e.to_string()))?;
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: flock on a file descriptor we own; no memory is shared with the kernel.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(err("locked by another running node".into()));
+    }
+    Ok(f)
+}
+
+/// Starts a node from its configuration.
+pub async fn start_node(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
+    start_node_with_clock(cfg, Arc::new(SystemClock)).await
+}
+
+/// Starts a node with an explicit clock (the simulator's seam).
+pub async fn start_node_with_clock(cfg: NodeConfig, clock: Arc<dyn Clock>) -> Result<NodeHandle, NodeError> {
+    let lock = lock_data_dir(&cfg.data_dir)?;
+    let wal_opts = WalOptions {
+        fsync: cfg.fsync,
+        ..WalOptions::default()
+    };
+    let (wal, recovered) =
+        Wal::open(&cfg.data_dir.join("wal"), wal_opts).map_err(|e| NodeError::Storage(e.to_string()))?;
+    if recovered.torn_tail_bytes > 0 {
+        tracing::warn!(
+            bytes = recovered.torn_tail_bytes,
+            "dropped a torn, unacknowledged WAL tail"
+        );
+    }
+    let snapshots =
+        Arc::new(SnapshotStore::open(&cfg.data_dir.join("snapshots")).map_err(|e| NodeError::Storage(e.to_string()))?);
+    let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| NodeError::Tls(format!("{}: {e}", p.display())));
+    let tls = TlsMaterial {
+        ca_pem: read(&cfg.tls.ca_cert)?,
+        cert_pem: read(&cfg.tls.node_cert)?,
+        key_pem: read(&cfg.tls.node_key)?,
+    };
+    let endpoint = NodeEndpoint::bind(cfg.node_id, cfg.listen, &tls, cfg.token.clone(), NetLimits::default())
+        .map_err(|e| NodeError::Net(e.to_string()))?;
+    let links = endpoint.peer_links();
+    for p in &cfg.peers {
+        if p.id != cfg.node_id {
+            links.set_peer(p.id, p.addr);
+        }
+    }
+    let transport = Arc::new(QuicTransport::new(links));
+    let registry = Arc::new(Registry::new(&cfg, transport, clock, endpoint.local_addr().to_string()));
+    let opts = ReplicaOptions {
+        heartbeat_ms: cfg.raft.heartbeat_ms,
+        election_timeout_min_ms: cfg.raft.election_timeout_min_ms,
+        election_timeout_max_ms: cfg.raft.election_timeout_max_ms,
+        snapshot_logs_since_last: cfg.raft.snapshot_logs_since_last,
+        limits: StateLimits::default(),
+        shard_count: cfg.shard_count,
+        ..ReplicaOptions::default()
+    };
+    let gateway_slot = Arc::new(RwLock::new(None));
+    let args = NodeArgs {
+        registry: registry.clone(),
+        wal: wal.clone(),
+        recovered: recovered.groups,
+        snapshots,
+        opts,
+        policy: RestartPolicy::default(),
+        gateway_slot: gateway_slot.clone(),
+    };
+    let (supervisor, join) = Actor::spawn(None, NodeSupervisor, args)
+        .await
+        .map_err(|e| NodeError::Actors(e.to_string()))?;
+    let gw = gateway_slot
+        .read()
+        .ok()
+        .and_then(|g| g.clone())
+        .ok_or_else(|| NodeError::Actors("gateway did not start".into()))?;
+    let gateway = Arc::new(Gateway::new(registry.clone(), gw, cfg.gateway.requests_in_flight_max));
+    endpoint.serve(Arc::new(PeerService::new(registry.clone())), gateway);
+    tracing::info!(node = cfg.node_id, addr = %endpoint.local_addr(), groups = registry.hosted_groups().len(), "node started");
+    Ok(NodeHandle {
+        registry,
+        endpoint,
+        supervisor,
+        join,
+        wal,
+        _lock: lock,
+    })
+}
+
+impl NodeHandle {
+    /// The node's QUIC address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.endpoint.local_addr()
+    }
+
+    /// Whether every hosted group has a known leader.
+    pub fn all_groups_have_leaders(&self) -> bool {
+        let hosted = self.registry.hosted_groups();
+        hosted
+            .iter()
+            .all(|g| self.registry.get(*g).and_then(|r| r.leader()).is_some())
+    }
+
+    /// Panics the shard actor of `group` (fault injection for tests).
+    pub fn inject_panic(&self, group: u32) {
+        let _ = self.supervisor.cast(NodeMsg::InjectPanic(group));
+    }
+
+    /// Stops gracefully: stop serving, stop every replica, flush the WAL.
+    pub async fn shutdown(self) {
+        self.endpoint.shutdown().await;
+        self.supervisor.stop(Some("shutdown".into()));
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.join).await;
+        self.wal.close();
+    }
+}

@@ -1,0 +1,73 @@
+//! The bridge between the QUIC peer links (`plexus-net`) and Raft: an
+//! outgoing `RaftTransport` and the incoming `PeerHandler`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use plexus_net::{NetError, PeerHandler, PeerLinks};
+use plexus_raft::network::{decode, encode, BoxFut, PeerRequest, PeerResponse, RaftTransport, TransportError};
+
+use crate::registry::Registry;
+
+/// Raft traffic over the node's QUIC peer links.
+pub struct QuicTransport {
+    links: PeerLinks,
+}
+
+impl QuicTransport {
+    /// Wraps the endpoint's peer links.
+    pub fn new(links: PeerLinks) -> Self {
+        Self { links }
+    }
+}
+
+impl RaftTransport for QuicTransport {
+    fn call(&self, to: u64, msg: Vec<u8>, timeout: Duration) -> BoxFut<Result<Vec<u8>, TransportError>> {
+        let links = self.links.clone();
+        Box::pin(async move {
+            links.call(to, msg, timeout).await.map_err(|e| match e {
+                NetError::Timeout(..) => TransportError::Timeout(to, timeout),
+                NetError::Busy(..) => TransportError::Busy(to),
+                NetError::Remote(m) => TransportError::Remote(to, m),
+                other => TransportError::Unreachable(to, other.to_string()),
+            })
+        })
+    }
+}
+
+/// Answers peers' Raft RPCs and forwarded proposals from the registry.
+pub struct PeerService {
+    registry: Arc<Registry>,
+}
+
+impl PeerService {
+    /// A service over `registry`.
+    pub fn new(registry: Arc<Registry>) -> Self {
+        Self { registry }
+    }
+}
+
+impl PeerHandler for PeerService {
+    fn handle(&self, from: u64, msg: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+        let registry = self.registry.clone();
+        Box::pin(async move {
+            let req: PeerRequest = decode(&msg)?;
+            let group = match &req {
+                PeerRequest::Append(g, _)
+                | PeerRequest::Vote(g, _)
+                | PeerRequest::Snapshot(g, _)
+                | PeerRequest::Propose(g, _) => *g,
+                PeerRequest::ShardMap => return encode(&PeerResponse::ShardMap(Box::new(registry.shard_map()))),
+            };
+            let resp = match registry.get(group) {
+                Some(replica) => replica.handle_peer(req, registry.request_timeout).await,
+                None => {
+                    tracing::debug!(from, group, "peer message for a group not running here");
+                    PeerResponse::NoSuchGroup(group)
+                }
+            };
+            encode(&resp)
+        })
+    }
+}

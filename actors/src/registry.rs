@@ -1,0 +1,215 @@
+//! The node's table of running replicas, shared by the gateway, the peer
+//! service and the shard actors.
+//!
+//! Shard actors own their replicas' lifecycles and (de)register them here;
+//! requests look replicas up here instead of queueing through an actor's
+//! mailbox, so the hot path has no extra hop.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use plexus_proto::{ErrorReply, NodeId, NodeInfo, NodeStatus, Response, ShardMap, ShardPlacement};
+use plexus_raft::network::{decode, encode, PeerRequest, PeerResponse, RaftTransport};
+use plexus_raft::replica::{place, Replica};
+use plexus_raft::{Command, META_GROUP};
+
+use crate::clock::Clock;
+use crate::config::NodeConfig;
+
+/// Forwarding hops a proposal may take while chasing a moving leader.
+pub const FORWARD_HOPS_MAX: usize = 3;
+
+/// Running replicas and cluster layout as this node knows it.
+pub struct Registry {
+    /// This node.
+    pub node_id: NodeId,
+    /// Virtual shards in the cluster.
+    pub shard_count: u32,
+    /// Member id → QUIC address.
+    pub members: BTreeMap<NodeId, String>,
+    /// Replica node ids per shard.
+    pub placement: Vec<Vec<NodeId>>,
+    /// Node ids that host the meta group.
+    pub meta_members: Vec<NodeId>,
+    /// How this node reaches its peers.
+    pub transport: Arc<dyn RaftTransport>,
+    /// Deadline for one request or proposal.
+    pub request_timeout: Duration,
+    /// Source of wall-clock time for commands.
+    pub clock: Arc<dyn Clock>,
+    /// This node's QUIC address.
+    pub addr: String,
+    replicas: RwLock<BTreeMap<u32, Replica>>,
+    /// Times each group's replica was (re)started on this node.
+    starts: RwLock<BTreeMap<u32, u64>>,
+}
+
+/// Meta-group replicas: at most this many of the lowest node ids.
+pub const META_REPLICAS_MAX: usize = 5;
+
+impl Registry {
+    /// Builds the layout from the node config.
+    pub fn new(cfg: &NodeConfig, transport: Arc<dyn RaftTransport>, clock: Arc<dyn Clock>, addr: String) -> Self {
+        let ids = cfg.member_ids();
+        let placement = (0..cfg.shard_count).map(|s| place(s, &ids, cfg.replication)).collect();
+        Self {
+            node_id: cfg.node_id,
+            shard_count: cfg.shard_count,
+            members: cfg.peers.iter().map(|p| (p.id, p.addr.to_string())).collect(),
+            placement,
+            meta_members: ids.iter().copied().take(META_REPLICAS_MAX).collect(),
+            transport,
+            request_timeout: Duration::from_millis(cfg.gateway.request_timeout_ms),
+            clock,
+            addr,
+            replicas: RwLock::new(BTreeMap::new()),
+            starts: RwLock::new(BTreeMap::new()),
+        }
+    }
+
+    /// Groups this node hosts a replica of (the meta group included).
+    pub fn hosted_groups(&self) -> Vec<u32> {
+        let mut groups: Vec<u32> = (0..self.shard_count)
+            .filter(|s| self.placement[*s as usize].contains(&self.node_id))
+            .collect();
+        if self.meta_members.contains(&self.node_id) {
+            groups.push(META_GROUP);
+        }
+        groups
+    }
+
+    /// The replica node ids of `group`.
+    pub fn replicas_of(&self, group: u32) -> Vec<NodeId> {
+        if group == META_GROUP {
+            self.meta_members.clone()
+        } else {
+            self.placement.get(group as usize).cloned().unwrap_or_default()
+        }
+    }
+
+    /// The running replica of `group`, if hosted and up.
+    pub fn get(&self, group: u32) -> Option<Replica> {
+        self.replicas.read().ok()?.get(&group).cloned()
+    }
+
+    /// Registers a started replica.
+    pub fn insert(&self, replica: Replica) {
+        if let Ok(mut s) = self.starts.write() {
+            *s.entry(replica.group).or_default() += 1;
+        }
+        if let Ok(mut m) = self.replicas.write() {
+            m.insert(replica.group, replica);
+        }
+    }
+
+    /// How many times `group`'s replica has been started here (1 + restarts).
+    pub fn starts(&self, group: u32) -> u64 {
+        self.starts
+            .read()
+            .ok()
+            .and_then(|s| s.get(&group).copied())
+            .unwrap_or(0)
+    }
+
+    /// Deregisters a replica, returning it so the caller can shut it down.
+    pub fn remove(&self, group: u32) -> Option<Replica> {
+        self.replicas.write().ok()?.remove(&group)
+    }
+
+    /// Every running replica.
+    pub fn all(&self) -> Vec<Replica> {
+        self.replicas
+            .read()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The QUIC address of `node`.
+    pub fn addr_of(&self, node: NodeId) -> Option<String> {
+        self.members.get(&node).cloned()
+    }
+
+    /// The shard map with leaders as this node knows them.
+    pub fn shard_map(&self) -> ShardMap {
+        let shards = (0..self.shard_count)
+            .map(|s| ShardPlacement {
+                shard: s,
+                replicas: self.placement[s as usize].clone(),
+                leader: self.get(s).and_then(|r| r.leader()),
+            })
+            .collect();
+        ShardMap {
+            shard_count: self.shard_count,
+            nodes: self
+                .members
+                .iter()
+                .map(|(id, a)| NodeInfo {
+                    id: *id,
+                    client_addr: a.clone(),
+                })
+                .collect(),
+            shards,
+        }
+    }
+
+    /// This node's status report.
+    pub fn status(&self, scoring_backend: Option<String>) -> NodeStatus {
+        NodeStatus {
+            node_id: self.node_id,
+            pid: std::process::id(),
+            addr: self.addr.clone(),
+            scoring_backend,
+            shards: self.all().iter().map(|r| r.status()).collect(),
+        }
+    }
+
+    /// The answer for a request this node cannot serve for `group`: a
+    /// redirect to the leader it knows, or else to a replica holder.
+    pub fn redirect(&self, group: u32) -> ErrorReply {
+        let leader = self.get(group).and_then(|r| r.leader());
+        let target = leader
+            .or_else(|| self.replicas_of(group).into_iter().find(|n| *n != self.node_id))
+            .filter(|n| *n != self.node_id);
+        match target {
+            Some(n) => ErrorReply::NotLeader {
+                shard: group,
+                leader,
+                leader_addr: self.addr_of(n),
+            },
+            None => ErrorReply::ShardUnavailable(group),
+        }
+    }
+
+    /// Proposes `cmd` on `group` wherever its leader is: locally if this
+    /// node leads it, else forwarded to the leader over the peer transport.
+    pub async fn propose_anywhere(&self, group: u32, cmd: Command) -> Response {
+        let mut target: Option<NodeId> = None;
+        for _ in 0..FORWARD_HOPS_MAX {
+            if let Some(r) = self.get(group) {
+                if r.is_leader() || target == Some(self.node_id) {
+                    return r.propose(cmd, self.request_timeout).await;
+                }
+                if target.is_none() {
+                    target = r.leader();
+                }
+            }
+            let to = match target.or_else(|| self.replicas_of(group).into_iter().find(|n| *n != self.node_id)) {
+                Some(n) if n != self.node_id => n,
+                _ => return Err(ErrorReply::ShardUnavailable(group)),
+            };
+            let msg = encode(&PeerRequest::Propose(group, cmd.clone())).map_err(ErrorReply::Internal)?;
+            let answer = match self.transport.call(to, msg, self.request_timeout).await {
+                Ok(a) => a,
+                Err(e) => return Err(ErrorReply::Timeout(e.to_string())),
+            };
+            match decode::<PeerResponse>(&answer).map_err(ErrorReply::Internal)? {
+                PeerResponse::Propose(Err(ErrorReply::NotLeader { leader: Some(l), .. })) => target = Some(l),
+                PeerResponse::Propose(r) => return r,
+                PeerResponse::NoSuchGroup(_) => return Err(ErrorReply::ShardUnavailable(group)),
+                other => return Err(ErrorReply::Internal(format!("unexpected peer answer {other:?}"))),
+            }
+        }
+        Err(ErrorReply::ShardUnavailable(group))
+    }
+}

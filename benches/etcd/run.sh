@@ -1,0 +1,223 @@
+#!/usr/bin/env bash
+# Replicated-write throughput of plexus against etcd, measured on this machine in
+# one run, printed as a ratio (see README.md beside this file).
+#
+#   benches/etcd/run.sh [--concurrency C] [--duration SECS] [--etcd-only] [--keep]
+#
+# Both systems run 3 members on 127.0.0.1 with fsync on: etcd fsyncs its WAL on
+# every commit by default and this script does not pass --unsafe-no-fsync; plexus
+# nodes fsync their Raft logs. Each side gets C concurrent writers of 64-byte
+# values for SECS seconds, then is stopped before the other starts.
+#
+# Environment: CARGO_TARGET_DIR (driver build dir; default benches/etcd/driver/target),
+# PLEXUS_BIN (use this plexus binary instead of building target/release/plexus).
+set -euo pipefail
+
+concurrency=64
+duration=10
+etcd_only=0
+keep=0
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --concurrency) concurrency="${2:?--concurrency needs a value}"; shift 2 ;;
+        --duration) duration="${2:?--duration needs a value}"; shift 2 ;;
+        --etcd-only) etcd_only=1; shift ;;
+        --keep) keep=1; shift ;;
+        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "run.sh: unknown argument: $1" >&2; exit 2 ;;
+    esac
+done
+[[ "$concurrency" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: --concurrency must be a positive integer" >&2; exit 2; }
+[[ "$duration" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: --duration must be a positive integer" >&2; exit 2; }
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+cd "$root"
+
+# Bounded waits, in seconds.
+etcd_ready_secs=30        # 3 fresh etcd members electing a leader takes ~1-3 s here
+plexus_ready_secs=150     # `plexus up` gives up by itself after 120 s
+stop_grace_secs=20        # SIGTERM, then SIGKILL of the whole process group
+bench_slack_secs=120      # a driver may run this long past --duration (connect, warm-up, drain)
+
+log() { echo "[run.sh] $*" >&2; }
+
+tmp="$(mktemp -d "${TMPDIR:-/tmp}/plexus-etcd-bench.XXXXXX")"
+pids=()     # process-group leaders we started (each via setsid)
+fg_pid=""   # the benchmark client now running, if any
+
+bounded() { # secs outfile cmd...: runs cmd with a deadline, stdout to outfile
+    # In the background and waited for, so that INT/TERM reach our trap at once
+    # instead of after the command (bash defers traps during a foreground child).
+    local secs="$1" out="$2" rc=0
+    shift 2
+    timeout "$secs" "$@" >"$out" &
+    fg_pid=$!
+    wait "$fg_pid" || rc=$?
+    fg_pid=""
+    return "$rc"
+}
+
+stop_group() { # pid: SIGTERM its group, wait up to stop_grace_secs, then SIGKILL
+    local pid="$1" i
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < stop_grace_secs * 10; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "pid $pid did not stop in ${stop_grace_secs}s; killing its group"
+        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    fi
+    # Children (plexus nodes) may outlive their parent; the group is ours alone.
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$? pid
+    trap - EXIT INT TERM
+    if [[ -n "$fg_pid" ]]; then kill -TERM "$fg_pid" 2>/dev/null || true; wait "$fg_pid" 2>/dev/null || true; fi
+    for pid in "${pids[@]}"; do stop_group "$pid"; done
+    if [[ $keep -eq 1 || $rc -ne 0 ]]; then
+        log "logs and data kept in $tmp"
+    else
+        rm -rf "$tmp"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+free_tcp_ports() { # count start: prints `count` ports at or above start with no listener
+    local n="$1" p="$2" out=()
+    while [[ ${#out[@]} -lt $n ]]; do
+        ((p < 65000)) || { echo "run.sh: no free TCP ports" >&2; return 1; }
+        port_in_use "$p" || out+=("$p")
+        p=$((p + 1))
+    done
+    echo "${out[@]}"
+}
+
+json_field() { # json key: the number after "key": in a one-line JSON object
+    sed -n "s/.*\"$2\":\([-0-9.eE+]*\).*/\1/p" <<<"$1"
+}
+
+# ---- prerequisites -----------------------------------------------------------
+apt_updated=0
+apt_install() {
+    if [[ $apt_updated -eq 0 ]]; then apt-get update -qq; apt_updated=1; fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
+    log "installing etcd-server and etcd-client (Debian)"
+    apt_install etcd-server etcd-client
+fi
+if ! command -v protoc >/dev/null && [[ -z "${PROTOC:-}" ]]; then
+    # etcd-client generates its gRPC stubs with prost-build, which needs protoc.
+    log "installing protobuf-compiler (Debian) for the driver build"
+    apt_install protobuf-compiler
+fi
+
+# Build everything before any server starts, so compiling never overlaps a measurement.
+driver_target="${CARGO_TARGET_DIR:-$here/driver/target}"
+log "building the etcd driver (target dir $driver_target)"
+CARGO_TARGET_DIR="$driver_target" cargo build --release --quiet --manifest-path "$here/driver/Cargo.toml"
+driver="$driver_target/release/etcd-bench-driver"
+
+plexus=""
+if [[ $etcd_only -eq 0 ]]; then
+    if [[ -n "${PLEXUS_BIN:-}" ]]; then
+        plexus="$PLEXUS_BIN"
+    else
+        log "building plexus (cargo build --release -p plexus)"
+        ( unset CARGO_TARGET_DIR; cargo build --release --quiet -p plexus )
+        plexus="$root/target/release/plexus"
+    fi
+fi
+
+# ---- etcd: 3 members on loopback ---------------------------------------------
+ports_line="$(free_tcp_ports 6 23790)"
+read -r -a ports <<<"$ports_line"
+client_ports=("${ports[@]:0:3}")
+peer_ports=("${ports[@]:3:3}")
+initial_cluster=""
+endpoints=""
+for i in 0 1 2; do
+    initial_cluster+="${initial_cluster:+,}m$i=http://127.0.0.1:${peer_ports[$i]}"
+    endpoints+="${endpoints:+,}http://127.0.0.1:${client_ports[$i]}"
+done
+
+log "etcd $(etcd --version | sed -n 's/^etcd Version: //p'): starting 3 members, clients on ${client_ports[*]}"
+for i in 0 1 2; do
+    # No --unsafe-no-fsync: every committed entry is fsynced to each member's WAL.
+    setsid etcd --name "m$i" --data-dir "$tmp/etcd/m$i" \
+        --listen-client-urls "http://127.0.0.1:${client_ports[$i]}" \
+        --advertise-client-urls "http://127.0.0.1:${client_ports[$i]}" \
+        --listen-peer-urls "http://127.0.0.1:${peer_ports[$i]}" \
+        --initial-advertise-peer-urls "http://127.0.0.1:${peer_ports[$i]}" \
+        --initial-cluster "$initial_cluster" --initial-cluster-state new \
+        --initial-cluster-token "plexus-bench-$$" \
+        --logger zap --log-level warn \
+        >"$tmp/etcd-m$i.log" 2>&1 </dev/null &
+    pids+=("$!")
+done
+
+deadline=$((SECONDS + etcd_ready_secs))
+until ETCDCTL_API=3 etcdctl --endpoints="$endpoints" --command-timeout=2s endpoint health >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then
+        log "etcd not healthy after ${etcd_ready_secs}s"; tail -n 20 "$tmp"/etcd-m*.log >&2; exit 1
+    fi
+    sleep 0.3
+done
+log "etcd healthy; measuring writes: concurrency $concurrency, ${duration}s"
+bounded "$((duration + bench_slack_secs))" "$tmp/etcd.json" "$driver" --endpoints "$endpoints" \
+    --concurrency "$concurrency" --duration "$duration"
+etcd_json="$(cat "$tmp/etcd.json")"
+for pid in "${pids[@]}"; do stop_group "$pid"; done
+pids=()
+
+# ---- plexus: 3 nodes on loopback ---------------------------------------------
+plexus_json=""
+if [[ $etcd_only -eq 0 ]]; then
+    # plexus nodes listen on UDP (QUIC); `up` itself skips ports already taken.
+    base_port=$((27400 + RANDOM % 2000))
+    log "plexus: starting 3 nodes (base port $base_port)"
+    setsid "$plexus" up --nodes 3 --dir "$tmp/plexus" --base-port "$base_port" \
+        >"$tmp/plexus-up.log" 2>&1 </dev/null &
+    up_pid=$!
+    pids+=("$up_pid")
+    deadline=$((SECONDS + plexus_ready_secs))
+    until grep -v "not ready" "$tmp/plexus-up.log" | grep -q ready; do
+        if ! kill -0 "$up_pid" 2>/dev/null; then
+            log "plexus up exited before ready"; tail -n 20 "$tmp/plexus-up.log" >&2; exit 1
+        fi
+        if ((SECONDS >= deadline)); then
+            log "plexus not ready after ${plexus_ready_secs}s"; tail -n 20 "$tmp/plexus-up.log" >&2; exit 1
+        fi
+        sleep 0.3
+    done
+    log "plexus ready; measuring writes: concurrency $concurrency, ${duration}s"
+    bounded "$((duration + bench_slack_secs))" "$tmp/plexus.json" "$plexus" bench \
+        --config "$tmp/plexus/client.toml" --workload write --concurrency "$concurrency" --duration "$duration" --json
+    plexus_json="$(cat "$tmp/plexus.json")"
+    stop_group "$up_pid"
+    pids=()
+fi
+
+# ---- report ------------------------------------------------------------------
+echo "etcd:   $etcd_json"
+if [[ $etcd_only -eq 1 ]]; then
+    echo "etcd write throughput $(printf '%.0f' "$(json_field "$etcd_json" ops_per_sec)") ops/s;" \
+        "p99 $(json_field "$etcd_json" p99_us) us (plexus half skipped: --etcd-only)"
+    exit 0
+fi
+echo "plexus: $plexus_json"
+awk -v p="$(json_field "$plexus_json" ops_per_sec)" -v e="$(json_field "$etcd_json" ops_per_sec)" \
+    -v pp="$(json_field "$plexus_json" p99_us)" -v ep="$(json_field "$etcd_json" p99_us)" \
+    'BEGIN { if (e + 0 <= 0) { print "etcd measured no successful writes"; exit 1 }
+             printf "write throughput ratio plexus/etcd = %.2f; p99 plexus %d us vs etcd %d us\n", p / e, pp, ep }'

@@ -1,0 +1,289 @@
+//! The node's single QUIC endpoint: binding, limits, the accept loop and shutdown.
+//!
+//! Every incoming connection is routed by its negotiated ALPN: `plexus-peer/1`
+//! to the peer side (a CA-signed node certificate is required) and
+//! `plexus-client/1` to `client_conn.rs`. The same endpoint dials peers, so a
+//! node has one UDP socket. What requests and peer messages mean is decided by
+//! the handlers the node passes to `serve`; this module only moves bytes.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use plexus_proto::{HelloOk, Request, Response, ALPN_CLIENT, ALPN_PEER};
+use quinn::{Connection, VarInt};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::client_conn::{serve_client, ClientCtx};
+use crate::error::NetError;
+use crate::peer_conn::{lock, serve_peer_conn, PeerShared};
+use crate::peer_links::PeerLinks;
+use crate::tls::{self, negotiated_alpn, peer_chain, peer_node_id, TlsMaterial};
+
+/// Application close code: the node is shutting down.
+pub const CLOSE_SHUTDOWN: u32 = 0;
+/// Application close code: the client's token was wrong.
+pub const CLOSE_UNAUTHORIZED: u32 = 1;
+/// Application close code: the first client stream did not carry a valid `Hello` in time.
+pub const CLOSE_BAD_HELLO: u32 = 2;
+/// Application close code: a peer-ALPN connection presented no node certificate.
+pub const CLOSE_PEER_CERT_REQUIRED: u32 = 3;
+/// Application close code: the dialed node's certificate names another node.
+pub const CLOSE_WRONG_PEER: u32 = 4;
+/// Application close code: the node serves `client_conns_max` clients already.
+pub const CLOSE_TOO_MANY_CONNS: u32 = 5;
+/// Application close code: no supported ALPN was negotiated.
+pub const CLOSE_UNKNOWN_ALPN: u32 = 6;
+/// How long `shutdown` waits for connections to drain, in milliseconds.
+pub const SHUTDOWN_WAIT_MS: u64 = 2_000;
+
+/// Every limit of the transport; `Default` gives the production values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetLimits {
+    /// Largest peer frame body, in bytes.
+    pub frame_bytes_max: usize,
+    /// Largest client frame body, in bytes.
+    pub client_frame_bytes_max: usize,
+    /// Concurrent bidirectional streams a client connection may open.
+    pub client_streams_max: u32,
+    /// Concurrent bidirectional streams (batches) a peer connection may open.
+    pub peer_streams_max: u32,
+    /// A connection with no traffic for this long is closed, in milliseconds; also the dial timeout.
+    pub idle_timeout_ms: u64,
+    /// Most messages in one peer batch.
+    pub peer_batch_msgs_max: usize,
+    /// Most message bytes in one peer batch.
+    pub peer_batch_bytes_max: usize,
+    /// Most messages queued for one peer before `call` answers `Busy`.
+    pub peer_queue_msgs_max: usize,
+    /// Most batches in flight to one peer.
+    pub peer_batches_in_flight_max: usize,
+    /// Most client connections served at once.
+    pub client_conns_max: usize,
+}
+
+impl Default for NetLimits {
+    fn default() -> Self {
+        Self {
+            frame_bytes_max: 16 * 1024 * 1024,
+            client_frame_bytes_max: 4 * 1024 * 1024,
+            client_streams_max: 256,
+            peer_streams_max: 256,
+            idle_timeout_ms: 30_000,
+            peer_batch_msgs_max: 256,
+            peer_batch_bytes_max: 4 * 1024 * 1024,
+            peer_queue_msgs_max: 8192,
+            peer_batches_in_flight_max: 8,
+            client_conns_max: 10_000,
+        }
+    }
+}
+
+impl NetLimits {
+    /// Checks that no limit is zero and that frames fit the wire's 32-bit length.
+    pub fn validate(&self) -> Result<(), NetError> {
+        let nonzero = [
+            ("frame_bytes_max", self.frame_bytes_max as u64),
+            ("client_frame_bytes_max", self.client_frame_bytes_max as u64),
+            ("client_streams_max", self.client_streams_max.into()),
+            ("peer_streams_max", self.peer_streams_max.into()),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("peer_batch_msgs_max", self.peer_batch_msgs_max as u64),
+            ("peer_batch_bytes_max", self.peer_batch_bytes_max as u64),
+            ("peer_queue_msgs_max", self.peer_queue_msgs_max as u64),
+            ("peer_batches_in_flight_max", self.peer_batches_in_flight_max as u64),
+            ("client_conns_max", self.client_conns_max as u64),
+        ];
+        if let Some((name, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
+            return Err(NetError::InvalidLimits(format!("{name} must be positive")));
+        }
+        let wire_max = u32::MAX as usize;
+        if self.frame_bytes_max > wire_max || self.client_frame_bytes_max > wire_max {
+            return Err(NetError::InvalidLimits(format!(
+                "frame limits must not exceed {wire_max} bytes"
+            )));
+        }
+        if self.frame_bytes_max <= crate::peer_links::BATCH_OVERHEAD_BYTES + crate::peer_links::MSG_OVERHEAD_BYTES {
+            return Err(NetError::InvalidLimits(
+                "frame_bytes_max is too small to carry a batch".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Answers messages from peers. The node implements it (Raft RPCs, forwarded requests).
+pub trait PeerHandler: Send + Sync + 'static {
+    /// Handles one message from node `from`; the error text travels back to the caller.
+    fn handle(&self, from: u64, msg: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, String>>;
+}
+
+/// Answers client connections. The node implements it (the gateway).
+pub trait ClientHandler: Send + Sync + 'static {
+    /// The node's id + shard map, sent in HelloAck.
+    fn hello(&self) -> HelloOk;
+    /// Handles one request.
+    fn handle(&self, req: Request) -> BoxFuture<'static, Response>;
+}
+
+/// The node's QUIC endpoint: serves peers and clients and dials peers.
+pub struct NodeEndpoint {
+    shared: Arc<PeerShared>,
+    token: Arc<str>,
+    local_addr: SocketAddr,
+    client_conns: Arc<AtomicUsize>,
+    accept_task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for NodeEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeEndpoint")
+            .field("node_id", &self.shared.node_id)
+            .field("local_addr", &self.local_addr)
+            .finish()
+    }
+}
+
+impl NodeEndpoint {
+    /// Binds the UDP socket and builds the TLS configurations. Must run inside a tokio runtime.
+    pub fn bind(
+        node_id: u64,
+        listen: SocketAddr,
+        tls: &TlsMaterial,
+        token: String,
+        limits: NetLimits,
+    ) -> Result<Self, NetError> {
+        limits.validate()?;
+        // Until a connection proves what it is (a Hello or a node certificate), it may open one stream;
+        // `set_max_concurrent_bi_streams` raises the limit afterwards.
+        let server = tls::server_config(tls, tls::transport(1, limits.idle_timeout_ms)?)?;
+        let dial = tls::peer_client_config(tls, tls::transport(limits.peer_streams_max, limits.idle_timeout_ms)?)?;
+        let endpoint = quinn::Endpoint::server(server, listen)?;
+        let local_addr = endpoint.local_addr()?;
+        info!(node = node_id, %local_addr, "endpoint bound");
+        Ok(Self {
+            shared: Arc::new(PeerShared::new(node_id, endpoint, limits, dial)),
+            token: token.into(),
+            local_addr,
+            client_conns: Arc::new(AtomicUsize::new(0)),
+            accept_task: Mutex::new(None),
+        })
+    }
+
+    /// The address the endpoint is bound to (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Spawns the accept loop: ALPN plexus-peer/1 → peer connection (must present a cert chaining to the CA, else the
+    /// connection is closed with a clear application close reason); ALPN plexus-client/1 → client connection.
+    ///
+    /// A second call replaces the peer handler but keeps the first accept loop and client handler.
+    pub fn serve(&self, peers: Arc<dyn PeerHandler>, clients: Arc<dyn ClientHandler>) {
+        *self.shared.handler.write().unwrap_or_else(|e| e.into_inner()) = Some(peers);
+        let mut task = lock(&self.accept_task);
+        if task.is_some() {
+            warn!("serve called twice; keeping the running accept loop");
+            return;
+        }
+        let ctx = Arc::new(ClientCtx {
+            token: self.token.clone(),
+            limits: self.shared.limits.clone(),
+            handler: clients,
+            conns: self.client_conns.clone(),
+        });
+        let shared = self.shared.clone();
+        let span = tracing::info_span!("endpoint", node = shared.node_id);
+        *task = Some(tokio::spawn(accept_loop(shared, ctx).instrument(span)));
+    }
+
+    /// A handle for calling peers; shares this endpoint (one endpoint per node).
+    pub fn peer_links(&self) -> PeerLinks {
+        PeerLinks {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Closes every connection with a reason and waits (at most `SHUTDOWN_WAIT_MS`) for them to drain.
+    pub async fn shutdown(&self) {
+        let shared = &self.shared;
+        shared.closed.store(true, Ordering::Release);
+        // Dropping the queues' senders stops the flushers once they drain.
+        lock(&shared.queues).clear();
+        if let Some(task) = lock(&self.accept_task).take() {
+            task.abort();
+        }
+        shared.close_all(CLOSE_SHUTDOWN, b"node shutting down");
+        shared
+            .endpoint
+            .close(VarInt::from_u32(CLOSE_SHUTDOWN), b"node shutting down");
+        if tokio::time::timeout(Duration::from_millis(SHUTDOWN_WAIT_MS), shared.endpoint.wait_idle())
+            .await
+            .is_err()
+        {
+            warn!(wait_ms = SHUTDOWN_WAIT_MS, "endpoint did not drain in time");
+        }
+        info!(node = shared.node_id, "endpoint shut down");
+    }
+}
+
+async fn accept_loop(shared: Arc<PeerShared>, ctx: Arc<ClientCtx>) {
+    while let Some(incoming) = shared.endpoint.accept().await {
+        let remote = incoming.remote_address();
+        let (shared, ctx) = (shared.clone(), ctx.clone());
+        let span = tracing::info_span!("conn", %remote);
+        tokio::spawn(
+            async move {
+                match incoming.await {
+                    Ok(conn) => route(shared, ctx, conn).await,
+                    // A refused certificate lands here: the TLS alert already told the other side why.
+                    Err(e) => debug!(reason = %e, "handshake failed"),
+                }
+            }
+            .instrument(span),
+        );
+    }
+    debug!("accept loop stopped");
+}
+
+async fn route(shared: Arc<PeerShared>, ctx: Arc<ClientCtx>, conn: Connection) {
+    let alpn = negotiated_alpn(&conn);
+    match alpn.as_deref() {
+        Some(a) if a == ALPN_PEER => accept_peer(shared, conn).await,
+        Some(a) if a == ALPN_CLIENT => {
+            let span = tracing::info_span!("client_conn", conn = conn.stable_id());
+            serve_client(ctx, conn).instrument(span).await
+        }
+        _ => conn.close(VarInt::from_u32(CLOSE_UNKNOWN_ALPN), b"unknown alpn"),
+    }
+}
+
+async fn accept_peer(shared: Arc<PeerShared>, conn: Connection) {
+    // The TLS layer already refused certificates that do not chain to the CA; what is left is "none at all"
+    // and CA-signed certificates that are not node certificates.
+    if peer_chain(&conn).is_none() {
+        warn!("peer connection without a client certificate refused");
+        conn.close(VarInt::from_u32(CLOSE_PEER_CERT_REQUIRED), b"peer certificate required");
+        return;
+    }
+    let Some(peer) = peer_node_id(&conn) else {
+        warn!("peer certificate names no node");
+        conn.close(
+            VarInt::from_u32(CLOSE_PEER_CERT_REQUIRED),
+            b"peer certificate names no node",
+        );
+        return;
+    };
+    if peer == shared.node_id {
+        conn.close(VarInt::from_u32(CLOSE_WRONG_PEER), b"peer certificate names this node");
+        return;
+    }
+    conn.set_max_concurrent_bi_streams(VarInt::from_u32(shared.limits.peer_streams_max));
+    shared.register(peer, conn.clone());
+    let span = tracing::info_span!("peer_conn", node = shared.node_id, peer, conn = conn.stable_id());
+    info!(peer, "peer connected");
+    serve_peer_conn(shared, conn, peer).instrument(span).await;
+}

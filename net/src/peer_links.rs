@@ -1,0 +1,351 @@
+//! Peer links: the sending side of node ↔ node traffic.
+//!
+//! `PeerLinks::call` queues a message on the peer's bounded queue; one flusher
+//! task per peer drains the queue into batches (up to the batch limits), sends
+//! each batch as one `PeerBatch` frame on its own bidirectional stream, and
+//! hands every caller its own result from the in-order `PeerBatchReply`. At most
+//! `peer_batches_in_flight_max` batches per peer are in flight; while they are,
+//! new messages wait in the queue, which is what makes later batches larger
+//! under load. The flusher dials when no live connection exists and backs off
+//! after failures. What the messages mean is not this module's concern.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use plexus_proto::frame::{encode, read_msg};
+use plexus_proto::FrameKind;
+use quinn::{Connection, VarInt};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tracing::{debug, warn, Instrument};
+
+use crate::certs::SERVER_NAME;
+use crate::endpoint::CLOSE_WRONG_PEER;
+use crate::error::NetError;
+use crate::peer_conn::{lock, serve_peer_conn, PeerShared};
+use crate::tls::peer_node_id;
+use crate::wire::{PeerBatch, PeerBatchReply, WireBytes};
+
+/// First wait before redialing a peer after a failed dial, in milliseconds.
+pub const REDIAL_BACKOFF_MS_MIN: u64 = 50;
+/// Longest wait between dial attempts to one peer, in milliseconds.
+pub const REDIAL_BACKOFF_MS_MAX: u64 = 5_000;
+/// Bytes a batch frame spends besides its messages: frame header plus the `from` and count varints.
+pub const BATCH_OVERHEAD_BYTES: usize = 32;
+/// Bytes one message spends in a batch besides its own: its length varint.
+pub const MSG_OVERHEAD_BYTES: usize = 5;
+
+/// Makes the error each caller of a failed batch gets (`NetError` is not `Clone`: it can carry an `io::Error`).
+type ErrMaker = Box<dyn Fn() -> NetError + Send>;
+
+/// One queued call.
+pub(crate) struct Pending {
+    msg: Vec<u8>,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<Vec<u8>, NetError>>,
+}
+
+/// Counts of what the links sent, for tests and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerStats {
+    /// Messages sent in batches (including those whose batch later failed).
+    pub msgs_sent: u64,
+    /// Batches sent.
+    pub batches_sent: u64,
+    /// Batches that failed after being sent (connection lost, timeout, protocol violation).
+    pub batches_failed: u64,
+}
+
+/// Handle for calling peers through this node's endpoint; cheap to clone.
+#[derive(Clone)]
+pub struct PeerLinks {
+    pub(crate) shared: Arc<PeerShared>,
+}
+
+impl std::fmt::Debug for PeerLinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerLinks")
+            .field("node_id", &self.shared.node_id)
+            .finish()
+    }
+}
+
+impl PeerLinks {
+    /// Records (or changes) the address `node` is dialed at. A live connection is kept until it fails.
+    pub fn set_peer(&self, node: u64, addr: SocketAddr) {
+        lock(&self.shared.addrs).insert(node, addr);
+    }
+
+    /// Queue `msg` for `to`; it travels in a batch with other messages to that peer (one frame = PeerBatch{from, msgs}),
+    /// one bidi stream per batch, reply frame = Vec<Result<Vec<u8>, String>> in order. Errors: unknown peer,
+    /// unreachable (connect failed), queue full (Busy), timeout, remote handler error.
+    pub async fn call(&self, to: u64, msg: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, NetError> {
+        let shared = &self.shared;
+        if shared.closed.load(Ordering::Acquire) {
+            return Err(NetError::Shutdown);
+        }
+        let max = shared.limits.frame_bytes_max;
+        if msg.len() + MSG_OVERHEAD_BYTES + BATCH_OVERHEAD_BYTES > max {
+            return Err(NetError::TooLarge { len: msg.len(), max });
+        }
+        let queue = self.queue_for(to)?;
+        let deadline = Instant::now() + timeout;
+        let (tx, rx) = oneshot::channel();
+        queue
+            .try_send(Pending {
+                msg,
+                deadline,
+                reply: tx,
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => NetError::Busy(to, shared.limits.peer_queue_msgs_max),
+                mpsc::error::TrySendError::Closed(_) => NetError::Shutdown,
+            })?;
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(result)) => result,
+            // The flusher dropped the call without answering: only happens when it stops at shutdown.
+            Ok(Err(_)) => Err(NetError::Shutdown),
+            Err(_) => Err(NetError::Timeout(to, timeout_ms)),
+        }
+    }
+
+    /// Counts of messages and batches sent so far, over all peers.
+    pub fn stats(&self) -> PeerStats {
+        let c = &self.shared.counters;
+        PeerStats {
+            msgs_sent: c.msgs_sent.load(Ordering::Relaxed),
+            batches_sent: c.batches_sent.load(Ordering::Relaxed),
+            batches_failed: c.batches_failed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The queue of `to`'s flusher, starting the flusher if `to` can be reached at all.
+    fn queue_for(&self, to: u64) -> Result<mpsc::Sender<Pending>, NetError> {
+        let shared = &self.shared;
+        let mut queues = lock(&shared.queues);
+        if let Some(q) = queues.get(&to) {
+            return Ok(q.clone());
+        }
+        let reachable = lock(&shared.addrs).contains_key(&to) || shared.live_conn(to).is_some();
+        if !reachable {
+            return Err(NetError::UnknownPeer(to));
+        }
+        let (tx, rx) = mpsc::channel(shared.limits.peer_queue_msgs_max);
+        queues.insert(to, tx.clone());
+        let span = tracing::info_span!("peer_link", node = shared.node_id, peer = to);
+        tokio::spawn(flusher(shared.clone(), to, rx).instrument(span));
+        Ok(tx)
+    }
+}
+
+/// Dial bookkeeping of one flusher.
+struct Dialer {
+    backoff_ms: u64,
+    next_attempt: Instant,
+    last_error: Option<String>,
+}
+
+/// Drains one peer's queue into batches until the queue's senders are gone (shutdown).
+async fn flusher(shared: Arc<PeerShared>, peer: u64, mut rx: mpsc::Receiver<Pending>) {
+    let limits = shared.limits.clone();
+    let in_flight = Arc::new(Semaphore::new(limits.peer_batches_in_flight_max));
+    let batch_bytes_max = limits
+        .peer_batch_bytes_max
+        .min(limits.frame_bytes_max - BATCH_OVERHEAD_BYTES);
+    let mut dialer = Dialer {
+        backoff_ms: REDIAL_BACKOFF_MS_MIN,
+        next_attempt: Instant::now(),
+        last_error: None,
+    };
+    let mut carry: Option<Pending> = None;
+    loop {
+        // Take a batch slot before draining, so that messages keep queueing (and batch up) while the pipeline is full.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
+        let first = match carry.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => break,
+            },
+        };
+        let mut bytes = first.msg.len() + MSG_OVERHEAD_BYTES;
+        let mut batch = vec![first];
+        while batch.len() < limits.peer_batch_msgs_max {
+            let Ok(p) = rx.try_recv() else { break };
+            let size = p.msg.len() + MSG_OVERHEAD_BYTES;
+            if bytes + size > batch_bytes_max {
+                carry = Some(p);
+                break;
+            }
+            bytes += size;
+            batch.push(p);
+        }
+        // Callers that already gave up need no network work.
+        batch.retain(|p| !p.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        let conn = match connection(&shared, peer, &mut dialer).await {
+            Ok(c) => c,
+            Err(make_err) => {
+                for p in batch {
+                    let _ = p.reply.send(Err(make_err()));
+                }
+                continue;
+            }
+        };
+        shared.counters.batches_sent.fetch_add(1, Ordering::Relaxed);
+        shared
+            .counters
+            .msgs_sent
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        tokio::spawn(send_batch(shared.clone(), peer, conn, batch, permit).in_current_span());
+    }
+    debug!("peer link stopped");
+}
+
+/// The live connection to `peer`, dialing one if needed; on failure a maker of the error each caller gets.
+async fn connection(shared: &Arc<PeerShared>, peer: u64, dialer: &mut Dialer) -> Result<Connection, ErrMaker> {
+    if let Some(c) = shared.live_conn(peer) {
+        return Ok(c);
+    }
+    let Some(addr) = lock(&shared.addrs).get(&peer).copied() else {
+        return Err(Box::new(move || NetError::UnknownPeer(peer)));
+    };
+    let now = Instant::now();
+    if now < dialer.next_attempt {
+        let wait_ms = (dialer.next_attempt - now).as_millis();
+        let last = dialer.last_error.clone().unwrap_or_default();
+        let reason = format!("{last} (next dial in {wait_ms} ms)");
+        return Err(Box::new(move || NetError::Unreachable {
+            peer,
+            reason: reason.clone(),
+        }));
+    }
+    match dial(shared, peer, addr).await {
+        Ok(conn) => {
+            dialer.backoff_ms = REDIAL_BACKOFF_MS_MIN;
+            dialer.last_error = None;
+            Ok(conn)
+        }
+        Err(e) => {
+            let reason = match &e {
+                NetError::Unreachable { reason, .. } => reason.clone(),
+                other => other.to_string(),
+            };
+            warn!(%addr, error = %reason, backoff_ms = dialer.backoff_ms, "dial failed");
+            dialer.next_attempt = Instant::now() + Duration::from_millis(dialer.backoff_ms);
+            dialer.backoff_ms = (dialer.backoff_ms * 2).min(REDIAL_BACKOFF_MS_MAX);
+            dialer.last_error = Some(reason.clone());
+            Err(match e {
+                NetError::WrongPeer { expected, got } => Box::new(move || NetError::WrongPeer { expected, got }),
+                _ => Box::new(move || NetError::Unreachable {
+                    peer,
+                    reason: reason.clone(),
+                }),
+            })
+        }
+    }
+}
+
+/// Dials `peer` at `addr`, checks the certificate names that node, registers the connection and serves it.
+async fn dial(shared: &Arc<PeerShared>, peer: u64, addr: SocketAddr) -> Result<Connection, NetError> {
+    let unreachable = |reason: String| NetError::Unreachable { peer, reason };
+    let connecting = shared
+        .endpoint
+        .connect_with(shared.dial_config.clone(), addr, SERVER_NAME)
+        .map_err(|e| unreachable(e.to_string()))?;
+    let dial_timeout = Duration::from_millis(shared.limits.idle_timeout_ms);
+    let conn = match tokio::time::timeout(dial_timeout, connecting).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(unreachable(e.to_string())),
+        Err(_) => {
+            return Err(unreachable(format!(
+                "handshake timed out after {} ms",
+                shared.limits.idle_timeout_ms
+            )))
+        }
+    };
+    let got = peer_node_id(&conn);
+    if got != Some(peer) {
+        conn.close(VarInt::from_u32(CLOSE_WRONG_PEER), b"wrong peer");
+        return Err(NetError::WrongPeer { expected: peer, got });
+    }
+    debug!(%addr, "dialed peer");
+    shared.register(peer, conn.clone());
+    let span = tracing::info_span!("peer_conn", node = shared.node_id, peer, conn = conn.stable_id());
+    tokio::spawn(serve_peer_conn(shared.clone(), conn.clone(), peer).instrument(span));
+    Ok(conn)
+}
+
+/// Sends one batch and answers its callers; holds a batch slot until done.
+async fn send_batch(
+    shared: Arc<PeerShared>,
+    peer: u64,
+    conn: Connection,
+    batch: Vec<Pending>,
+    _permit: OwnedSemaphorePermit,
+) {
+    // The batch may take as long as its most patient caller.
+    let deadline = batch.iter().map(|p| p.deadline).max().unwrap_or_else(Instant::now);
+    let (msgs, callers): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (WireBytes(p.msg), p.reply)).unzip();
+    let n = msgs.len();
+    let frame = PeerBatch {
+        from: shared.node_id,
+        msgs,
+    };
+    let outcome: Result<PeerBatchReply, ErrMaker> =
+        match tokio::time::timeout_at(deadline, exchange(&shared, &conn, &frame)).await {
+            Ok(Ok(replies)) if replies.len() == n => Ok(replies),
+            Ok(Ok(replies)) => {
+                let reason = format!("reply carries {} results for {n} messages", replies.len());
+                Err(Box::new(move || NetError::Protocol {
+                    peer,
+                    reason: reason.clone(),
+                }))
+            }
+            Ok(Err(reason)) => {
+                // Prefer the connection's own close reason: it says why (for example a refused certificate).
+                let reason = conn.close_reason().map(|r| r.to_string()).unwrap_or(reason);
+                Err(Box::new(move || NetError::ConnectionLost {
+                    peer,
+                    reason: reason.clone(),
+                }))
+            }
+            Err(_) => Err(Box::new(move || NetError::ConnectionLost {
+                peer,
+                reason: "batch timed out".into(),
+            })),
+        };
+    match outcome {
+        Ok(replies) => {
+            for (reply, caller) in replies.into_iter().zip(callers) {
+                let _ = caller.send(reply.map(|b| b.0).map_err(NetError::Remote));
+            }
+        }
+        Err(make_err) => {
+            shared.counters.batches_failed.fetch_add(1, Ordering::Relaxed);
+            debug!(error = %make_err(), msgs = n, "peer batch failed");
+            for caller in callers {
+                let _ = caller.send(Err(make_err()));
+            }
+        }
+    }
+}
+
+/// One stream round trip: the batch frame out, the reply frame back.
+async fn exchange(shared: &PeerShared, conn: &Connection, frame: &PeerBatch) -> Result<PeerBatchReply, String> {
+    let max = shared.limits.frame_bytes_max;
+    let bytes = encode(FrameKind::PeerBatch, frame, max).map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    send.write_all(&bytes).await.map_err(|e| e.to_string())?;
+    send.finish().map_err(|e| e.to_string())?;
+    read_msg(&mut recv, FrameKind::PeerBatchReply, max)
+        .await
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,472 @@
+//! Typed client messages: the bodies of `Hello`, `HelloAck`, `Request` and
+//! `Response` frames. Field order is wire order (postcard), so fields are only
+//! ever appended in a new protocol version, never reordered.
+
+use serde::{Deserialize, Serialize};
+
+use crate::shard::{shard_for_key, ShardId, ShardKey};
+
+/// A node's id in the cluster (also its openraft node id).
+pub type NodeId = u64;
+/// A graph vertex.
+pub type VertexId = u64;
+/// The owner of a timeline.
+pub type OwnerId = u64;
+/// A timeline entry id: `millis << 20 | seq`, strictly increasing per timeline.
+pub type EntryId = u64;
+
+/// Bits of an entry id taken by the per-shard sequence.
+pub const ENTRY_SEQ_BITS: u32 = 20;
+
+/// First frame of a client connection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The cluster's client token (from `client.toml`).
+    pub token: String,
+    /// Free-form client name for logs.
+    pub client_name: String,
+}
+
+/// Answer to `Hello`.
+pub type HelloAck = Result<HelloOk, ErrorReply>;
+
+/// A successful handshake.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HelloOk {
+    /// The node that answered.
+    pub node_id: NodeId,
+    /// That node's current view of the shard map.
+    pub shard_map: ShardMap,
+}
+
+/// One client request; the body of a `Request` frame.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// The shard the client routed this request to; checked by the node.
+    pub shard: ShardId,
+    /// Read consistency (ignored for writes, which are always replicated).
+    pub consistency: Consistency,
+    /// Exactly-once session for writes; `None` for reads and admin calls.
+    pub session: Option<Session>,
+    /// What to do.
+    pub op: Op,
+}
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Consistency {
+    /// Served by the leader after a read-index round: linearizable.
+    #[default]
+    Linearizable,
+    /// Served by any replica from its applied state: may be stale.
+    Stale,
+}
+
+/// Identifies a write for exactly-once application.
+///
+/// `seq` is unique per `client_id` and increases; `ack_below` promises the
+/// client has seen the answers of every `seq < ack_below`, so the state
+/// machine may forget them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// Random id chosen by the client at start-up.
+    pub client_id: u64,
+    /// This request's sequence number.
+    pub seq: u64,
+    /// Every answer below this sequence number has been received.
+    pub ack_below: u64,
+}
+
+/// An operation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Op {
+    /// A replicated write.
+    Write(WriteOp),
+    /// A read of one shard.
+    Read(ReadOp),
+    /// A cluster-level call answered by the node itself.
+    Admin(AdminOp),
+}
+
+impl Op {
+    /// The key this operation is routed by, if it touches a shard.
+    pub fn shard_key(&self) -> Option<ShardKey> {
+        match self {
+            Op::Write(w) => Some(w.shard_key()),
+            Op::Read(r) => Some(r.shard_key()),
+            Op::Admin(_) => None,
+        }
+    }
+
+    /// The shard this operation belongs to in a cluster of `shard_count` shards.
+    pub fn shard(&self, shard_count: u32) -> Option<ShardId> {
+        self.shard_key().map(|k| shard_for_key(&k, shard_count))
+    }
+}
+
+/// Parameters of a new named Bloom filter.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FilterSpec {
+    /// Items the mutable filter is sized for before it should be sealed.
+    pub expected_items: u64,
+    /// Target false-positive rate, in parts per million (5000 = 0.5%).
+    pub fp_rate_ppm: u32,
+}
+
+impl Default for FilterSpec {
+    fn default() -> Self {
+        Self {
+            expected_items: 100_000,
+            fp_rate_ppm: 5_000,
+        }
+    }
+}
+
+/// Replicated writes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum WriteOp {
+    /// Create a named filter; a no-op if it exists with the same spec.
+    FilterCreate {
+        /// Filter name.
+        name: String,
+        /// Sizing.
+        spec: FilterSpec,
+    },
+    /// Add keys to a named filter, creating it with defaults if absent.
+    FilterAdd {
+        /// Filter name.
+        name: String,
+        /// Keys to add.
+        keys: Vec<Vec<u8>>,
+    },
+    /// Seal the filter's mutable part into an immutable binary fuse filter.
+    FilterSeal {
+        /// Filter name.
+        name: String,
+    },
+    /// Append an item to a timeline; answers `Reply::Appended`.
+    TimelineAppend {
+        /// Timeline owner.
+        owner: OwnerId,
+        /// Opaque item bytes.
+        item: Vec<u8>,
+    },
+    /// Delete an entry; answers `Reply::Changed`.
+    TimelineDelete {
+        /// Timeline owner.
+        owner: OwnerId,
+        /// Entry to delete.
+        id: EntryId,
+    },
+    /// Add the edge `src → dst`; answers `Reply::Changed`.
+    Follow {
+        /// Follower.
+        src: VertexId,
+        /// Followee.
+        dst: VertexId,
+    },
+    /// Remove the edge `src → dst`; answers `Reply::Changed`.
+    Unfollow {
+        /// Follower.
+        src: VertexId,
+        /// Followee.
+        dst: VertexId,
+    },
+}
+
+impl WriteOp {
+    /// The routing key: filters by name, timelines by owner, edges by source.
+    pub fn shard_key(&self) -> ShardKey {
+        match self {
+            WriteOp::FilterCreate { name, .. } | WriteOp::FilterAdd { name, .. } | WriteOp::FilterSeal { name } => {
+                ShardKey::Name(name.clone())
+            }
+            WriteOp::TimelineAppend { owner, .. } | WriteOp::TimelineDelete { owner, .. } => ShardKey::Id(*owner),
+            WriteOp::Follow { src, .. } | WriteOp::Unfollow { src, .. } => ShardKey::Id(*src),
+        }
+    }
+}
+
+/// Edge direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Direction {
+    /// Vertices this vertex follows.
+    #[default]
+    Out,
+    /// Vertices following this vertex.
+    In,
+}
+
+/// Where a timeline page starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Cursor {
+    /// The newest entries.
+    #[default]
+    Latest,
+    /// Entries with ids strictly below this one, newest first.
+    Before(EntryId),
+    /// Entries with ids strictly above this one, oldest first.
+    After(EntryId),
+}
+
+/// Reads of one shard.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ReadOp {
+    /// Which keys may be in the filter (false positives possible, no false negatives).
+    FilterContains {
+        /// Filter name.
+        name: String,
+        /// Keys to test.
+        keys: Vec<Vec<u8>>,
+    },
+    /// A page of a timeline.
+    TimelineRead {
+        /// Timeline owner.
+        owner: OwnerId,
+        /// Where the page starts.
+        cursor: Cursor,
+        /// Most entries to return (capped by the server).
+        limit: u32,
+    },
+    /// A page of a vertex's neighbours, in ascending id order.
+    Neighbors {
+        /// The vertex.
+        vertex: VertexId,
+        /// Out- or in-neighbours.
+        direction: Direction,
+        /// Start after this id (exclusive), for paging.
+        after: Option<VertexId>,
+        /// Most ids to return (capped by the server).
+        limit: u32,
+    },
+    /// The whole neighbour set as a portable roaring treemap.
+    NeighborSet {
+        /// The vertex.
+        vertex: VertexId,
+        /// Out- or in-neighbours.
+        direction: Direction,
+    },
+    /// Number of neighbours.
+    Degree {
+        /// The vertex.
+        vertex: VertexId,
+        /// Out- or in-degree.
+        direction: Direction,
+    },
+    /// Whether `src → dst` exists (asked of `src`'s shard).
+    HasEdge {
+        /// Follower.
+        src: VertexId,
+        /// Followee.
+        dst: VertexId,
+    },
+}
+
+impl ReadOp {
+    /// The routing key.
+    pub fn shard_key(&self) -> ShardKey {
+        match self {
+            ReadOp::FilterContains { name, .. } => ShardKey::Name(name.clone()),
+            ReadOp::TimelineRead { owner, .. } => ShardKey::Id(*owner),
+            ReadOp::Neighbors { vertex, .. } | ReadOp::NeighborSet { vertex, .. } | ReadOp::Degree { vertex, .. } => {
+                ShardKey::Id(*vertex)
+            }
+            ReadOp::HasEdge { src, .. } => ShardKey::Id(*src),
+        }
+    }
+}
+
+/// Calls answered by any node without a shard.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum AdminOp {
+    /// This node's view of the shard map.
+    ShardMap,
+    /// This node's status: its shards' roles, terms and applied indexes.
+    Status,
+}
+
+/// The answer to one request; the body of a `Response` frame.
+pub type Response = Result<Reply, ErrorReply>;
+
+/// A successful answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    /// The write was applied and has no other result.
+    Done,
+    /// The entry id assigned by `TimelineAppend`.
+    Appended(EntryId),
+    /// Whether the write changed the state (false: it was already so).
+    Changed(bool),
+    /// One answer per key, in request order.
+    Bools(Vec<bool>),
+    /// A timeline page.
+    Page(Page),
+    /// A page of neighbour ids.
+    Vertices {
+        /// Ids, ascending.
+        ids: Vec<VertexId>,
+        /// Pass as `after` to get the next page; `None` at the end.
+        next_after: Option<VertexId>,
+    },
+    /// A count.
+    Count(u64),
+    /// A yes/no answer.
+    Bool(bool),
+    /// A roaring treemap in its portable serialisation.
+    Bitmap(Vec<u8>),
+    /// The shard map.
+    ShardMap(ShardMap),
+    /// A node's status.
+    Status(NodeStatus),
+}
+
+/// One timeline page.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Page {
+    /// Entries, newest first for `Latest`/`Before`, oldest first for `After`.
+    pub entries: Vec<TimelineEntry>,
+    /// Whether more entries lie beyond this page in the reading direction.
+    pub has_more: bool,
+}
+
+/// One timeline entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    /// Monotone id.
+    pub id: EntryId,
+    /// Opaque item bytes.
+    pub item: Vec<u8>,
+}
+
+/// Cluster membership and shard placement, as one node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ShardMap {
+    /// Number of virtual shards, fixed at cluster creation.
+    pub shard_count: u32,
+    /// Member nodes.
+    pub nodes: Vec<NodeInfo>,
+    /// One entry per shard, indexed by shard id.
+    pub shards: Vec<ShardPlacement>,
+}
+
+impl ShardMap {
+    /// The client address of `node`, if known.
+    pub fn node_addr(&self, node: NodeId) -> Option<&str> {
+        self.nodes.iter().find(|n| n.id == node).map(|n| n.client_addr.as_str())
+    }
+}
+
+/// A member node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Node id.
+    pub id: NodeId,
+    /// `host:port` of its QUIC endpoint.
+    pub client_addr: String,
+}
+
+/// Where a shard lives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardPlacement {
+    /// Shard id.
+    pub shard: ShardId,
+    /// Nodes holding a replica.
+    pub replicas: Vec<NodeId>,
+    /// Current leader as last known, if any.
+    pub leader: Option<NodeId>,
+}
+
+/// One node's status report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Node id.
+    pub node_id: NodeId,
+    /// OS process id.
+    pub pid: u32,
+    /// Its QUIC address.
+    pub addr: String,
+    /// The scoring backend in use ("cpu-avx2", "cuda", ...), if scoring runs.
+    pub scoring_backend: Option<String>,
+    /// Replicas this node hosts.
+    pub shards: Vec<ReplicaStatus>,
+}
+
+/// One replica's Raft state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    /// Shard id (`u32::MAX` for the meta group).
+    pub shard: ShardId,
+    /// Leader as this replica knows it.
+    pub leader: Option<NodeId>,
+    /// Current term.
+    pub term: u64,
+    /// Voting members.
+    pub replicas: Vec<NodeId>,
+    /// Last applied log index.
+    pub applied_index: u64,
+}
+
+/// Why a request failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ErrorReply {
+    /// This node does not lead the shard; retry at `leader_addr`.
+    #[error("node is not the leader of shard {shard} (leader: {leader:?} at {leader_addr:?})")]
+    NotLeader {
+        /// Shard asked for.
+        shard: ShardId,
+        /// Leader known to this node.
+        leader: Option<NodeId>,
+        /// Its address.
+        leader_addr: Option<String>,
+    },
+    /// The request was routed to the wrong shard for its key.
+    #[error("request for shard {got} belongs to shard {expected}")]
+    WrongShard {
+        /// Shard the client named.
+        got: ShardId,
+        /// Shard the key hashes to.
+        expected: ShardId,
+    },
+    /// The shard has no replica on this node or no leader right now.
+    #[error("shard {0} is unavailable (no leader or no replica here)")]
+    ShardUnavailable(ShardId),
+    /// The token was wrong or the connection has not said `Hello`.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// The request is malformed or violates a limit.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The request names something that does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A bounded queue is full; retry later.
+    #[error("busy: {0}")]
+    Busy(String),
+    /// The operation did not finish in time; it may or may not have applied.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The write's session entry was already forgotten (the client acked it).
+    #[error("session sequence {seq} was already acknowledged by client {client_id}")]
+    StaleSession {
+        /// Client id.
+        client_id: u64,
+        /// Sequence number.
+        seq: u64,
+    },
+    /// The node failed in a way the client cannot fix.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ErrorReply {
+    /// Whether retrying the same request (possibly elsewhere) can succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ErrorReply::NotLeader { .. }
+                | ErrorReply::ShardUnavailable(_)
+                | ErrorReply::Busy(_)
+                | ErrorReply::Timeout(_)
+        )
+    }
+}

@@ -1,0 +1,24 @@
+//! Replication for plexus: what one shard replica is made of.
+//!
+//! - `state`: the deterministic shard state machine (filters, timelines,
+//!   graph partitions, the exactly-once session table, the cross-shard edge
+//!   outbox). Pure: no clock, no RNG, no IO.
+//! - `wal`: the node's write-ahead log shared by every Raft group on the node
+//!   (one fsync covers a batch of many groups) and the snapshot files.
+//! - `log_store`, `sm_store`: openraft's storage traits over those.
+//! - `network`: Raft RPC encoding over the `RaftTransport` seam.
+//! - `replica`: one running group replica and the calls the node makes on it.
+//! - `types`: the openraft type configuration and the replicated `Command`.
+//!
+//! It does not know about QUIC, actors or clients: the network reaches it
+//! through the `RaftTransport` trait so the simulator can substitute one.
+
+pub mod log_store;
+pub mod network;
+pub mod replica;
+pub mod sm_store;
+pub mod state;
+pub mod types;
+pub mod wal;
+
+pub use types::*;

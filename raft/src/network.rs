@@ -1,0 +1,194 @@
+//! Raft RPCs between nodes, carried by whatever implements `RaftTransport`.
+//!
+//! Every group on a node shares the transport: the QUIC implementation
+//! batches messages of many groups to the same peer into one frame, and the
+//! simulator substitutes its own. This module only encodes requests, routes
+//! them by group id and maps failures to openraft's error types.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::BasicNode;
+use plexus_proto::{Response, ShardMap};
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Command, TypeConfig};
+
+type NodeId = u64;
+
+/// A boxed, sendable future (the transport is used as a trait object).
+pub type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Why a message did not reach its peer or got no answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TransportError {
+    /// The peer could not be reached (no address, connect failed, connection lost).
+    #[error("peer {0} unreachable: {1}")]
+    Unreachable(NodeId, String),
+    /// No answer within the deadline.
+    #[error("peer {0} did not answer within {1:?}")]
+    Timeout(NodeId, Duration),
+    /// The local send queue for that peer is full.
+    #[error("send queue to peer {0} is full")]
+    Busy(NodeId),
+    /// The peer answered with an error of its own.
+    #[error("peer {0} failed: {1}")]
+    Remote(NodeId, String),
+}
+
+/// Sends one opaque message to a peer node and returns its opaque answer.
+pub trait RaftTransport: Send + Sync + 'static {
+    /// Delivers `msg` to node `to` and waits at most `timeout` for its answer.
+    fn call(&self, to: NodeId, msg: Vec<u8>, timeout: Duration) -> BoxFut<Result<Vec<u8>, TransportError>>;
+}
+
+/// A message between nodes.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// AppendEntries for `group`.
+    Append(u32, AppendEntriesRequest<TypeConfig>),
+    /// RequestVote for `group`.
+    Vote(u32, VoteRequest<NodeId>),
+    /// One chunk of a snapshot for `group`.
+    Snapshot(u32, InstallSnapshotRequest<TypeConfig>),
+    /// Propose `cmd` on `group` if this node leads it (cross-shard delivery).
+    Propose(u32, Command),
+    /// This node's view of the shard map.
+    ShardMap,
+}
+
+/// The answer to a `PeerRequest`.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerResponse {
+    /// Answer to `Append`.
+    Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    /// Answer to `Vote`.
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    /// Answer to `Snapshot`.
+    Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    /// Answer to `Propose`.
+    Propose(Response),
+    /// Answer to `ShardMap`.
+    ShardMap(Box<ShardMap>),
+    /// The receiving node hosts no replica of that group.
+    NoSuchGroup(u32),
+}
+
+/// Encodes a peer message.
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, String> {
+    postcard::to_stdvec(msg).map_err(|e| format!("encode peer message: {e}"))
+}
+
+/// Decodes a peer message; malformed bytes are an error, never a panic.
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, String> {
+    postcard::from_bytes(bytes).map_err(|e| format!("malformed peer message: {e}"))
+}
+
+/// Creates per-target clients for one group.
+#[derive(Clone)]
+pub struct NetworkFactory {
+    group: u32,
+    transport: Arc<dyn RaftTransport>,
+}
+
+impl NetworkFactory {
+    /// A factory for `group` over `transport`.
+    pub fn new(group: u32, transport: Arc<dyn RaftTransport>) -> Self {
+        Self { group, transport }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = GroupNetwork;
+
+    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> Self::Network {
+        GroupNetwork {
+            group: self.group,
+            target,
+            transport: self.transport.clone(),
+        }
+    }
+}
+
+/// The link from one group replica to the same group on `target`.
+pub struct GroupNetwork {
+    group: u32,
+    target: NodeId,
+    transport: Arc<dyn RaftTransport>,
+}
+
+fn to_rpc_err<E: std::error::Error>(e: TransportError) -> RPCError<NodeId, BasicNode, E> {
+    match e {
+        TransportError::Unreachable(..) | TransportError::Busy(_) => RPCError::Unreachable(Unreachable::new(&e)),
+        _ => RPCError::Network(NetworkError::new(&e)),
+    }
+}
+
+impl GroupNetwork {
+    async fn roundtrip<E: std::error::Error>(
+        &self,
+        req: PeerRequest,
+        option: &RPCOption,
+    ) -> Result<PeerResponse, RPCError<NodeId, BasicNode, E>> {
+        let bytes =
+            encode(&req).map_err(|e| RPCError::Network(NetworkError::new(&TransportError::Remote(self.target, e))))?;
+        let answer = self
+            .transport
+            .call(self.target, bytes, option.hard_ttl())
+            .await
+            .map_err(to_rpc_err)?;
+        decode(&answer).map_err(|e| RPCError::Network(NetworkError::new(&TransportError::Remote(self.target, e))))
+    }
+
+    fn unexpected<E: std::error::Error>(&self, what: &str) -> RPCError<NodeId, BasicNode, E> {
+        let e = TransportError::Remote(
+            self.target,
+            format!("unexpected answer to {what} for group {}", self.group),
+        );
+        RPCError::Network(NetworkError::new(&e))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for GroupNetwork {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        match self.roundtrip(PeerRequest::Append(self.group, rpc), &option).await? {
+            PeerResponse::Append(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+            _ => Err(self.unexpected("append")),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        match self.roundtrip(PeerRequest::Snapshot(self.group, rpc), &option).await? {
+            PeerResponse::Snapshot(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+            _ => Err(self.unexpected("snapshot")),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        match self.roundtrip(PeerRequest::Vote(self.group, rpc), &option).await? {
+            PeerResponse::Vote(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+            _ => Err(self.unexpected("vote")),
+        }
+    }
+}

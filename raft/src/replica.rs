@@ -1,0 +1,277 @@
+//! One replica of one Raft group on this node: the openraft instance, its
+//! log and state-machine stores, and the calls the node makes on it.
+//!
+//! It turns openraft's results into client answers (`Response`), so callers
+//! above never see openraft error types.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
+use plexus_proto::{Consistency, ErrorReply, NodeId, ReadOp, ReplicaStatus, Reply, Response, ShardId};
+
+use crate::log_store::LogStore;
+use crate::network::{NetworkFactory, PeerRequest, PeerResponse, RaftTransport};
+use crate::sm_store::{SharedState, StateMachineStore};
+use crate::state::StateLimits;
+use crate::types::{Command, TypeConfig};
+use crate::wal::{GroupLog, SnapshotStore, Wal};
+
+/// Timing and compaction settings shared by every group on a node.
+#[derive(Clone, Debug)]
+pub struct ReplicaOptions {
+    /// Leader heartbeat period, in milliseconds.
+    pub heartbeat_ms: u64,
+    /// Lower bound of the election timeout, in milliseconds.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the election timeout, in milliseconds.
+    pub election_timeout_max_ms: u64,
+    /// Log entries applied since the last snapshot that trigger a new one.
+    pub snapshot_logs_since_last: u64,
+    /// Entries kept in the log behind a snapshot (to catch up slow followers without a snapshot).
+    pub logs_kept_behind_snapshot: u64,
+    /// Shard state limits.
+    pub limits: StateLimits,
+    /// Total shards in the cluster.
+    pub shard_count: u32,
+}
+
+impl Default for ReplicaOptions {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 250,
+            election_timeout_min_ms: 1_000,
+            election_timeout_max_ms: 2_000,
+            snapshot_logs_since_last: 10_000,
+            logs_kept_behind_snapshot: 1_000,
+            limits: StateLimits::default(),
+            shard_count: 64,
+        }
+    }
+}
+
+/// Why a replica could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// The persisted state could not be read.
+    #[error("storage for group {0}: {1}")]
+    Storage(u32, String),
+    /// openraft refused its configuration or failed to start.
+    #[error("raft for group {0}: {1}")]
+    Raft(u32, String),
+}
+
+/// A running group replica. Cheap to clone.
+#[derive(Clone)]
+pub struct Replica {
+    /// Group id (a shard id, or `META_GROUP`).
+    pub group: u32,
+    /// This node.
+    pub node_id: NodeId,
+    /// The openraft handle.
+    pub raft: Raft<TypeConfig>,
+    state: SharedState,
+}
+
+impl Replica {
+    /// Starts the replica from its durable log and latest snapshot.
+    pub async fn open(
+        group: u32,
+        node_id: NodeId,
+        log: LogStore,
+        snapshots: Arc<SnapshotStore>,
+        transport: Arc<dyn RaftTransport>,
+        opts: &ReplicaOptions,
+    ) -> Result<Self, ReplicaError> {
+        let config = Config {
+            cluster_name: format!("plexus-group-{group}"),
+            heartbeat_interval: opts.heartbeat_ms,
+            election_timeout_min: opts.election_timeout_min_ms,
+            election_timeout_max: opts.election_timeout_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_logs_since_last),
+            max_in_snapshot_log_to_keep: opts.logs_kept_behind_snapshot,
+            install_snapshot_timeout: 10_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ReplicaError::Raft(group, e.to_string()))?;
+        let sm = StateMachineStore::open(group, opts.shard_count, opts.limits.clone(), snapshots)
+            .map_err(|e| ReplicaError::Storage(group, e.to_string()))?;
+        let state = sm.shared();
+        let raft = Raft::new(
+            node_id,
+            Arc::new(config),
+            NetworkFactory::new(group, transport),
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| ReplicaError::Raft(group, e.to_string()))?;
+        Ok(Self {
+            group,
+            node_id,
+            raft,
+            state,
+        })
+    }
+
+    /// Makes this node's replica the founder of the group with `members`
+    /// (each id mapped to its address). A group that already has a log or a
+    /// vote is left as it is, so this is safe to call on every start.
+    pub async fn bootstrap(&self, members: BTreeMap<NodeId, String>) -> Result<(), ReplicaError> {
+        if self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| ReplicaError::Raft(self.group, e.to_string()))?
+        {
+            return Ok(());
+        }
+        let members: BTreeMap<NodeId, BasicNode> = members
+            .into_iter()
+            .map(|(id, addr)| (id, BasicNode::new(addr)))
+            .collect();
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            // Another start of this node or a peer's vote got there first.
+            Err(RaftError::APIError(_)) => Ok(()),
+            Err(e) => Err(ReplicaError::Raft(self.group, e.to_string())),
+        }
+    }
+
+    /// The applied state, for reads and status.
+    pub fn state(&self) -> &SharedState {
+        &self.state
+    }
+
+    /// The leader this replica knows of.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Whether this replica currently leads its group.
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader
+    }
+
+    /// Replicates `cmd` and returns the state machine's answer once applied.
+    pub async fn propose(&self, cmd: Command, timeout: Duration) -> Response {
+        match tokio::time::timeout(timeout, self.raft.client_write(cmd)).await {
+            Err(_) => Err(ErrorReply::Timeout(format!(
+                "write to shard {} not committed in {timeout:?}",
+                self.group
+            ))),
+            Ok(Ok(resp)) => resp.data,
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(ErrorReply::NotLeader {
+                shard: self.group,
+                leader: f.leader_id,
+                leader_addr: f.leader_node.map(|n| n.addr),
+            }),
+            Ok(Err(RaftError::APIError(e))) => Err(ErrorReply::Internal(e.to_string())),
+            Ok(Err(RaftError::Fatal(e))) => Err(ErrorReply::ShardUnavailable(self.group).with_context(e)),
+        }
+    }
+
+    /// Serves a read: linearizable reads first confirm leadership with a
+    /// quorum (read index) and wait until that index is applied.
+    pub async fn read(&self, op: &ReadOp, consistency: Consistency, timeout: Duration) -> Response {
+        if consistency == Consistency::Linearizable {
+            match tokio::time::timeout(timeout, self.raft.ensure_linearizable()).await {
+                Err(_) => {
+                    return Err(ErrorReply::Timeout(format!(
+                        "read index on shard {} timed out",
+                        self.group
+                    )))
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f)))) => {
+                    return Err(ErrorReply::NotLeader {
+                        shard: self.group,
+                        leader: f.leader_id,
+                        leader_addr: f.leader_node.map(|n| n.addr),
+                    })
+                }
+                Ok(Err(e)) => return Err(ErrorReply::ShardUnavailable(self.group).with_context(e)),
+            }
+        }
+        match self.state.read() {
+            Ok(s) => s.read(op),
+            Err(_) => Err(ErrorReply::Internal(format!(
+                "state of shard {} is poisoned",
+                self.group
+            ))),
+        }
+    }
+
+    /// Answers a Raft RPC from a peer.
+    pub async fn handle_peer(&self, req: PeerRequest, timeout: Duration) -> PeerResponse {
+        match req {
+            PeerRequest::Append(_, rpc) => PeerResponse::Append(self.raft.append_entries(rpc).await),
+            PeerRequest::Vote(_, rpc) => PeerResponse::Vote(self.raft.vote(rpc).await),
+            PeerRequest::Snapshot(_, rpc) => PeerResponse::Snapshot(self.raft.install_snapshot(rpc).await),
+            PeerRequest::Propose(_, cmd) => PeerResponse::Propose(self.propose(cmd, timeout).await),
+            PeerRequest::ShardMap => PeerResponse::NoSuchGroup(self.group),
+        }
+    }
+
+    /// This replica's Raft status.
+    pub fn status(&self) -> ReplicaStatus {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        ReplicaStatus {
+            shard: self.group as ShardId,
+            leader: m.current_leader,
+            term: m.current_term,
+            replicas: m.membership_config.membership().voter_ids().collect(),
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+        }
+    }
+
+    /// Stops the replica's Raft tasks (its stores stay on disk).
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+/// Helper to attach a cause to an availability error in logs.
+trait WithContext {
+    fn with_context(self, e: impl std::fmt::Display) -> Self;
+}
+
+impl WithContext for ErrorReply {
+    fn with_context(self, e: impl std::fmt::Display) -> Self {
+        tracing::debug!(error = %e, "replica unavailable");
+        self
+    }
+}
+
+/// Opens the log of `group` from the node's recovered WAL state.
+pub fn open_log(group: u32, wal: &Wal, recovered: GroupLog) -> Result<LogStore, ReplicaError> {
+    LogStore::new(group, wal.clone(), recovered).map_err(|e| ReplicaError::Storage(group, e.to_string()))
+}
+
+/// Placement of a shard's replicas: `replication` consecutive nodes (in id
+/// order) starting at `shard % nodes`. Deterministic, so every node computes
+/// the same map from the same member list.
+pub fn place(shard: ShardId, nodes: &[NodeId], replication: usize) -> Vec<NodeId> {
+    let mut sorted = nodes.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let n = sorted.len();
+    let r = replication.min(n);
+    (0..r).map(|i| sorted[(shard as usize + i) % n]).collect()
+}
+
+/// Answer for a request naming a group this node does not host.
+pub fn no_replica(shard: ShardId) -> Response {
+    Err(ErrorReply::ShardUnavailable(shard))
+}
+
+/// Shorthand for the `Done` reply.
+pub fn done() -> Response {
+    Ok(Reply::Done)
+}

@@ -1,0 +1,239 @@
+//! The openraft state machine for one group: a `ShardState` in memory, made
+//! durable by snapshot files.
+//!
+//! Applying never touches the disk: committed entries are already fsynced in
+//! the WAL, so after a crash the state is rebuilt from the last snapshot plus
+//! the log after it. Snapshots are written (tmp, fsync, rename) before openraft
+//! is told about them, so it only purges log entries a snapshot covers.
+
+// openraft's trait signatures fix `StorageError` as the error type; helpers
+// return it too rather than converting at every call site.
+#![allow(clippy::result_large_err)]
+
+use std::io::Cursor;
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
+};
+use plexus_proto::{ErrorReply, Reply, Response};
+use serde::{Deserialize, Serialize};
+
+use crate::state::{ShardState, StateLimits};
+use crate::types::TypeConfig;
+use crate::wal::SnapshotStore;
+
+type NodeId = u64;
+type Node = openraft::BasicNode;
+
+/// Shared handle to a group's applied state; readers take the read lock.
+pub type SharedState = Arc<RwLock<ShardState>>;
+
+/// Snapshot metadata as stored next to the state bytes.
+#[derive(Serialize, Deserialize)]
+struct StoredMeta {
+    last_log_id: Option<LogId<NodeId>>,
+    last_membership: StoredMembership<NodeId, Node>,
+    snapshot_id: String,
+}
+
+/// The state machine store of one group.
+pub struct StateMachineStore {
+    group: u32,
+    state: SharedState,
+    limits: StateLimits,
+    last_applied: Option<LogId<NodeId>>,
+    last_membership: StoredMembership<NodeId, Node>,
+    snapshots: Arc<SnapshotStore>,
+    current: Option<(SnapshotMeta<NodeId, Node>, Vec<u8>)>,
+    snapshot_seq: u64,
+}
+
+fn sm_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
+    StorageIOError::write_state_machine(AnyError::error(e.to_string())).into()
+}
+
+fn read_sm_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
+    StorageIOError::read_state_machine(AnyError::error(e.to_string())).into()
+}
+
+impl StateMachineStore {
+    /// Opens the group's state from its last snapshot file, or empty.
+    pub fn open(
+        group: u32,
+        shard_count: u32,
+        limits: StateLimits,
+        snapshots: Arc<SnapshotStore>,
+    ) -> Result<Self, StorageError<NodeId>> {
+        let mut store = Self {
+            group,
+            state: Arc::new(RwLock::new(ShardState::new(group, shard_count, limits.clone()))),
+            limits,
+            last_applied: None,
+            last_membership: StoredMembership::default(),
+            snapshots,
+            current: None,
+            snapshot_seq: 0,
+        };
+        if let Some((meta, data)) = store.snapshots.load(group).map_err(read_sm_err)? {
+            let meta: StoredMeta = postcard::from_bytes(&meta).map_err(read_sm_err)?;
+            let state = ShardState::from_snapshot(&data, store.limits.clone()).map_err(read_sm_err)?;
+            store.last_applied = meta.last_log_id;
+            store.last_membership = meta.last_membership.clone();
+            *store.state.write().map_err(read_sm_err)? = state;
+            store.current = Some((
+                SnapshotMeta {
+                    last_log_id: meta.last_log_id,
+                    last_membership: meta.last_membership,
+                    snapshot_id: meta.snapshot_id,
+                },
+                data,
+            ));
+        }
+        Ok(store)
+    }
+
+    /// The state readers use.
+    pub fn shared(&self) -> SharedState {
+        self.state.clone()
+    }
+
+    fn install(&mut self, meta: &SnapshotMeta<NodeId, Node>, data: Vec<u8>) -> Result<(), StorageError<NodeId>> {
+        let state = ShardState::from_snapshot(&data, self.limits.clone()).map_err(sm_err)?;
+        self.persist(meta, &data)?;
+        *self.state.write().map_err(sm_err)? = state;
+        self.last_applied = meta.last_log_id;
+        self.last_membership = meta.last_membership.clone();
+        self.current = Some((meta.clone(), data));
+        Ok(())
+    }
+
+    fn persist(&self, meta: &SnapshotMeta<NodeId, Node>, data: &[u8]) -> Result<(), StorageError<NodeId>> {
+        let stored = StoredMeta {
+            last_log_id: meta.last_log_id,
+            last_membership: meta.last_membership.clone(),
+            snapshot_id: meta.snapshot_id.clone(),
+        };
+        let meta_bytes = postcard::to_stdvec(&stored).map_err(sm_err)?;
+        self.snapshots.save(self.group, &meta_bytes, data).map_err(sm_err)
+    }
+}
+
+/// Builds a snapshot from a copy of the state taken under the read lock.
+pub struct SnapshotBuilder {
+    group: u32,
+    state: SharedState,
+    last_applied: Option<LogId<NodeId>>,
+    last_membership: StoredMembership<NodeId, Node>,
+    snapshots: Arc<SnapshotStore>,
+    seq: u64,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let data = self.state.read().map_err(read_sm_err)?.to_snapshot();
+        let snapshot_id = match self.last_applied {
+            Some(l) => format!("{}-{}-{}-{}", self.group, l.leader_id.term, l.index, self.seq),
+            None => format!("{}-0-0-{}", self.group, self.seq),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: self.last_applied,
+            last_membership: self.last_membership.clone(),
+            snapshot_id,
+        };
+        let stored = StoredMeta {
+            last_log_id: meta.last_log_id,
+            last_membership: meta.last_membership.clone(),
+            snapshot_id: meta.snapshot_id.clone(),
+        };
+        let meta_bytes = postcard::to_stdvec(&stored).map_err(sm_err)?;
+        self.snapshots.save(self.group, &meta_bytes, &data).map_err(sm_err)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, Node>), StorageError<NodeId>> {
+        Ok((self.last_applied, self.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut out = Vec::new();
+        let mut state = self.state.write().map_err(sm_err)?;
+        for entry in entries {
+            self.last_applied = Some(entry.log_id);
+            let resp = match entry.payload {
+                EntryPayload::Blank => Ok(Reply::Done),
+                EntryPayload::Normal(cmd) => state.apply(entry.log_id.index, &cmd),
+                EntryPayload::Membership(m) => {
+                    self.last_membership = StoredMembership::new(Some(entry.log_id), m);
+                    Ok(Reply::Done)
+                }
+            };
+            out.push(resp);
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.snapshot_seq += 1;
+        SnapshotBuilder {
+            group: self.group,
+            state: self.state.clone(),
+            last_applied: self.last_applied,
+            last_membership: self.last_membership.clone(),
+            snapshots: self.snapshots.clone(),
+            seq: self.snapshot_seq,
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, Node>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        self.install(meta, snapshot.into_inner())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        // The builder saves to disk without updating `current`, so the file is the truth.
+        match self.snapshots.load(self.group).map_err(read_sm_err)? {
+            Some((meta, data)) => {
+                let m: StoredMeta = postcard::from_bytes(&meta).map_err(read_sm_err)?;
+                Ok(Some(Snapshot {
+                    meta: SnapshotMeta {
+                        last_log_id: m.last_log_id,
+                        last_membership: m.last_membership,
+                        snapshot_id: m.snapshot_id,
+                    },
+                    snapshot: Box::new(Cursor::new(data)),
+                }))
+            }
+            None => Ok(self.current.as_ref().map(|(meta, data)| Snapshot {
+                meta: meta.clone(),
+                snapshot: Box::new(Cursor::new(data.clone())),
+            })),
+        }
+    }
+}
+
+/// Maps an internal failure to the answer a client gets.
+pub fn internal(e: impl std::fmt::Display) -> ErrorReply {
+    ErrorReply::Internal(e.to_string())
+}

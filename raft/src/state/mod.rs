@@ -1,0 +1,353 @@
+//! The deterministic shard state machine: what one shard replica holds and
+//! how a committed `Command` changes it.
+//!
+//! A shard holds named filters (`filter`), timelines (`timeline`), its graph
+//! partition (`graph`), the undelivered halves of cross-shard edges
+//! (`outbox`) and the exactly-once session table (`session`). Applying is
+//! pure: no clock (time arrives in `Command::Client::now_millis`), no RNG, no
+//! IO and no iteration over hash maps, so every replica that applies the same
+//! log reaches the same `state_hash`. It is not Raft, storage or networking:
+//! `sm_store` feeds it committed entries and persists its snapshots.
+
+mod bloom;
+mod filter;
+mod graph;
+mod hash;
+mod outbox;
+mod session;
+mod snapshot;
+mod timeline;
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_graph;
+#[cfg(test)]
+mod tests_snapshot;
+
+use std::collections::BTreeMap;
+
+use plexus_proto::{shard_for_key, ErrorReply, ReadOp, Reply, Response, ShardId, ShardKey, ShardMap, WriteOp};
+
+pub use filter::{
+    FILTER_BLOCK_BYTES_MAX, FILTER_FP_RATE_PPM_MAX, FILTER_FP_RATE_PPM_MIN, FILTER_NAME_BYTES_MAX, FILTER_SEALED_MAX,
+    FILTER_TAIL_BLOOMS_MAX,
+};
+pub use snapshot::StateError;
+
+use crate::types::{Command, EdgeUpdate};
+use filter::NamedFilter;
+use graph::{Graph, Placement};
+use outbox::Outbox;
+use session::{Admission, Sessions};
+use timeline::Timelines;
+
+/// Limits of one shard's state. They are configuration, not replicated
+/// state: every replica of a group must be given the same values, or their
+/// states may diverge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateLimits {
+    /// Entries kept per timeline; appending past it drops the oldest.
+    pub timeline_len_max: usize,
+    /// Most entries in one timeline page.
+    pub page_entries_max: u32,
+    /// Most ids in one neighbours page.
+    pub neighbors_page_max: u32,
+    /// Most keys in one filter add or contains batch.
+    pub filter_batch_keys_max: usize,
+    /// Largest timeline item or filter key, in bytes.
+    pub item_bytes_max: usize,
+    /// Most clients in the session table.
+    pub sessions_max: usize,
+    /// Most cached answers per client.
+    pub session_responses_max: usize,
+    /// Most undelivered edge updates in the outbox, over all destinations.
+    pub outbox_entries_max: usize,
+}
+
+impl Default for StateLimits {
+    fn default() -> Self {
+        Self {
+            timeline_len_max: 800,
+            page_entries_max: 1_000,
+            neighbors_page_max: 10_000,
+            filter_batch_keys_max: 100_000,
+            item_bytes_max: 64 * 1024,
+            sessions_max: 10_000,
+            session_responses_max: 1_024,
+            outbox_entries_max: 100_000,
+        }
+    }
+}
+
+/// The replicated state of one shard (or of the meta group).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShardState {
+    here: Placement,
+    limits: StateLimits,
+    last_applied: u64,
+    shard_map: Option<ShardMap>,
+    filters: BTreeMap<String, NamedFilter>,
+    timelines: Timelines,
+    graph: Graph,
+    outbox: Outbox,
+    sessions: Sessions,
+}
+
+fn bad(msg: String) -> ErrorReply {
+    ErrorReply::BadRequest(msg)
+}
+
+impl ShardState {
+    /// An empty state for `shard` of `shard_count` (the meta group passes
+    /// `META_GROUP`, which owns no key).
+    pub fn new(shard: ShardId, shard_count: u32, limits: StateLimits) -> Self {
+        Self {
+            here: Placement { shard, shard_count },
+            limits,
+            last_applied: 0,
+            shard_map: None,
+            filters: BTreeMap::new(),
+            timelines: Timelines::default(),
+            graph: Graph::default(),
+            outbox: Outbox::default(),
+            sessions: Sessions::default(),
+        }
+    }
+
+    /// Apply one committed command at log `index`. Pure and deterministic.
+    ///
+    /// Answers, besides the errors each op documents:
+    /// - `FilterCreate`: `Changed(created)`; an existing name with another
+    ///   spec is `BadRequest`.
+    /// - `FilterAdd`: `Changed(any key tested absent before its insertion)`.
+    /// - `FilterSeal`: `Changed(the tail held keys)`; a missing filter is `NotFound`.
+    /// - `TimelineAppend`: `Appended(id)`; `TimelineDelete`, `Follow`,
+    ///   `Unfollow`: `Changed(..)`. A full outbox is `Busy`, not applied.
+    /// - `EdgeDelivery`: `Count(delivered_upto)` for the source shard.
+    /// - `OutboxTrim`: `Count(entries dropped)`.
+    /// - `SetShardMap`, `Noop`: `Done`.
+    ///
+    /// A client op whose key is not this shard's is `WrongShard`. A write
+    /// under a session is answered from the session table when it is a
+    /// retry (or `StaleSession` when already acknowledged), and not applied.
+    ///
+    /// Indexes must increase: an `index` at or below `last_applied` (once
+    /// that is non-zero) is answered `Internal` without applying, so a
+    /// caller's replay bug cannot apply a write twice.
+    pub fn apply(&mut self, index: u64, cmd: &Command) -> Response {
+        if self.last_applied != 0 && index <= self.last_applied {
+            return Err(ErrorReply::Internal(format!(
+                "log index {index} is not after the last applied index {}",
+                self.last_applied
+            )));
+        }
+        let answer = match cmd {
+            Command::Client {
+                session: Some(s),
+                op,
+                now_millis,
+            } => match self.sessions.admit(s) {
+                Admission::Answer(answer) => answer,
+                Admission::Apply => {
+                    let answer = self.apply_write(op, *now_millis);
+                    let (sessions_max, responses_max) = (self.limits.sessions_max, self.limits.session_responses_max);
+                    self.sessions.record(s, index, &answer, sessions_max, responses_max);
+                    answer
+                }
+            },
+            Command::Client {
+                session: None,
+                op,
+                now_millis,
+            } => self.apply_write(op, *now_millis),
+            Command::EdgeDelivery {
+                from_shard,
+                first_seq,
+                items,
+            } => self
+                .graph
+                .deliver(self.here, *from_shard, *first_seq, items)
+                .map(Reply::Count),
+            Command::OutboxTrim { to_shard, upto_seq } => Ok(Reply::Count(self.outbox.trim(*to_shard, *upto_seq))),
+            Command::SetShardMap(map) => {
+                self.shard_map = Some(map.clone());
+                Ok(Reply::Done)
+            }
+            Command::Noop => Ok(Reply::Done),
+        };
+        self.last_applied = index;
+        debug_assert!(self.outbox.check());
+        answer
+    }
+
+    /// `WrongShard` unless `key` belongs to this shard.
+    fn check_key(&self, key: &ShardKey) -> Result<(), ErrorReply> {
+        let expected = shard_for_key(key, self.here.shard_count);
+        if expected == self.here.shard {
+            Ok(())
+        } else {
+            Err(ErrorReply::WrongShard {
+                got: self.here.shard,
+                expected,
+            })
+        }
+    }
+
+    fn check_filter_batch(&self, name: &str, keys: &[Vec<u8>]) -> Result<(), ErrorReply> {
+        if name.len() > FILTER_NAME_BYTES_MAX {
+            return Err(bad(format!(
+                "filter name of {} bytes exceeds {FILTER_NAME_BYTES_MAX}",
+                name.len()
+            )));
+        }
+        if keys.len() > self.limits.filter_batch_keys_max {
+            return Err(bad(format!(
+                "{} filter keys exceed the batch limit of {}",
+                keys.len(),
+                self.limits.filter_batch_keys_max
+            )));
+        }
+        if let Some(k) = keys.iter().find(|k| k.len() > self.limits.item_bytes_max) {
+            return Err(bad(format!(
+                "filter key of {} bytes exceeds {}",
+                k.len(),
+                self.limits.item_bytes_max
+            )));
+        }
+        Ok(())
+    }
+
+    fn apply_write(&mut self, op: &WriteOp, now_millis: u64) -> Response {
+        self.check_key(&op.shard_key())?;
+        match op {
+            WriteOp::FilterCreate { name, spec } => {
+                self.check_filter_batch(name, &[])?;
+                match self.filters.get(name) {
+                    Some(f) if f.spec() == spec => Ok(Reply::Changed(false)),
+                    Some(f) => Err(bad(format!(
+                        "filter {name:?} exists with a different spec {:?}",
+                        f.spec()
+                    ))),
+                    None => {
+                        self.filters.insert(name.clone(), NamedFilter::new(*spec)?);
+                        Ok(Reply::Changed(true))
+                    }
+                }
+            }
+            WriteOp::FilterAdd { name, keys } => {
+                self.check_filter_batch(name, keys)?;
+                match self.filters.get_mut(name) {
+                    Some(f) => f.add(keys).map(Reply::Changed),
+                    None => {
+                        // Created only if the add succeeds, so a refused add leaves no trace.
+                        let mut f = NamedFilter::new(Default::default())?;
+                        let changed = f.add(keys)?;
+                        self.filters.insert(name.clone(), f);
+                        Ok(Reply::Changed(changed))
+                    }
+                }
+            }
+            WriteOp::FilterSeal { name } => match self.filters.get_mut(name) {
+                Some(f) => f.seal().map(Reply::Changed),
+                None => Err(ErrorReply::NotFound(format!("filter {name:?}"))),
+            },
+            WriteOp::TimelineAppend { owner, item } => {
+                if item.len() > self.limits.item_bytes_max {
+                    return Err(bad(format!(
+                        "timeline item of {} bytes exceeds {}",
+                        item.len(),
+                        self.limits.item_bytes_max
+                    )));
+                }
+                let id = self
+                    .timelines
+                    .append(*owner, item, now_millis, self.limits.timeline_len_max)?;
+                debug_assert!(self.timelines.check_owner(*owner, self.limits.timeline_len_max));
+                Ok(Reply::Appended(id))
+            }
+            WriteOp::TimelineDelete { owner, id } => Ok(Reply::Changed(self.timelines.delete(*owner, *id))),
+            WriteOp::Follow { src, dst } => self
+                .graph
+                .follow(self.here, *src, *dst, &mut self.outbox, self.limits.outbox_entries_max)
+                .map(Reply::Changed),
+            WriteOp::Unfollow { src, dst } => self
+                .graph
+                .unfollow(self.here, *src, *dst, &mut self.outbox, self.limits.outbox_entries_max)
+                .map(Reply::Changed),
+        }
+    }
+
+    /// Serve a read from the applied state.
+    pub fn read(&self, op: &ReadOp) -> Response {
+        self.check_key(&op.shard_key())?;
+        match op {
+            ReadOp::FilterContains { name, keys } => {
+                self.check_filter_batch(name, keys)?;
+                let answers = match self.filters.get(name) {
+                    Some(f) => keys.iter().map(|k| f.contains(k)).collect(),
+                    None => vec![false; keys.len()],
+                };
+                Ok(Reply::Bools(answers))
+            }
+            ReadOp::TimelineRead { owner, cursor, limit } => {
+                let limit = capped_limit(*limit, self.limits.page_entries_max)?;
+                Ok(Reply::Page(self.timelines.read(*owner, *cursor, limit)))
+            }
+            ReadOp::Neighbors {
+                vertex,
+                direction,
+                after,
+                limit,
+            } => {
+                let limit = capped_limit(*limit, self.limits.neighbors_page_max)?;
+                Ok(self.graph.neighbors(*vertex, *direction, *after, limit))
+            }
+            ReadOp::NeighborSet { vertex, direction } => {
+                self.graph.neighbor_set(*vertex, *direction).map(Reply::Bitmap)
+            }
+            ReadOp::Degree { vertex, direction } => Ok(Reply::Count(self.graph.degree(*vertex, *direction))),
+            ReadOp::HasEdge { src, dst } => Ok(Reply::Bool(self.graph.has_edge(*src, *dst))),
+        }
+    }
+
+    /// Outbox entries not yet trimmed, grouped per destination shard:
+    /// `(dest, first_seq, items)`, at most `items_max` items per destination,
+    /// destinations ascending, none empty.
+    pub fn outbox_pending(&self, items_max: usize) -> Vec<(ShardId, u64, Vec<EdgeUpdate>)> {
+        self.outbox.pending(items_max)
+    }
+
+    /// Undelivered edge updates over all destinations.
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// The cluster's shard map, once `Command::SetShardMap` has applied.
+    pub fn shard_map(&self) -> Option<&ShardMap> {
+        self.shard_map.as_ref()
+    }
+
+    /// The index passed to the last `apply` (0 before the first).
+    pub fn last_applied(&self) -> u64 {
+        self.last_applied
+    }
+
+    /// This state's shard id.
+    pub fn shard(&self) -> ShardId {
+        self.here.shard
+    }
+
+    /// The limits this state enforces.
+    pub fn limits(&self) -> &StateLimits {
+        &self.limits
+    }
+}
+
+/// A requested page size capped at `max`; zero is refused.
+fn capped_limit(limit: u32, max: u32) -> Result<usize, ErrorReply> {
+    if limit == 0 {
+        return Err(bad("page limit must be at least 1".into()));
+    }
+    Ok(limit.min(max.max(1)) as usize)
+}

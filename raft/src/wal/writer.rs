@@ -1,0 +1,304 @@
+//! The WAL writer thread: group commit, segment rolling and deletion of dead segments.
+//!
+//! It owns the active segment file and the directory lock. It is the only code that writes
+//! segments after recovery, which is what makes a single fdatasync per batch enough. It does not
+//! encode ops (callers did) and never reads segments back.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+
+use super::format::{self, DiskOp, RECORD_HEADER_BYTES, VARINT_BYTES_MAX};
+use super::recovery::Active;
+use super::space::{OpNote, SegmentInfo, Space};
+use super::{sync_dir, Counters, Request, WalError, WalOptions};
+
+/// Name of the lock file inside the WAL directory.
+const LOCK_FILE: &str = "LOCK";
+
+/// Takes an exclusive advisory lock on `dir`, so two `Wal`s never write one directory.
+/// The lock lives as long as the returned file.
+pub(crate) fn lock_dir(dir: &Path) -> Result<File, WalError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| WalError::io("open lock file", &path, e))?;
+    // SAFETY: `flock` only operates on the descriptor, which `file` keeps open during the call.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.kind() == std::io::ErrorKind::WouldBlock {
+            return Err(WalError::Locked(dir.to_path_buf()));
+        }
+        return Err(WalError::io("lock", &path, err));
+    }
+    Ok(file)
+}
+
+/// State of the writer thread.
+pub(crate) struct Writer {
+    dir: PathBuf,
+    opts: WalOptions,
+    space: Space,
+    /// The active segment (the last of `space.segments`).
+    file: File,
+    /// Bytes in the active segment.
+    size: u64,
+    /// Bytes of the checkpoint this writer wrote at the start of the active segment; a segment
+    /// holding nothing more is never rolled again.
+    checkpoint_bytes: u64,
+    /// Held only to keep the directory locked until the thread ends.
+    _lock: File,
+    counters: Arc<Counters>,
+    /// Set after a write or fsync error; every later request fails with it.
+    poisoned: Option<String>,
+    /// Reused record buffer.
+    buf: Vec<u8>,
+    #[cfg(test)]
+    gate: Arc<Gate>,
+}
+
+impl Writer {
+    /// A writer continuing `active`, the last segment of `space`.
+    pub fn new(
+        dir: PathBuf,
+        opts: WalOptions,
+        space: Space,
+        active: Active,
+        lock: File,
+        counters: Arc<Counters>,
+        #[cfg(test)] gate: Arc<Gate>,
+    ) -> Self {
+        Self {
+            dir,
+            opts,
+            space,
+            file: active.file,
+            size: active.size,
+            checkpoint_bytes: 0,
+            _lock: lock,
+            counters,
+            poisoned: None,
+            buf: Vec::new(),
+            #[cfg(test)]
+            gate,
+        }
+    }
+
+    /// Serves requests until every sender is gone and the channel is drained.
+    pub fn run(mut self, rx: mpsc::Receiver<Request>) {
+        let mut pending: Option<Request> = None;
+        loop {
+            let first = match pending.take() {
+                Some(request) => request,
+                None => match rx.recv() {
+                    Ok(request) => request,
+                    Err(mpsc::RecvError) => break,
+                },
+            };
+            #[cfg(test)]
+            self.gate.wait_open();
+            let mut bytes = first.op_bytes.len();
+            let mut batch = vec![first];
+            while bytes < self.opts.batch_bytes_max {
+                match rx.try_recv() {
+                    Ok(request) if bytes + request.op_bytes.len() > self.opts.batch_bytes_max => {
+                        pending = Some(request);
+                        break;
+                    }
+                    Ok(request) => {
+                        bytes += request.op_bytes.len();
+                        batch.push(request);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let result = self.write_batch(&mut batch);
+            for request in batch {
+                let Request { done, permit, .. } = request;
+                if result.is_ok() {
+                    self.counters.requests.fetch_add(1, Ordering::Relaxed);
+                }
+                // Free the slot first so that a caller woken by `done` sees it free.
+                drop(permit);
+                done(result.clone());
+            }
+        }
+    }
+
+    /// Writes `batch` as one record and makes it durable, poisoning the writer on failure.
+    fn write_batch(&mut self, batch: &mut [Request]) -> Result<(), WalError> {
+        if let Some(reason) = &self.poisoned {
+            return Err(WalError::Poisoned(reason.clone()));
+        }
+        let result = self.write_batch_inner(batch);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "wal: write failed; refusing further writes until reopened");
+            self.poisoned = Some(e.to_string());
+        }
+        result
+    }
+
+    fn write_batch_inner(&mut self, batch: &mut [Request]) -> Result<(), WalError> {
+        let op_count: u64 = batch.iter().map(|r| r.op_count).sum();
+        let op_bytes: usize = batch.iter().map(|r| r.op_bytes.len()).sum();
+        let record_bytes = (RECORD_HEADER_BYTES + VARINT_BYTES_MAX + op_bytes) as u64;
+        let rolled = self.size + record_bytes > self.opts.segment_bytes_max && self.size > self.checkpoint_bytes;
+        if rolled {
+            self.roll()?;
+        }
+        self.buf.clear();
+        format::push_record(&mut self.buf, op_count, batch.iter().map(|r| r.op_bytes.as_slice()));
+        self.append_buf()?;
+        let mut purged = false;
+        for request in batch.iter_mut() {
+            for note in std::mem::take(&mut request.notes) {
+                purged |= matches!(note, OpNote::Purge { .. });
+                self.space.note(note);
+            }
+        }
+        if self.opts.fsync {
+            let path = self.active_path();
+            self.file
+                .sync_data()
+                .map_err(|e| WalError::io("fdatasync segment", &path, e))?;
+            self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+        }
+        self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        self.counters.ops.fetch_add(op_count, Ordering::Relaxed);
+        if purged || rolled {
+            self.delete_dead_segments();
+        }
+        Ok(())
+    }
+
+    /// Writes `buf` as one complete record at the end of the active segment.
+    fn append_buf(&mut self) -> Result<(), WalError> {
+        let path = self.active_path();
+        self.file
+            .write_all(&self.buf)
+            .map_err(|e| WalError::io("write segment", &path, e))?;
+        self.size += self.buf.len() as u64;
+        self.counters.bytes.fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+        if let Some(active) = self.space.segments.back_mut() {
+            active.records += 1;
+        }
+        Ok(())
+    }
+
+    /// Starts a new segment whose first record is a checkpoint of every group.
+    fn roll(&mut self) -> Result<(), WalError> {
+        let next_seq = self
+            .space
+            .segments
+            .back()
+            .map_or(0, |active| active.first_seq + active.records);
+        let path = self.dir.join(format::segment_file_name(next_seq));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| WalError::io("create segment", &path, e))?;
+        if self.opts.fsync {
+            sync_dir(&self.dir)?;
+        }
+        let checkpoints = self.space.checkpoints();
+        self.space.segments.push_back(SegmentInfo::new(next_seq, path));
+        self.file = file;
+        self.size = 0;
+        self.checkpoint_bytes = 0;
+        self.counters.segments_created.fetch_add(1, Ordering::Relaxed);
+        if !checkpoints.is_empty() {
+            let mut chunks = Vec::with_capacity(checkpoints.len());
+            for checkpoint in checkpoints {
+                chunks.push(postcard::to_allocvec(&DiskOp::Checkpoint(checkpoint))?);
+            }
+            self.buf.clear();
+            format::push_record(&mut self.buf, chunks.len() as u64, chunks.iter().map(|c| c.as_slice()));
+            self.append_buf()?;
+            self.checkpoint_bytes = self.size;
+        }
+        Ok(())
+    }
+
+    /// Deletes the dead prefix of segments, oldest first, fsyncing the directory after each one:
+    /// otherwise a crash could persist a later deletion but not an earlier one, leaving a gap that
+    /// recovery must reject. Deletions are rare (one per `segment_bytes_max` written), so the extra
+    /// fsyncs are cheap. Failures only delay reclaiming space, so they are logged and retried after
+    /// the next purge rather than failing the batch.
+    fn delete_dead_segments(&mut self) {
+        for _ in 0..self.space.dead_prefix() {
+            let Some(segment) = self.space.segments.front() else {
+                break;
+            };
+            match std::fs::remove_file(&segment.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(segment = %segment.path.display(), error = %e, "wal: cannot delete dead segment");
+                    break;
+                }
+            }
+            if self.opts.fsync {
+                if let Err(e) = sync_dir(&self.dir) {
+                    tracing::warn!(error = %e, "wal: cannot fsync the directory after deleting a segment");
+                    break;
+                }
+            }
+            self.space.segments.pop_front();
+            self.counters.segments_deleted.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn active_path(&self) -> PathBuf {
+        self.space
+            .segments
+            .back()
+            .map_or_else(|| self.dir.clone(), |segment| segment.path.clone())
+    }
+}
+
+/// Test hook that holds the writer before it drains a batch.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct Gate {
+    closed: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+#[cfg(test)]
+impl Gate {
+    fn wait_open(&self) {
+        let mut closed = super::lock(&self.closed);
+        while *closed {
+            closed = self.opened.wait(closed).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Keeps the writer paused while alive.
+#[cfg(test)]
+pub(crate) struct PauseGuard(Arc<Gate>);
+
+#[cfg(test)]
+impl PauseGuard {
+    pub(crate) fn new(gate: Arc<Gate>) -> Self {
+        *super::lock(&gate.closed) = true;
+        Self(gate)
+    }
+}
+
+#[cfg(test)]
+impl Drop for PauseGuard {
+    fn drop(&mut self) {
+        *super::lock(&self.0.closed) = false;
+        self.0.opened.notify_all();
+    }
+}

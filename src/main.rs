@@ -1,0 +1,28 @@
+//! `plexus`: the operator binary.
+//!
+//! One binary runs a node (`plexus node`), a local development cluster
+//! (`plexus up`), makes certificates (`plexus certs`), reports status, wraps
+//! the client library for people (`graph`, `timeline`, `filter`) and drives
+//! benchmarks (`plexus bench`). It holds no cluster logic of its own: nodes
+//! are `plexus-actors`, clients are `plexus-client`.
+
+mod bench;
+mod certs;
+mod cli;
+mod client_cmds;
+mod node_cmd;
+mod up;
+
+use clap::Parser;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    let code = match cli::run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,118 @@
+//! Helpers for end-to-end tests: run the real `plexus` binary on loopback.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use plexus_client::{Client, ClientConfig};
+use plexus_proto::{Consistency, Op, ReadOp, Reply, Request};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_plexus");
+
+/// A `plexus up` child process.
+pub struct Up {
+    pub child: Child,
+    pub dir: PathBuf,
+}
+
+/// A base port unlikely to collide with other tests running at the same time.
+pub fn base_port(salt: u16) -> u16 {
+    20_000
+        + ((std::process::id() as u16)
+            .wrapping_mul(7)
+            .wrapping_add(salt.wrapping_mul(97)))
+            % 30_000
+}
+
+/// Starts `plexus up` and waits for its `ready` line.
+pub fn up(dir: &Path, extra: &[&str], ready_within: Duration) -> Up {
+    let mut child = Command::new(BIN)
+        .arg("up")
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn plexus up");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            eprintln!("[up] {line}");
+            if line.contains("ready") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    if rx.recv_timeout(ready_within).is_err() {
+        let _ = child.kill();
+        panic!(
+            "plexus up did not print ready within {ready_within:?}; node logs are in {}",
+            dir.display()
+        );
+    }
+    Up {
+        child,
+        dir: dir.to_path_buf(),
+    }
+}
+
+impl Up {
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(mut self) {
+        signal(self.child.id(), "TERM");
+        let status = self.child.wait().expect("wait plexus up");
+        assert!(status.success(), "plexus up exited with {status}");
+    }
+}
+
+/// Sends a signal with kill(1).
+pub fn signal(pid: u32, sig: &str) {
+    let st = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(st.success(), "kill -{sig} {pid} failed");
+}
+
+/// Starts one node process from the cluster directory.
+pub fn start_node(dir: &Path, id: u64) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("node-{id}/node.log")))
+        .expect("open node log");
+    Command::new(BIN)
+        .arg("node")
+        .arg("--config")
+        .arg(dir.join(format!("node-{id}/node.toml")))
+        .stdout(log.try_clone().expect("clone log"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn node")
+}
+
+pub async fn client(dir: &Path) -> Client {
+    let cfg = ClientConfig::load(&dir.join("client.toml")).expect("load client.toml");
+    Client::connect(cfg).await.expect("connect")
+}
+
+/// Reads `op` from the replica on the node at `addr`, without a read index.
+pub async fn stale_read_at(client: &Client, addr: &str, shard: u32, op: ReadOp) -> Option<Reply> {
+    let req = Request {
+        shard,
+        consistency: Consistency::Stale,
+        session: None,
+        op: Op::Read(op),
+    };
+    match client.call_at(addr, req).await {
+        Ok(Ok(r)) => Some(r),
+        _ => None,
+    }
+}
