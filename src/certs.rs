@@ -2,30 +2,20 @@
 
 use std::path::Path;
 
-use plexus_net::certs::{make_ca, make_node_cert, CertKey};
+use plexus_net::certs::{make_ca, make_node_cert, read_pem_files, write_pem_files, CertKey};
 
 use crate::cli::{CertsCmd, CliResult};
 
 /// Writes `name.pem` and `name-key.pem` (the key readable by the owner only).
 pub fn write_pair(dir: &Path, name: &str, ck: &CertKey) -> CliResult {
-    std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    let cert = dir.join(format!("{name}.pem"));
-    let key = dir.join(format!("{name}-key.pem"));
-    std::fs::write(&cert, &ck.cert_pem).map_err(|e| format!("write {}: {e}", cert.display()))?;
-    std::fs::write(&key, &ck.key_pem).map_err(|e| format!("write {}: {e}", key.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("chmod {}: {e}", key.display()))?;
-    Ok(())
+    write_pem_files(dir, name, ck)
+        .map(|_| ())
+        .map_err(|e| format!("write {name} certificate in {}: {e}", dir.display()))
 }
 
 /// Reads `name.pem` and `name-key.pem` from `dir`.
 pub fn read_pair(dir: &Path, name: &str) -> CliResult<CertKey> {
-    let read = |p: std::path::PathBuf| std::fs::read_to_string(&p).map_err(|e| format!("read {}: {e}", p.display()));
-    Ok(CertKey {
-        cert_pem: read(dir.join(format!("{name}.pem")))?,
-        key_pem: read(dir.join(format!("{name}-key.pem")))?,
-    })
+    read_pem_files(dir, name).map_err(|e| format!("read {name} certificate in {}: {e}", dir.display()))
 }
 
 pub fn run(cmd: CertsCmd) -> CliResult {

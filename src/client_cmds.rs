@@ -223,13 +223,17 @@ pub fn filter(cmd: FilterCmd) -> CliResult {
             } => {
                 let c = connect(&opts).await?;
                 let n = keys.len();
-                c.filter_add(&name, keys.into_iter().map(String::into_bytes).collect())
+                let new = c
+                    .filter_add(&name, keys.into_iter().map(String::into_bytes).collect())
                     .await
                     .map_err(|e| e.to_string())?;
                 if opts.json {
-                    print_json(json!({"filter": name, "added": n}));
+                    print_json(json!({"filter": name, "keys": n, "any_new": new}));
                 } else {
-                    println!("added {n} keys to {name}");
+                    println!(
+                        "added {n} keys to {name}{}",
+                        if new { "" } else { " (all were already present)" }
+                    );
                 }
                 c.close().await;
             }

@@ -16,6 +16,10 @@ mod up;
 use clap::Parser;
 
 fn main() {
+    // Behave like other Unix tools when stdout is a closed pipe (`| head`):
+    // exit quietly instead of panicking on the failed write.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = cli::Cli::parse();
     let code = match cli::run(cli) {
         Ok(()) => 0,

@@ -351,14 +351,19 @@ async fn supervise(args: &UpArgs, cluster: &ClusterFile, procs: &mut [NodeProc])
         c.close().await;
     }
     let mut poll = tokio::time::interval(Duration::from_millis(500));
+    let mut reported = BTreeSet::new();
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = poll.tick() => {
                 for p in procs.iter_mut() {
+                    if reported.contains(&p.id) {
+                        continue;
+                    }
                     if let Ok(Some(status)) = p.child.try_wait() {
                         eprintln!("node {} exited unexpectedly ({status}); see {}", p.id, p.log.display());
+                        reported.insert(p.id);
                     }
                 }
             }

@@ -67,7 +67,7 @@ pub async fn execute(registry: &Registry, req: Request) -> Response {
     if let Op::Admin(admin) = &req.op {
         return Ok(match admin {
             AdminOp::ShardMap => Reply::ShardMap(registry.shard_map()),
-            AdminOp::Status => Reply::Status(registry.status(None)),
+            AdminOp::Status => Reply::Status(registry.status(registry.scoring().map(|p| p.backend_name().to_string()))),
         });
     }
     let expected = req.op.shard(registry.shard_count).unwrap_or(req.shard);
@@ -99,6 +99,8 @@ pub async fn execute(registry: &Registry, req: Request) -> Response {
             replica.read(&op, req.consistency, registry.request_timeout).await
         }
         Op::Admin(_) => Err(ErrorReply::Internal("admin op fell through".into())),
+        // Any replica scores (from stale state, see `score`); no leadership check.
+        Op::Score(score) => crate::score::execute_score(registry, &replica, score).await,
     }
 }
 

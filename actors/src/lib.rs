@@ -1,7 +1,7 @@
 //! The plexus node: the ractor supervision tree and what it supervises.
 //!
-//! A node supervisor starts one shard supervisor per hosted Raft group and a
-//! gateway actor for client requests. Shard actors own replicas
+//! A node supervisor starts one shard supervisor per hosted Raft group, a
+//! gateway actor for client requests and the scoring actor pool. Shard actors own replicas
 //! (`plexus-raft`) and register them in the `Registry`, which the gateway
 //! (client requests, via `plexus-net`) and the peer service (Raft RPCs) read.
 //!
@@ -15,6 +15,9 @@ pub mod node;
 pub mod peer;
 pub mod registry;
 pub mod restart;
+pub mod score;
+pub mod score_batch;
+pub mod scoring;
 pub mod shard;
 
 pub use config::NodeConfig;

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! NodeSupervisor ─┬─ ShardSupervisor(g) ── ShardActor(g)   one per hosted group
-//!                 └─ GatewayActor                            client requests
+//!                 ├─ GatewayActor                            client requests
+//!                 └─ ScoringActor × score_actors             batched kernel work
 //! ```
 //! `start_node` opens the WAL (recovering it), binds the QUIC endpoint,
 //! starts the tree and only then serves peers and clients.
@@ -24,6 +25,7 @@ use crate::gateway::{Gateway, GatewayActor, GatewayMsg};
 use crate::peer::{PeerService, QuicTransport};
 use crate::registry::Registry;
 use crate::restart::RestartPolicy;
+use crate::scoring::{ScoringLimits, ScoringPool};
 use crate::shard::{ShardArgs, ShardSupervisor, SupervisorMsg};
 
 /// Why a node could not start.
@@ -99,6 +101,9 @@ impl Actor for NodeSupervisor {
         if let Ok(mut slot) = args.gateway_slot.write() {
             *slot = Some(gw);
         }
+        if let Some(pool) = args.registry.scoring() {
+            pool.spawn_actors(myself.get_cell()).await?;
+        }
         Ok(NodeState {
             shards,
             registry: args.registry,
@@ -130,7 +135,14 @@ impl Actor for NodeSupervisor {
                 .ok()
                 .and_then(|g| g.as_ref().map(|g| g.get_id() == cell.get_id()))
                 .unwrap_or(false);
-            if gateway_failed {
+            let scoring = st
+                .registry
+                .scoring()
+                .and_then(|p| p.slot_of(cell.get_id()).map(|slot| (p.clone(), slot)));
+            if let Some((pool, slot)) = scoring {
+                tracing::error!(error = %err, slot, "scoring actor failed; restarting it");
+                pool.restart(slot, myself.get_cell()).await?;
+            } else if gateway_failed {
                 tracing::error!(error = %err, "gateway actor failed; restarting it");
                 let (gw, _) = Actor::spawn_linked(None, GatewayActor, st.registry.clone(), myself.get_cell()).await?;
                 if let Ok(mut slot) = st.gateway_slot.write() {
@@ -197,12 +209,8 @@ pub async fn start_node_with_clock(cfg: NodeConfig, clock: Arc<dyn Clock>) -> Re
     }
     let snapshots =
         Arc::new(SnapshotStore::open(&cfg.data_dir.join("snapshots")).map_err(|e| NodeError::Storage(e.to_string()))?);
-    let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| NodeError::Tls(format!("{}: {e}", p.display())));
-    let tls = TlsMaterial {
-        ca_pem: read(&cfg.tls.ca_cert)?,
-        cert_pem: read(&cfg.tls.node_cert)?,
-        key_pem: read(&cfg.tls.node_key)?,
-    };
+    let tls = TlsMaterial::from_pem_files(&cfg.tls.ca_cert, &cfg.tls.node_cert, &cfg.tls.node_key)
+        .map_err(|e| NodeError::Tls(e.to_string()))?;
     let endpoint = NodeEndpoint::bind(cfg.node_id, cfg.listen, &tls, cfg.token.clone(), NetLimits::default())
         .map_err(|e| NodeError::Net(e.to_string()))?;
     let links = endpoint.peer_links();
@@ -213,6 +221,11 @@ pub async fn start_node_with_clock(cfg: NodeConfig, clock: Arc<dyn Clock>) -> Re
     }
     let transport = Arc::new(QuicTransport::new(links));
     let registry = Arc::new(Registry::new(&cfg, transport, clock, endpoint.local_addr().to_string()));
+    // Probing for a GPU loads libraries and may compile kernels: keep it off the async workers.
+    let scoring = tokio::task::spawn_blocking(|| ScoringPool::auto(ScoringLimits::default()))
+        .await
+        .map_err(|e| NodeError::Actors(format!("scoring backend probe failed: {e}")))?;
+    let _ = registry.set_scoring(Arc::new(scoring));
     let opts = ReplicaOptions {
         heartbeat_ms: cfg.raft.heartbeat_ms,
         election_timeout_min_ms: cfg.raft.election_timeout_min_ms,

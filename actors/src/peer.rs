@@ -57,7 +57,8 @@ impl PeerHandler for PeerService {
                 PeerRequest::Append(g, _)
                 | PeerRequest::Vote(g, _)
                 | PeerRequest::Snapshot(g, _)
-                | PeerRequest::Propose(g, _) => *g,
+                | PeerRequest::Propose(g, _)
+                | PeerRequest::Read(g, _) => *g,
                 PeerRequest::ShardMap => return encode(&PeerResponse::ShardMap(Box::new(registry.shard_map()))),
             };
             let resp = match registry.get(group) {

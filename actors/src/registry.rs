@@ -6,7 +6,7 @@
 //! mailbox, so the hot path has no extra hop.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use plexus_proto::{ErrorReply, NodeId, NodeInfo, NodeStatus, Response, ShardMap, ShardPlacement};
@@ -16,6 +16,7 @@ use plexus_raft::{Command, META_GROUP};
 
 use crate::clock::Clock;
 use crate::config::NodeConfig;
+use crate::scoring::ScoringPool;
 
 /// Forwarding hops a proposal may take while chasing a moving leader.
 pub const FORWARD_HOPS_MAX: usize = 3;
@@ -43,6 +44,8 @@ pub struct Registry {
     replicas: RwLock<BTreeMap<u32, Replica>>,
     /// Times each group's replica was (re)started on this node.
     starts: RwLock<BTreeMap<u32, u64>>,
+    /// The node's scoring pool, once started.
+    scoring: OnceLock<Arc<ScoringPool>>,
 }
 
 /// Meta-group replicas: at most this many of the lowest node ids.
@@ -65,7 +68,18 @@ impl Registry {
             addr,
             replicas: RwLock::new(BTreeMap::new()),
             starts: RwLock::new(BTreeMap::new()),
+            scoring: OnceLock::new(),
         }
+    }
+
+    /// Installs the node's scoring pool; a second pool is refused (returned).
+    pub fn set_scoring(&self, pool: Arc<ScoringPool>) -> Result<(), Arc<ScoringPool>> {
+        self.scoring.set(pool)
+    }
+
+    /// The node's scoring pool, if it has started.
+    pub fn scoring(&self) -> Option<&Arc<ScoringPool>> {
+        self.scoring.get()
     }
 
     /// Groups this node hosts a replica of (the meta group included).

@@ -9,7 +9,7 @@
 # nodes fsync their Raft logs. Each side gets C concurrent writers of 64-byte
 # values for SECS seconds, then is stopped before the other starts.
 #
-# Environment: CARGO_TARGET_DIR (driver build dir; default benches/etcd/driver/target),
+# Environment: CARGO_TARGET_DIR (driver build dir only; default benches/etcd/driver/target),
 # PLEXUS_BIN (use this plexus binary instead of building target/release/plexus).
 set -euo pipefail
 
@@ -23,7 +23,7 @@ while [[ $# -gt 0 ]]; do
         --duration) duration="${2:?--duration needs a value}"; shift 2 ;;
         --etcd-only) etcd_only=1; shift ;;
         --keep) keep=1; shift ;;
-        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -80,7 +80,7 @@ cleanup() {
     trap - EXIT INT TERM
     if [[ -n "$fg_pid" ]]; then kill -TERM "$fg_pid" 2>/dev/null || true; wait "$fg_pid" 2>/dev/null || true; fi
     for pid in "${pids[@]}"; do stop_group "$pid"; done
-    if [[ $keep -eq 1 || $rc -ne 0 ]]; then
+    if [[ ($keep -eq 1 || $rc -ne 0) && -n "$(ls -A "$tmp")" ]]; then
         log "logs and data kept in $tmp"
     else
         rm -rf "$tmp"
@@ -178,6 +178,7 @@ log "etcd healthy; measuring writes: concurrency $concurrency, ${duration}s"
 bounded "$((duration + bench_slack_secs))" "$tmp/etcd.json" "$driver" --endpoints "$endpoints" \
     --concurrency "$concurrency" --duration "$duration"
 etcd_json="$(cat "$tmp/etcd.json")"
+echo "etcd:   $etcd_json"
 for pid in "${pids[@]}"; do stop_group "$pid"; done
 pids=()
 
@@ -205,19 +206,21 @@ if [[ $etcd_only -eq 0 ]]; then
     bounded "$((duration + bench_slack_secs))" "$tmp/plexus.json" "$plexus" bench \
         --config "$tmp/plexus/client.toml" --workload write --concurrency "$concurrency" --duration "$duration" --json
     plexus_json="$(cat "$tmp/plexus.json")"
+    echo "plexus: $plexus_json"
     stop_group "$up_pid"
     pids=()
 fi
 
 # ---- report ------------------------------------------------------------------
-echo "etcd:   $etcd_json"
 if [[ $etcd_only -eq 1 ]]; then
     echo "etcd write throughput $(printf '%.0f' "$(json_field "$etcd_json" ops_per_sec)") ops/s;" \
         "p99 $(json_field "$etcd_json" p99_us) us (plexus half skipped: --etcd-only)"
     exit 0
 fi
-echo "plexus: $plexus_json"
 awk -v p="$(json_field "$plexus_json" ops_per_sec)" -v e="$(json_field "$etcd_json" ops_per_sec)" \
     -v pp="$(json_field "$plexus_json" p99_us)" -v ep="$(json_field "$etcd_json" p99_us)" \
+    -v perr="$(json_field "$plexus_json" errors)" -v eerr="$(json_field "$etcd_json" errors)" \
     'BEGIN { if (e + 0 <= 0) { print "etcd measured no successful writes"; exit 1 }
-             printf "write throughput ratio plexus/etcd = %.2f; p99 plexus %d us vs etcd %d us\n", p / e, pp, ep }'
+             printf "write throughput ratio plexus/etcd = %.2f; p99 plexus %d us vs etcd %d us", p / e, pp, ep
+             if (perr + eerr > 0) printf "; errors plexus %d, etcd %d", perr, eerr
+             printf "\n" }'

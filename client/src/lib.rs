@@ -11,7 +11,8 @@
 //! What it is not: it contains no server code and depends on no server crate
 //! (net, raft, actors, kernels), so an application links only this crate, the
 //! wire protocol, quinn and rustls. It does not fan out or merge across
-//! shards, except [`Client::common_neighbors`], which intersects two sets.
+//! shards, except [`Client::common_neighbors`], which intersects two sets,
+//! and [`Client::features`], which reads shard by shard.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), plexus_client::ClientError> {
@@ -39,8 +40,9 @@ pub use config::{
 };
 pub use conn::{NODE_CONNECTIONS_MAX, REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX, SERVER_NAME};
 pub use error::ClientError;
+pub use ops::FEATURES_READ_CHUNK;
 pub use plexus_proto::{
-    Consistency, Cursor, Direction, EntryId, ErrorReply, FilterSpec, NodeStatus, Op, OwnerId, Page, Reply, ShardMap,
-    TimelineEntry, VertexId,
+    Consistency, Cursor, Direction, EntryId, ErrorReply, FilterSpec, NodeStatus, Op, OwnerId, Page, Reply, ScoreMode,
+    ScoreRequest, ShardMap, TimelineEntry, VertexId,
 };
 pub use roaring::RoaringTreemap;

@@ -4,9 +4,11 @@
 //! Nothing here routes or retries; a reply of the wrong shape is reported as
 //! [`ClientError::UnexpectedReply`] rather than guessed at.
 
+use std::collections::BTreeMap;
+
 use plexus_proto::{
-    AdminOp, Consistency, Cursor, Direction, EntryId, FilterSpec, NodeStatus, Op, OwnerId, Page, ReadOp, Reply,
-    VertexId, WriteOp,
+    shard_for_key, AdminOp, Consistency, Cursor, Direction, EntryId, FilterSpec, NodeStatus, Op, OwnerId, Page,
+    ReadOp, Reply, ScoreMode, ScoreRequest, ShardKey, VertexId, WriteOp,
 };
 use roaring::RoaringTreemap;
 
@@ -19,6 +21,9 @@ fn unexpected(op: &'static str, reply: Reply) -> ClientError {
         reply: format!("{reply:?}"),
     }
 }
+
+/// Vertices per features read: the server's limit (`FEATURES_READ_VERTICES_MAX` in plexus-raft).
+pub const FEATURES_READ_CHUNK: usize = 256;
 
 impl Client {
     async fn write(&self, op: WriteOp) -> Result<Reply, ClientError> {
@@ -140,8 +145,8 @@ impl Client {
         }
     }
 
-    /// Creates the named filter (a no-op if it exists with the same spec).
-    pub async fn filter_create(&self, name: &str, spec: FilterSpec) -> Result<(), ClientError> {
+    /// Creates the named filter; `false` if it already existed with the same spec.
+    pub async fn filter_create(&self, name: &str, spec: FilterSpec) -> Result<bool, ClientError> {
         match self
             .write(WriteOp::FilterCreate {
                 name: name.to_string(),
@@ -149,13 +154,13 @@ impl Client {
             })
             .await?
         {
-            Reply::Done => Ok(()),
+            Reply::Changed(changed) => Ok(changed),
             r => Err(unexpected("filter_create", r)),
         }
     }
 
-    /// Adds `keys` to the named filter.
-    pub async fn filter_add(&self, name: &str, keys: Vec<Vec<u8>>) -> Result<(), ClientError> {
+    /// Adds `keys` to the named filter; `true` if any key was not yet present.
+    pub async fn filter_add(&self, name: &str, keys: Vec<Vec<u8>>) -> Result<bool, ClientError> {
         match self
             .write(WriteOp::FilterAdd {
                 name: name.to_string(),
@@ -163,7 +168,7 @@ impl Client {
             })
             .await?
         {
-            Reply::Done => Ok(()),
+            Reply::Changed(changed) => Ok(changed),
             r => Err(unexpected("filter_add", r)),
         }
     }
@@ -187,11 +192,73 @@ impl Client {
         }
     }
 
-    /// Seals the named filter's mutable part into an immutable one.
-    pub async fn filter_seal(&self, name: &str) -> Result<(), ClientError> {
+    /// Seals the named filter's mutable part into an immutable one; `false` if it was empty.
+    pub async fn filter_seal(&self, name: &str) -> Result<bool, ClientError> {
         match self.write(WriteOp::FilterSeal { name: name.to_string() }).await? {
-            Reply::Done => Ok(()),
+            Reply::Changed(changed) => Ok(changed),
             r => Err(unexpected("filter_seal", r)),
+        }
+    }
+
+    /// Replaces `vertex`'s feature vector (an empty one removes it); true if the stored vector changed.
+    pub async fn set_features(&self, vertex: VertexId, features: Vec<f32>) -> Result<bool, ClientError> {
+        match self.write(WriteOp::SetFeatures { vertex, features }).await? {
+            Reply::Changed(changed) => Ok(changed),
+            r => Err(unexpected("set_features", r)),
+        }
+    }
+
+    /// The feature vectors of `vertices` (`None` where a vertex has none), in the order asked.
+    ///
+    /// Vertices may live on any shards: one read per shard (in chunks of
+    /// [`FEATURES_READ_CHUNK`] vertices) is sent in turn, so the answer is
+    /// not one snapshot of the cluster.
+    pub async fn features(&self, vertices: &[VertexId]) -> Result<Vec<Option<Vec<f32>>>, ClientError> {
+        let shard_count = self.shard_map().shard_count;
+        let mut by_shard: BTreeMap<u32, Vec<VertexId>> = BTreeMap::new();
+        for v in vertices {
+            by_shard
+                .entry(shard_for_key(&ShardKey::Id(*v), shard_count))
+                .or_default()
+                .push(*v);
+        }
+        let mut found: BTreeMap<VertexId, Option<Vec<f32>>> = BTreeMap::new();
+        for chunk in by_shard.values().flat_map(|vs| vs.chunks(FEATURES_READ_CHUNK)) {
+            let asked = chunk.to_vec();
+            match self.read(ReadOp::Features { vertices: asked.clone() }).await? {
+                Reply::Features(got) if got.len() == asked.len() => found.extend(asked.into_iter().zip(got)),
+                Reply::Features(got) => {
+                    return Err(ClientError::InvalidData(format!(
+                        "features: {} vectors for {} vertices",
+                        got.len(),
+                        asked.len()
+                    )))
+                }
+                r => return Err(unexpected("features", r)),
+            }
+        }
+        Ok(vertices.iter().map(|v| found.get(v).cloned().flatten()).collect())
+    }
+
+    /// Ranks `candidates` by cosine similarity to `vertex`'s query vector (see [`ScoreMode`]): the best
+    /// `k` as `(candidate, score)`, highest first, equal scores by lower id. Candidates without features
+    /// are skipped. Served by any replica of `vertex`'s shard from its applied state.
+    pub async fn score(
+        &self,
+        vertex: VertexId,
+        candidates: Vec<VertexId>,
+        k: u32,
+        mode: ScoreMode,
+    ) -> Result<Vec<(VertexId, f32)>, ClientError> {
+        let op = Op::Score(ScoreRequest {
+            vertex,
+            candidates,
+            k,
+            mode,
+        });
+        match self.call(op, self.consistency).await? {
+            Reply::Scores(s) => Ok(s),
+            r => Err(unexpected("score", r)),
         }
     }
 

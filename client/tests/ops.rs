@@ -36,7 +36,9 @@ fn answer(req: Request) -> Option<Response> {
         Op::Write(WriteOp::Unfollow { .. }) => Reply::Changed(false),
         Op::Write(WriteOp::TimelineAppend { owner, item }) => Reply::Appended(owner * 1000 + item.len() as u64),
         Op::Write(WriteOp::TimelineDelete { id, .. }) => Reply::Changed(id == 9),
-        Op::Write(WriteOp::FilterCreate { .. } | WriteOp::FilterAdd { .. } | WriteOp::FilterSeal { .. }) => Reply::Done,
+        Op::Write(WriteOp::FilterCreate { .. } | WriteOp::FilterAdd { .. } | WriteOp::FilterSeal { .. }) => {
+            Reply::Changed(true)
+        }
         Op::Read(ReadOp::FilterContains { keys, .. }) => Reply::Bools(keys.iter().map(|k| k.len() % 2 == 0).collect()),
         Op::Read(ReadOp::TimelineRead { owner, cursor, limit }) => Reply::Page(Page {
             entries: vec![TimelineEntry {
@@ -86,9 +88,9 @@ async fn typed_operations_send_the_right_op_and_decode_the_reply() {
             has_more: true
         }
     );
-    c.filter_create("seen", FilterSpec::default()).await.unwrap();
-    c.filter_add("seen", vec![b"a".to_vec()]).await.unwrap();
-    c.filter_seal("seen").await.unwrap();
+    assert!(c.filter_create("seen", FilterSpec::default()).await.unwrap());
+    assert!(c.filter_add("seen", vec![b"a".to_vec()]).await.unwrap());
+    assert!(c.filter_seal("seen").await.unwrap());
     assert_eq!(
         c.filter_contains("seen", vec![b"a".to_vec(), b"bb".to_vec()])
             .await

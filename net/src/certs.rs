@@ -146,10 +146,10 @@ pub fn node_id_from_cert_der(der: &[u8]) -> Option<u64> {
 
 /// Paths of the certificate and key files `write_pem_files` writes for `name`.
 pub fn pem_paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")))
+    (dir.join(format!("{name}.pem")), dir.join(format!("{name}-key.pem")))
 }
 
-/// Writes `<dir>/<name>.crt` and `<dir>/<name>.key` (the key readable by its owner only, on unix).
+/// Writes `<dir>/<name>.pem` and `<dir>/<name>-key.pem` (the key readable by its owner only, on unix).
 pub fn write_pem_files(dir: &Path, name: &str, ck: &CertKey) -> Result<(PathBuf, PathBuf), NetError> {
     std::fs::create_dir_all(dir)?;
     let (cert_path, key_path) = pem_paths(dir, name);
@@ -255,8 +255,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = make_ca("files").unwrap();
         let (c, k) = write_pem_files(dir.path(), "ca", &ca).unwrap();
-        assert_eq!(c, dir.path().join("ca.crt"));
-        assert_eq!(k, dir.path().join("ca.key"));
+        assert_eq!(c, dir.path().join("ca.pem"));
+        assert_eq!(k, dir.path().join("ca-key.pem"));
         let back = read_pem_files(dir.path(), "ca").unwrap();
         assert_eq!(back.cert_pem, ca.cert_pem);
         assert_eq!(back.key_pem, ca.key_pem);

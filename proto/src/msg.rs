@@ -86,6 +86,11 @@ pub enum Op {
     Read(ReadOp),
     /// A cluster-level call answered by the node itself.
     Admin(AdminOp),
+    /// Rank candidates by feature similarity to a vertex (answered `Reply::Scores`).
+    ///
+    /// Routed by `vertex`; served by any replica of its shard from applied
+    /// (possibly stale) state, never under a session.
+    Score(ScoreRequest),
 }
 
 impl Op {
@@ -95,6 +100,7 @@ impl Op {
             Op::Write(w) => Some(w.shard_key()),
             Op::Read(r) => Some(r.shard_key()),
             Op::Admin(_) => None,
+            Op::Score(s) => Some(ShardKey::Id(s.vertex)),
         }
     }
 
@@ -172,6 +178,14 @@ pub enum WriteOp {
         /// Followee.
         dst: VertexId,
     },
+    /// Replace a vertex's feature vector (an empty vector removes it);
+    /// answers `Reply::Changed`. Values must be finite.
+    SetFeatures {
+        /// The vertex.
+        vertex: VertexId,
+        /// Its features (at most the server's `features_dim_max` values).
+        features: Vec<f32>,
+    },
 }
 
 impl WriteOp {
@@ -183,6 +197,7 @@ impl WriteOp {
             }
             WriteOp::TimelineAppend { owner, .. } | WriteOp::TimelineDelete { owner, .. } => ShardKey::Id(*owner),
             WriteOp::Follow { src, .. } | WriteOp::Unfollow { src, .. } => ShardKey::Id(*src),
+            WriteOp::SetFeatures { vertex, .. } => ShardKey::Id(*vertex),
         }
     }
 }
@@ -260,6 +275,13 @@ pub enum ReadOp {
         /// Followee.
         dst: VertexId,
     },
+    /// Feature vectors of vertices that all live on one shard, answered
+    /// `Reply::Features` in request order. Routed by the first vertex (an
+    /// empty list by vertex 0); a vertex of another shard is `WrongShard`.
+    Features {
+        /// The vertices.
+        vertices: Vec<VertexId>,
+    },
 }
 
 impl ReadOp {
@@ -272,8 +294,42 @@ impl ReadOp {
                 ShardKey::Id(*vertex)
             }
             ReadOp::HasEdge { src, .. } => ShardKey::Id(*src),
+            ReadOp::Features { vertices } => ShardKey::Id(vertices.first().copied().unwrap_or(0)),
         }
     }
+}
+
+/// Most candidates in one `ScoreRequest`.
+pub const SCORE_CANDIDATES_MAX: usize = 4096;
+/// Largest `k` of one `ScoreRequest`.
+pub const SCORE_K_MAX: u32 = 1024;
+
+/// How a `ScoreRequest` builds its query vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum ScoreMode {
+    /// The vertex's own features.
+    #[default]
+    Cosine,
+    /// The mean of the vertex's own and its out-neighbours' features (one
+    /// GraphSAGE-style mean aggregation step).
+    NeighborMean,
+}
+
+/// Rank `candidates` by cosine similarity to a query built from `vertex`.
+///
+/// Candidates are deduplicated; those without features (or whose feature
+/// width differs from the query's) are skipped. The answer holds the best
+/// `k`, highest score first, equal scores by lower id.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScoreRequest {
+    /// The vertex the query comes from; the routing key.
+    pub vertex: VertexId,
+    /// Vertices to rank (at most `SCORE_CANDIDATES_MAX`), on any shards.
+    pub candidates: Vec<VertexId>,
+    /// How many to return (1..=`SCORE_K_MAX`).
+    pub k: u32,
+    /// How the query vector is built.
+    pub mode: ScoreMode,
 }
 
 /// Calls answered by any node without a shard.
@@ -318,6 +374,10 @@ pub enum Reply {
     ShardMap(ShardMap),
     /// A node's status.
     Status(NodeStatus),
+    /// One feature vector (or `None`: the vertex has none) per vertex asked, in request order.
+    Features(Vec<Option<Vec<f32>>>),
+    /// `(candidate, score)` pairs, best first; equal scores by lower id.
+    Scores(Vec<(VertexId, f32)>),
 }
 
 /// One timeline page.

@@ -17,7 +17,7 @@ use openraft::raft::{
     VoteResponse,
 };
 use openraft::BasicNode;
-use plexus_proto::{Response, ShardMap};
+use plexus_proto::{ReadOp, Response, ShardMap};
 use serde::{Deserialize, Serialize};
 
 use crate::types::{Command, TypeConfig};
@@ -63,6 +63,9 @@ pub enum PeerRequest {
     Propose(u32, Command),
     /// This node's view of the shard map.
     ShardMap,
+    /// Serve `op` on `group` from this node's replica's applied state
+    /// (a stale read: no leadership check), for cross-shard scoring.
+    Read(u32, ReadOp),
 }
 
 /// The answer to a `PeerRequest`.
@@ -80,6 +83,8 @@ pub enum PeerResponse {
     ShardMap(Box<ShardMap>),
     /// The receiving node hosts no replica of that group.
     NoSuchGroup(u32),
+    /// Answer to `Read`.
+    Read(Response),
 }
 
 /// Encodes a peer message.

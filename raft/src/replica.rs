@@ -215,6 +215,7 @@ impl Replica {
             PeerRequest::Snapshot(_, rpc) => PeerResponse::Snapshot(self.raft.install_snapshot(rpc).await),
             PeerRequest::Propose(_, cmd) => PeerResponse::Propose(self.propose(cmd, timeout).await),
             PeerRequest::ShardMap => PeerResponse::NoSuchGroup(self.group),
+            PeerRequest::Read(_, op) => PeerResponse::Read(self.read(&op, Consistency::Stale, timeout).await),
         }
     }
 

@@ -2,14 +2,16 @@
 //! how a committed `Command` changes it.
 //!
 //! A shard holds named filters (`filter`), timelines (`timeline`), its graph
-//! partition (`graph`), the undelivered halves of cross-shard edges
-//! (`outbox`) and the exactly-once session table (`session`). Applying is
+//! partition (`graph`), per-vertex feature vectors (`features`), the
+//! undelivered halves of cross-shard edges (`outbox`) and the exactly-once
+//! session table (`session`). Applying is
 //! pure: no clock (time arrives in `Command::Client::now_millis`), no RNG, no
 //! IO and no iteration over hash maps, so every replica that applies the same
 //! log reaches the same `state_hash`. It is not Raft, storage or networking:
 //! `sm_store` feeds it committed entries and persists its snapshots.
 
 mod bloom;
+mod features;
 mod filter;
 mod graph;
 mod hash;
@@ -21,6 +23,8 @@ mod timeline;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_features;
+#[cfg(test)]
 mod tests_graph;
 #[cfg(test)]
 mod tests_snapshot;
@@ -29,6 +33,7 @@ use std::collections::BTreeMap;
 
 use plexus_proto::{shard_for_key, ErrorReply, ReadOp, Reply, Response, ShardId, ShardKey, ShardMap, WriteOp};
 
+pub use features::{FEATURES_DIM_MAX, FEATURES_READ_VERTICES_MAX};
 pub use filter::{
     FILTER_BLOCK_BYTES_MAX, FILTER_FP_RATE_PPM_MAX, FILTER_FP_RATE_PPM_MIN, FILTER_NAME_BYTES_MAX, FILTER_SEALED_MAX,
     FILTER_TAIL_BLOOMS_MAX,
@@ -36,6 +41,7 @@ pub use filter::{
 pub use snapshot::StateError;
 
 use crate::types::{Command, EdgeUpdate};
+use features::FeatureStore;
 use filter::NamedFilter;
 use graph::{Graph, Placement};
 use outbox::Outbox;
@@ -92,6 +98,7 @@ pub struct ShardState {
     graph: Graph,
     outbox: Outbox,
     sessions: Sessions,
+    features: FeatureStore,
 }
 
 fn bad(msg: String) -> ErrorReply {
@@ -112,6 +119,7 @@ impl ShardState {
             graph: Graph::default(),
             outbox: Outbox::default(),
             sessions: Sessions::default(),
+            features: FeatureStore::default(),
         }
     }
 
@@ -124,6 +132,9 @@ impl ShardState {
     /// - `FilterSeal`: `Changed(the tail held keys)`; a missing filter is `NotFound`.
     /// - `TimelineAppend`: `Appended(id)`; `TimelineDelete`, `Follow`,
     ///   `Unfollow`: `Changed(..)`. A full outbox is `Busy`, not applied.
+    /// - `SetFeatures`: `Changed(the stored bytes differ)`; an empty vector
+    ///   removes the vertex's features; more than `FEATURES_DIM_MAX` values
+    ///   or a NaN/infinite value is `BadRequest`.
     /// - `EdgeDelivery`: `Count(delivered_upto)` for the source shard.
     /// - `OutboxTrim`: `Count(entries dropped)`.
     /// - `SetShardMap`, `Noop`: `Done`.
@@ -275,6 +286,7 @@ impl ShardState {
                 .graph
                 .unfollow(self.here, *src, *dst, &mut self.outbox, self.limits.outbox_entries_max)
                 .map(Reply::Changed),
+            WriteOp::SetFeatures { vertex, features } => self.features.set(*vertex, features).map(Reply::Changed),
         }
     }
 
@@ -308,7 +320,25 @@ impl ShardState {
             }
             ReadOp::Degree { vertex, direction } => Ok(Reply::Count(self.graph.degree(*vertex, *direction))),
             ReadOp::HasEdge { src, dst } => Ok(Reply::Bool(self.graph.has_edge(*src, *dst))),
+            ReadOp::Features { vertices } => self.read_features(vertices),
         }
+    }
+
+    /// Answers `ReadOp::Features`: at most `FEATURES_READ_VERTICES_MAX`
+    /// vertices, every one owned by this shard (else `WrongShard`).
+    fn read_features(&self, vertices: &[u64]) -> Response {
+        if vertices.len() > FEATURES_READ_VERTICES_MAX {
+            return Err(bad(format!(
+                "{} vertices exceed the features read limit of {FEATURES_READ_VERTICES_MAX}",
+                vertices.len()
+            )));
+        }
+        for v in vertices {
+            self.check_key(&ShardKey::Id(*v))?;
+        }
+        Ok(Reply::Features(
+            vertices.iter().map(|v| self.features.get(*v).map(<[f32]>::to_vec)).collect(),
+        ))
     }
 
     /// Outbox entries not yet trimmed, grouped per destination shard:

@@ -6,12 +6,16 @@
 //! format. A snapshot arrives from disk or from another node, so decoding
 //! checks everything and answers an error, never a panic. This is not the
 //! snapshot file: `wal` stores these bytes with openraft's metadata.
+//!
+//! Versions: 2 appended the feature vectors to the body; a version-1 body
+//! is still read, as a state without features.
 
 use std::collections::BTreeMap;
 
-use plexus_proto::{ShardId, ShardMap};
+use plexus_proto::{ShardId, ShardMap, VertexId};
 use serde::{Deserialize, Serialize};
 
+use super::features::{FeatureForm, FeatureStore};
 use super::filter::{FilterForm, NamedFilter, FILTER_NAME_BYTES_MAX};
 use super::graph::{Graph, GraphForm, Placement};
 use super::hash::digest64;
@@ -22,8 +26,13 @@ use super::{ShardState, StateLimits};
 
 /// First bytes of every state snapshot.
 const MAGIC: &[u8; 8] = b"PLXSTATE";
-/// The body format this code writes and reads.
-const VERSION: u32 = 1;
+/// The body format this code writes (and the newest it reads).
+const VERSION: u32 = 2;
+/// The oldest body format this code reads: version 1 lacks `features`.
+const VERSION_OLDEST: u32 = 1;
+/// postcard's encoding of an empty `FeatureForm` (a zero length varint):
+/// appended to a version-1 body it makes the equivalent version-2 body.
+const EMPTY_FEATURES: [u8; 1] = [0];
 /// Bytes before the body: magic, version, body length.
 const HEADER_BYTES: usize = 8 + 4 + 8;
 /// Bytes after the body: the checksum.
@@ -78,6 +87,7 @@ struct Body {
     graph: GraphForm,
     outbox: Outbox,
     sessions: Sessions,
+    features: FeatureForm,
 }
 
 /// `Body` borrowed for encoding, so a snapshot does not copy the timelines,
@@ -93,6 +103,7 @@ struct BodyRef<'a> {
     graph: GraphForm,
     outbox: &'a Outbox,
     sessions: &'a Sessions,
+    features: Vec<(VertexId, &'a [f32])>,
 }
 
 impl ShardState {
@@ -114,6 +125,7 @@ impl ShardState {
             graph,
             outbox: &self.outbox,
             sessions: &self.sessions,
+            features: self.features.to_form(),
         };
         postcard::to_stdvec(&body).expect("postcard encodes every state type into a Vec")
     }
@@ -144,7 +156,7 @@ impl ShardState {
         let mut word4 = [0u8; 4];
         word4.copy_from_slice(&head[8..12]);
         let version = u32::from_le_bytes(word4);
-        if version != VERSION {
+        if !(VERSION_OLDEST..=VERSION).contains(&version) {
             return Err(StateError::UnsupportedVersion(version));
         }
         let mut word8 = [0u8; 8];
@@ -161,6 +173,13 @@ impl ShardState {
         if stored != computed {
             return Err(StateError::Checksum { stored, computed });
         }
+        let upgraded;
+        let body = if version == 1 {
+            upgraded = [body, &EMPTY_FEATURES[..]].concat();
+            &upgraded[..]
+        } else {
+            body
+        };
         let (body, left): (Body, &[u8]) = postcard::take_from_bytes(body)?;
         if !left.is_empty() {
             return Err(StateError::Invalid(format!("{} bytes after the body", left.len())));
@@ -188,6 +207,7 @@ impl ShardState {
         outbox.restore()?;
         let mut sessions = body.sessions;
         sessions.restore();
+        let features = FeatureStore::from_form(body.features)?;
         Ok(Self {
             here: Placement {
                 shard: body.shard,
@@ -201,6 +221,7 @@ impl ShardState {
             graph: Graph::from_form(body.graph)?,
             outbox,
             sessions,
+            features,
         })
     }
 
@@ -218,9 +239,15 @@ impl ShardState {
 /// reach the decoder with arbitrary bodies.
 #[cfg(test)]
 pub(crate) fn frame_for_test(body: &[u8]) -> Vec<u8> {
+    frame_version_for_test(VERSION, body)
+}
+
+/// Frames `body` as a snapshot of format `version`.
+#[cfg(test)]
+pub(crate) fn frame_version_for_test(version: u32, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
     out.extend_from_slice(body);
     let crc = crc32c::crc32c(&out);

@@ -233,12 +233,14 @@ fn garbage_is_refused_with_the_right_error() {
         ShardState::from_snapshot(&[7u8; 64], limits()),
         Err(StateError::BadMagic)
     ));
-    let mut v2 = rich_state().s.to_snapshot();
-    v2[8] = 2;
-    assert!(matches!(
-        ShardState::from_snapshot(&v2, limits()),
-        Err(StateError::UnsupportedVersion(2))
-    ));
+    for version in [0u8, 3] {
+        let mut other = rich_state().s.to_snapshot();
+        other[8] = version;
+        assert!(matches!(
+            ShardState::from_snapshot(&other, limits()),
+            Err(StateError::UnsupportedVersion(v)) if v == u32::from(version)
+        ));
+    }
     let mut bad_crc = rich_state().s.to_snapshot();
     let last = bad_crc.len() - 1;
     bad_crc[last] ^= 1;
@@ -291,6 +293,11 @@ fn command() -> impl Strategy<Value = Command> {
         (prop::sample::select(names.clone()), prop::collection::vec(key, 0..6))
             .prop_map(|(name, keys)| WriteOp::FilterAdd { name, keys }),
         prop::sample::select(names).prop_map(|name| WriteOp::FilterSeal { name }),
+        (
+            prop::sample::select(ids_on(HERE, 3)),
+            prop::collection::vec(prop::sample::select(vec![0.0f32, -0.0, 1.5, f32::NAN]), 0..3)
+        )
+            .prop_map(|(vertex, features)| WriteOp::SetFeatures { vertex, features }),
     ];
     let session = prop::option::of(
         (1u64..4, 1u64..8, 0u64..5).prop_map(|(client_id, seq, ack_below)| Session {

@@ -160,6 +160,13 @@ pub struct GroupLog {
     pub entries: BTreeMap<u64, Vec<u8>>,
 }
 
+impl GroupLog {
+    /// Whether the group holds no state at all.
+    pub fn is_empty(&self) -> bool {
+        self.vote.is_none() && self.committed.is_none() && self.purged_upto.is_none() && self.entries.is_empty()
+    }
+}
+
 /// What `Wal::open` recovered.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Recovered {

@@ -9,6 +9,12 @@ use proptest::prelude::*;
 use super::*;
 
 /// An independent statement of the replay rules in the module documentation.
+/// The model's groups that hold state: recovery reports a group that holds
+/// nothing as absent.
+fn live(model: &BTreeMap<u32, GroupLog>) -> BTreeMap<u32, GroupLog> {
+    model.iter().filter(|(_, g)| !g.is_empty()).map(|(k, g)| (*k, g.clone())).collect()
+}
+
 fn model_apply(model: &mut BTreeMap<u32, GroupLog>, op: &WalOp) {
     match op {
         WalOp::Append { group, entries } => {
@@ -105,7 +111,7 @@ proptest! {
                 None => {
                     wal.close();
                     let (reopened, recovered) = Wal::open(dir.path(), options()).unwrap();
-                    prop_assert_eq!(&recovered.groups, &model);
+                    prop_assert_eq!(&recovered.groups, &live(&model));
                     prop_assert_eq!(recovered.torn_tail_bytes, 0);
                     wal = reopened;
                 }
@@ -114,6 +120,6 @@ proptest! {
         wal.close();
         let (wal, recovered) = Wal::open(dir.path(), options()).unwrap();
         wal.close();
-        prop_assert_eq!(recovered.groups, model);
+        prop_assert_eq!(recovered.groups, live(&model));
     }
 }

@@ -96,6 +96,10 @@ pub(crate) fn recover(dir: &Path, fsync: bool) -> Result<(Space, Active, Recover
         space.segments.push_back(SegmentInfo::new(0, path));
     }
     let active = open_active(&space)?;
+    // A group with no vote, no commit point, no purge point and no entries
+    // holds no state; whether its emptied records survive depends on segment
+    // deletion, so recovery reports such a group as absent, always.
+    recovered.groups.retain(|_, g| !g.is_empty());
     Ok((space, active, recovered))
 }
 

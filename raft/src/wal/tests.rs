@@ -204,7 +204,7 @@ async fn truncate_purge_vote_and_committed_replay() {
                 entries: group1_entries,
             },
         ),
-        (2, GroupLog::default()),
+        // Group 2 was truncated to nothing: it holds no state and is absent.
     ]);
     let recovered = reopen(dir.path(), opts(false));
     assert_eq!(recovered.groups, expected);
