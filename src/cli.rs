@@ -43,6 +43,14 @@ pub enum Cmd {
     Filter(FilterCmd),
     /// Drive a running cluster and report throughput and latency.
     Bench(BenchArgs),
+    /// Per-vertex feature vectors (the inputs of scoring).
+    #[command(subcommand)]
+    Features(crate::score_cmd::FeaturesCmd),
+    /// Rank candidate vertices by feature similarity to a vertex.
+    Score(crate::score_cmd::ScoreArgs),
+    /// The kernel backend on this machine: `info`, and the aggregation `bench`.
+    #[command(subcommand)]
+    Kernels(crate::kernels_cmd::KernelsCmd),
 }
 
 #[derive(clap::Args, Debug)]
@@ -225,6 +233,9 @@ pub fn run(cli: Cli) -> CliResult {
         Cmd::Timeline(c) => crate::client_cmds::timeline(c),
         Cmd::Filter(c) => crate::client_cmds::filter(c),
         Cmd::Bench(a) => crate::bench::run(a),
+        Cmd::Features(c) => crate::score_cmd::features(c),
+        Cmd::Score(a) => crate::score_cmd::score(a),
+        Cmd::Kernels(c) => crate::kernels_cmd::run(c),
     }
 }
 

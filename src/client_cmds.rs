@@ -73,7 +73,12 @@ pub fn status(opts: &ClientOpts) -> CliResult {
             println!("  {:>4}  {:>8}  {:<22} state", "id", "pid", "addr");
             for (id, addr, st, err) in &nodes {
                 match st {
-                    Some(s) => println!("  {id:>4}  {:>8}  {addr:<22} up, {} replicas", s.pid, s.shards.len()),
+                    Some(s) => println!(
+                        "  {id:>4}  {:>8}  {addr:<22} up, {} replicas, scoring on {}",
+                        s.pid,
+                        s.shards.len(),
+                        s.scoring_backend.as_deref().unwrap_or("-")
+                    ),
                     None => println!(
                         "  {id:>4}  {:>8}  {addr:<22} down ({})",
                         "-",

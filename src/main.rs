@@ -2,15 +2,17 @@
 //!
 //! One binary runs a node (`plexus node`), a local development cluster
 //! (`plexus up`), makes certificates (`plexus certs`), reports status, wraps
-//! the client library for people (`graph`, `timeline`, `filter`) and drives
-//! benchmarks (`plexus bench`). It holds no cluster logic of its own: nodes
+//! the client library for people (`graph`, `timeline`, `filter`, `features`,
+//! `score`) and drives benchmarks (`plexus bench`, `plexus kernels bench`). It holds no cluster logic of its own: nodes
 //! are `plexus-actors`, clients are `plexus-client`.
 
 mod bench;
 mod certs;
 mod cli;
 mod client_cmds;
+mod kernels_cmd;
 mod node_cmd;
+mod score_cmd;
 mod up;
 
 use clap::Parser;

@@ -11,7 +11,14 @@ use crate::cli::{init_tracing, runtime, CliResult};
 pub fn run(config: &Path) -> CliResult {
     init_tracing();
     let cfg = NodeConfig::load(config).map_err(|e| e.to_string())?;
-    let rt = runtime()?;
+    let rt = match cfg.worker_threads {
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.clamp(1, 256))
+            .enable_all()
+            .build()
+            .map_err(|e| format!("tokio runtime: {e}"))?,
+        None => runtime()?,
+    };
     rt.block_on(async move {
         let mut term = signal(SignalKind::terminate()).map_err(|e| format!("signal handler: {e}"))?;
         let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("signal handler: {e}"))?;

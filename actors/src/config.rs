@@ -64,6 +64,9 @@ pub struct RaftTimings {
     pub election_timeout_max_ms: u64,
     /// Applied entries between snapshots.
     pub snapshot_logs_since_last: u64,
+    /// Entries kept in the log behind the latest snapshot, so a slightly
+    /// lagging follower catches up from the log instead of a snapshot.
+    pub logs_kept_behind_snapshot: u64,
 }
 
 impl Default for RaftTimings {
@@ -73,6 +76,7 @@ impl Default for RaftTimings {
             election_timeout_min_ms: 1_000,
             election_timeout_max_ms: 2_000,
             snapshot_logs_since_last: 10_000,
+            logs_kept_behind_snapshot: 1_000,
         }
     }
 }
@@ -123,6 +127,10 @@ pub struct NodeConfig {
     /// Gateway limits.
     #[serde(default)]
     pub gateway: GatewayLimits,
+    /// Async worker threads for this node; unset = one per CPU core. Nodes that
+    /// share a machine (`plexus up`) split its cores instead of oversubscribing.
+    #[serde(default)]
+    pub worker_threads: Option<usize>,
     /// fsync the WAL (never turn off outside benchmarks of the fsync cost itself).
     #[serde(default = "default_true")]
     pub fsync: bool,

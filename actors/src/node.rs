@@ -19,6 +19,9 @@ use plexus_raft::state::StateLimits;
 use plexus_raft::wal::{GroupLog, SnapshotStore, Wal, WalOptions};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
+/// How long a supervisor waits for its children to stop.
+const CHILD_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 use crate::clock::{Clock, SystemClock};
 use crate::config::NodeConfig;
 use crate::gateway::{Gateway, GatewayActor, GatewayMsg};
@@ -119,6 +122,15 @@ impl Actor for NodeSupervisor {
                 }
             }
         }
+        Ok(())
+    }
+
+    async fn post_stop(&self, myself: ActorRef<NodeMsg>, _st: &mut NodeState) -> Result<(), ActorProcessingErr> {
+        // ractor does not stop linked children with their supervisor: stop
+        // them (and so their replicas' Raft tasks) before this actor is gone.
+        myself
+            .stop_children_and_wait(Some("supervisor stopping".into()), Some(CHILD_STOP_WAIT))
+            .await;
         Ok(())
     }
 
@@ -231,9 +243,9 @@ pub async fn start_node_with_clock(cfg: NodeConfig, clock: Arc<dyn Clock>) -> Re
         election_timeout_min_ms: cfg.raft.election_timeout_min_ms,
         election_timeout_max_ms: cfg.raft.election_timeout_max_ms,
         snapshot_logs_since_last: cfg.raft.snapshot_logs_since_last,
+        logs_kept_behind_snapshot: cfg.raft.logs_kept_behind_snapshot,
         limits: StateLimits::default(),
         shard_count: cfg.shard_count,
-        ..ReplicaOptions::default()
     };
     let gateway_slot = Arc::new(RwLock::new(None));
     let args = NodeArgs {

@@ -58,7 +58,11 @@ fn check_limits(req: &ScoreRequest) -> Result<(), ErrorReply> {
 fn take_features(asked: &[VertexId], resp: Response, into: &mut FeatureMap) -> Result<(), ErrorReply> {
     let got = match resp? {
         Reply::Features(got) => got,
-        other => return Err(ErrorReply::Internal(format!("unexpected answer to a features read: {other:?}"))),
+        other => {
+            return Err(ErrorReply::Internal(format!(
+                "unexpected answer to a features read: {other:?}"
+            )))
+        }
     };
     if got.len() != asked.len() {
         return Err(ErrorReply::Internal(format!(
@@ -70,7 +74,9 @@ fn take_features(asked: &[VertexId], resp: Response, into: &mut FeatureMap) -> R
     for (v, x) in asked.iter().zip(got) {
         let Some(x) = x else { continue };
         if x.is_empty() || x.len() > FEATURES_DIM_MAX || x.iter().any(|f| !f.is_finite()) {
-            return Err(ErrorReply::Internal(format!("replica answered invalid features for vertex {v}")));
+            return Err(ErrorReply::Internal(format!(
+                "replica answered invalid features for vertex {v}"
+            )));
         }
         into.insert(*v, x);
     }
@@ -92,8 +98,16 @@ async fn read_chunk(registry: &Registry, shard: ShardId, vertices: Vec<VertexId>
     }
     let msg = encode(&PeerRequest::Read(shard, op)).map_err(ErrorReply::Internal)?;
     let mut last = ErrorReply::ShardUnavailable(shard);
-    for peer in registry.replicas_of(shard).into_iter().filter(|n| *n != registry.node_id) {
-        let answer = match registry.transport.call(peer, msg.clone(), registry.request_timeout).await {
+    for peer in registry
+        .replicas_of(shard)
+        .into_iter()
+        .filter(|n| *n != registry.node_id)
+    {
+        let answer = match registry
+            .transport
+            .call(peer, msg.clone(), registry.request_timeout)
+            .await
+        {
             Ok(a) => a,
             Err(e) => {
                 tracing::debug!(peer, shard, error = %e, "features read from peer failed");
@@ -141,7 +155,11 @@ async fn fetch_features(registry: &Registry, vertices: &BTreeSet<VertexId>) -> R
 }
 
 /// A local stale read that must answer `Reply::Features` for one vertex.
-async fn own_features(registry: &Registry, replica: &Replica, vertex: VertexId) -> Result<Option<Vec<f32>>, ErrorReply> {
+async fn own_features(
+    registry: &Registry,
+    replica: &Replica,
+    vertex: VertexId,
+) -> Result<Option<Vec<f32>>, ErrorReply> {
     let mut got = FeatureMap::new();
     let op = ReadOp::Features { vertices: vec![vertex] };
     let resp = replica.read(&op, Consistency::Stale, registry.request_timeout).await;
@@ -159,7 +177,9 @@ async fn out_neighbors(registry: &Registry, replica: &Replica, vertex: VertexId)
     };
     match replica.read(&op, Consistency::Stale, registry.request_timeout).await? {
         Reply::Vertices { ids, .. } => Ok(ids),
-        other => Err(ErrorReply::Internal(format!("unexpected answer to a neighbours read: {other:?}"))),
+        other => Err(ErrorReply::Internal(format!(
+            "unexpected answer to a neighbours read: {other:?}"
+        ))),
     }
 }
 
@@ -185,7 +205,11 @@ pub fn build_job(
             ScoreMode::NeighborMean => format!("features of vertex {} or its out-neighbours", req.vertex),
         }));
     };
-    let query_rows: Vec<f32> = rows.iter().filter(|r| r.len() == dim).flat_map(|r| r.iter().copied()).collect();
+    let query_rows: Vec<f32> = rows
+        .iter()
+        .filter(|r| r.len() == dim)
+        .flat_map(|r| r.iter().copied())
+        .collect();
     let ids: BTreeSet<VertexId> = req.candidates.iter().copied().collect();
     let mut candidate_ids = Vec::with_capacity(ids.len());
     let mut candidates = Vec::with_capacity(ids.len() * dim);
@@ -211,6 +235,7 @@ pub async fn execute_score(registry: &Registry, replica: &Replica, req: ScoreReq
     let Some(pool) = registry.scoring() else {
         return Err(ErrorReply::Internal("this node runs no scoring pool".into()));
     };
+    let ticket = pool.admit()?;
     let own = own_features(registry, replica, req.vertex).await?;
     let neighbors = match req.mode {
         ScoreMode::Cosine => Vec::new(),
@@ -219,7 +244,9 @@ pub async fn execute_score(registry: &Registry, replica: &Replica, req: ScoreReq
     let wanted: BTreeSet<VertexId> = req.candidates.iter().chain(&neighbors).copied().collect();
     let features = fetch_features(registry, &wanted).await?;
     let job = build_job(&req, own, &neighbors, &features)?;
-    pool.score(job, registry.request_timeout).await.map(Reply::Scores)
+    pool.score(ticket, job, registry.request_timeout)
+        .await
+        .map(Reply::Scores)
 }
 
 #[cfg(test)]
@@ -289,7 +316,9 @@ mod tests {
         );
         assert_eq!(
             build_job(&r, None, &[6], &features),
-            Err(ErrorReply::NotFound("features of vertex 1 or its out-neighbours".into()))
+            Err(ErrorReply::NotFound(
+                "features of vertex 1 or its out-neighbours".into()
+            ))
         );
     }
 

@@ -44,9 +44,8 @@ impl ScoreJob {
 
     /// `Ok` when the matrices have the shapes the fields promise.
     fn check(&self) -> Result<(), ErrorReply> {
-        let rows = if self.dim == 0 { 0 } else { self.query_rows.len() / self.dim };
-        let shaped = self.dim > 0
-            && rows >= 1
+        let rows = self.query_rows.len().checked_div(self.dim).unwrap_or(0);
+        let shaped = rows >= 1
             && rows * self.dim == self.query_rows.len()
             && (self.mode == ScoreMode::NeighborMean || rows == 1)
             && self.candidates.len() == self.candidate_ids.len() * self.dim
@@ -95,10 +94,8 @@ fn mean_queries(kernels: &Kernels, jobs: &[&ScoreJob], dim: usize) -> Result<Vec
 
 /// Scores every job of a batch; one answer per job, in order.
 pub fn run_batch(kernels: &Kernels, jobs: &[ScoreJob]) -> Vec<ScoreResult> {
-    let mut queries: Vec<Result<Vec<f32>, ErrorReply>> = jobs
-        .iter()
-        .map(|j| j.check().map(|()| j.query_rows.clone()))
-        .collect();
+    let mut queries: Vec<Result<Vec<f32>, ErrorReply>> =
+        jobs.iter().map(|j| j.check().map(|()| j.query_rows.clone())).collect();
     // Group the well-formed NeighborMean jobs by width: one kernel call per width.
     let mut by_dim: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (i, job) in jobs.iter().enumerate() {
@@ -178,7 +175,10 @@ mod tests {
         assert_eq!(got.len(), want.len());
         for (g, w) in got.into_iter().zip(want) {
             let g = g.unwrap();
-            assert_eq!(g.iter().map(|p| p.0).collect::<Vec<_>>(), w.iter().map(|p| p.0).collect::<Vec<_>>());
+            assert_eq!(
+                g.iter().map(|p| p.0).collect::<Vec<_>>(),
+                w.iter().map(|p| p.0).collect::<Vec<_>>()
+            );
             for (a, b) in g.iter().zip(&w) {
                 assert!((a.1 - b.1).abs() < 1e-6, "{g:?} vs {w:?}");
             }

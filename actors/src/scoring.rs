@@ -4,8 +4,9 @@
 //! [`ScoringPool`] is the shared front: it owns the kernels (chosen once per
 //! node by `Kernels::auto()`: CUDA when present, else the widest CPU SIMD
 //! path), admits at most `score_queue_requests_max` requests at once (the
-//! rest get `Busy` at once) and hands each to one of its [`ScoringActor`]s,
-//! round robin. The admission permit travels with the request until it is
+//! rest get `Busy` at once; admission comes before the features are
+//! gathered, so it bounds their memory too) and hands each to one of its
+//! [`ScoringActor`]s, round robin. The admission permit travels with the request until it is
 //! answered, so the actors' mailboxes form one bounded queue although ractor
 //! mailboxes themselves are unbounded.
 //!
@@ -21,7 +22,7 @@
 //! This module does not gather features (see `score`) or decide backends
 //! (see `plexus_kernels::select_backend`).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -51,7 +52,7 @@ pub struct ScoringLimits {
 impl Default for ScoringLimits {
     fn default() -> Self {
         Self {
-            score_queue_requests_max: 1_024,
+            score_queue_requests_max: 256,
             score_batch_requests_max: 64,
             score_batch_values_max: 16 * 1024 * 1024,
             score_batch_wait_us: 500,
@@ -59,6 +60,19 @@ impl Default for ScoringLimits {
         }
     }
 }
+
+/// Counters of the pool's work since the node started.
+#[derive(Debug, Default)]
+pub struct ScoringStats {
+    /// Batches run.
+    pub batches: AtomicU64,
+    /// Requests answered by those batches.
+    pub requests: AtomicU64,
+}
+
+/// An admitted request's place in the queue, held from before its features
+/// are gathered until it is answered.
+pub struct ScoreTicket(OwnedSemaphorePermit);
 
 /// A request waiting in an actor, with its answer channel and admission permit.
 pub struct Pending {
@@ -81,6 +95,7 @@ pub struct ScoringActor;
 /// A scoring actor's state: the open batch.
 pub struct ScoringState {
     kernels: Arc<Kernels>,
+    stats: Arc<ScoringStats>,
     limits: ScoringLimits,
     batch: Vec<Pending>,
     batch_values: usize,
@@ -97,6 +112,8 @@ impl ScoringState {
         if batch.is_empty() {
             return Ok(());
         }
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats.requests.fetch_add(batch.len() as u64, Ordering::Relaxed);
         let (jobs, replies): (Vec<ScoreJob>, Vec<_>) = batch.into_iter().map(|p| (p.job, (p.reply, p.permit))).unzip();
         let kernels = self.kernels.clone();
         let span = tracing::debug_span!("score_batch", requests = jobs.len());
@@ -122,15 +139,16 @@ impl ScoringState {
 impl Actor for ScoringActor {
     type Msg = ScoringMsg;
     type State = ScoringState;
-    type Arguments = (Arc<Kernels>, ScoringLimits);
+    type Arguments = (Arc<Kernels>, Arc<ScoringStats>, ScoringLimits);
 
     async fn pre_start(
         &self,
         _myself: ActorRef<ScoringMsg>,
-        (kernels, limits): Self::Arguments,
+        (kernels, stats, limits): Self::Arguments,
     ) -> Result<ScoringState, ActorProcessingErr> {
         Ok(ScoringState {
             kernels,
+            stats,
             limits,
             batch: Vec::new(),
             batch_values: 0,
@@ -173,6 +191,7 @@ impl Actor for ScoringActor {
 pub struct ScoringPool {
     info: BackendInfo,
     kernels: Arc<Kernels>,
+    stats: Arc<ScoringStats>,
     limits: ScoringLimits,
     admission: Arc<Semaphore>,
     actors: RwLock<Vec<Option<ActorRef<ScoringMsg>>>>,
@@ -187,6 +206,7 @@ impl ScoringPool {
         Self {
             info,
             kernels: Arc::new(kernels),
+            stats: Arc::default(),
             admission: Arc::new(Semaphore::new(limits.score_queue_requests_max.max(1))),
             limits,
             actors: RwLock::new(vec![None; actors]),
@@ -201,7 +221,11 @@ impl ScoringPool {
         let kernels = Kernels::auto();
         if kernels.backend() != info.backend {
             // `auto` fell back to the CPU because the chosen device failed to open.
-            info.reason = format!("{} could not open; fell back to {}", info.name, kernels.backend().name());
+            info.reason = format!(
+                "{} could not open; fell back to {}",
+                info.name,
+                kernels.backend().name()
+            );
             info.name = kernels.backend().name().to_string();
             info.backend = kernels.backend();
         }
@@ -219,13 +243,18 @@ impl ScoringPool {
         &self.info
     }
 
+    /// Batches and requests run so far.
+    pub fn stats(&self) -> &ScoringStats {
+        &self.stats
+    }
+
     /// The pool's limits.
     pub fn limits(&self) -> &ScoringLimits {
         &self.limits
     }
 
     async fn spawn_one(&self, slot: usize, supervisor: ActorCell) -> Result<(), SpawnErr> {
-        let args = (self.kernels.clone(), self.limits.clone());
+        let args = (self.kernels.clone(), self.stats.clone(), self.limits.clone());
         let (actor, _) = Actor::spawn_linked(None, ScoringActor, args, supervisor).await?;
         if let Ok(mut actors) = self.actors.write() {
             if let Some(s) = actors.get_mut(slot) {
@@ -247,9 +276,7 @@ impl ScoringPool {
     /// The slot of the pool actor with id `id`, if it is one of ours.
     pub fn slot_of(&self, id: ActorId) -> Option<usize> {
         let actors = self.actors.read().ok()?;
-        actors
-            .iter()
-            .position(|a| a.as_ref().is_some_and(|a| a.get_id() == id))
+        actors.iter().position(|a| a.as_ref().is_some_and(|a| a.get_id() == id))
     }
 
     /// Replaces the actor in `slot` with a fresh one linked to `supervisor`.
@@ -262,15 +289,23 @@ impl ScoringPool {
         self.spawn_one(slot, supervisor).await
     }
 
-    /// Scores one gathered request: `Busy` when the queue is full, the
-    /// batch's answer otherwise, or `Timeout` after `timeout`.
-    pub async fn score(&self, job: ScoreJob, timeout: Duration) -> ScoreResult {
-        let Ok(permit) = self.admission.clone().try_acquire_owned() else {
-            return Err(ErrorReply::Busy(format!(
+    /// Admits one request, or `Busy` when `score_queue_requests_max` are
+    /// admitted already. Callers admit before gathering features, so the
+    /// limit also bounds the gathered features held in memory.
+    pub fn admit(&self) -> Result<ScoreTicket, ErrorReply> {
+        match self.admission.clone().try_acquire_owned() {
+            Ok(permit) => Ok(ScoreTicket(permit)),
+            Err(_) => Err(ErrorReply::Busy(format!(
                 "scoring queue holds {} requests",
                 self.limits.score_queue_requests_max
-            )));
-        };
+            ))),
+        }
+    }
+
+    /// Scores one gathered, admitted request: the batch's answer, or
+    /// `Timeout` after `timeout`.
+    pub async fn score(&self, ticket: ScoreTicket, job: ScoreJob, timeout: Duration) -> ScoreResult {
+        let permit = ticket.0;
         let actor = {
             let actors = self
                 .actors
@@ -285,11 +320,7 @@ impl ScoringPool {
             return Err(ErrorReply::Busy("scoring actors are restarting".into()));
         };
         let (tx, rx) = oneshot::channel();
-        let pending = Pending {
-            job,
-            reply: tx,
-            permit,
-        };
+        let pending = Pending { job, reply: tx, permit };
         if actor.cast(ScoringMsg::Score(pending)).is_err() {
             return Err(ErrorReply::Busy("scoring actor is stopping".into()));
         }
@@ -298,5 +329,122 @@ impl ScoringPool {
             Ok(Err(_)) => Err(ErrorReply::Internal("scoring actor failed before answering".into())),
             Err(_) => Err(ErrorReply::Timeout(format!("scoring not done in {timeout:?}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use plexus_kernels::{Backend, BackendInfo};
+    use plexus_proto::ScoreMode;
+
+    use super::*;
+
+    /// A parent for the pool's linked actors; it ignores their events.
+    struct Parent;
+
+    impl Actor for Parent {
+        type Msg = ();
+        type State = ();
+        type Arguments = ();
+
+        async fn pre_start(&self, _me: ActorRef<()>, _args: ()) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+    }
+
+    fn pool(limits: ScoringLimits) -> ScoringPool {
+        let info = BackendInfo {
+            backend: Backend::Scalar,
+            name: "scalar".into(),
+            reason: "test".into(),
+        };
+        ScoringPool::new(Kernels::new(Backend::Scalar).unwrap(), info, limits)
+    }
+
+    /// Candidates 1..=n on the unit circle at angle i·0.1, query at angle 0.
+    fn job(n: u64, k: usize) -> ScoreJob {
+        ScoreJob {
+            mode: ScoreMode::Cosine,
+            dim: 2,
+            query_rows: vec![1.0, 0.0],
+            candidate_ids: (1..=n).collect(),
+            candidates: (1..=n)
+                .flat_map(|i| {
+                    let a = i as f32 * 0.1;
+                    [a.cos(), a.sin()]
+                })
+                .collect(),
+            k,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_are_batched_and_all_answered() {
+        let (parent, handle) = Actor::spawn(None, Parent, ()).await.unwrap();
+        let limits = ScoringLimits {
+            score_batch_requests_max: 8,
+            score_actors: 2,
+            ..ScoringLimits::default()
+        };
+        let pool = Arc::new(pool(limits));
+        pool.spawn_actors(parent.get_cell()).await.unwrap();
+        let tasks: Vec<_> = (1..=40u64)
+            .map(|n| {
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    let ticket = pool.admit()?;
+                    pool.score(ticket, job(n, 2), Duration::from_secs(30)).await
+                })
+            })
+            .collect();
+        for (n, t) in (1..=40u64).zip(tasks) {
+            let got = t.await.unwrap().unwrap();
+            // The nearest angles to the query are the two lowest ids.
+            let ids: Vec<u64> = got.iter().map(|p| p.0).collect();
+            assert_eq!(ids, if n == 1 { vec![1] } else { vec![1, 2] }, "request {n}");
+            assert!((got[0].1 - 0.1f32.cos()).abs() < 1e-6);
+        }
+        assert_eq!(pool.slot_of(parent.get_id()), None);
+        // Every request was answered by a batch of at most 8.
+        assert_eq!(pool.stats().requests.load(Ordering::Relaxed), 40);
+        let batches = pool.stats().batches.load(Ordering::Relaxed);
+        assert!((5..=40).contains(&batches), "{batches} batches");
+        parent.stop(None);
+        handle.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_answers_busy_at_once() {
+        let (parent, handle) = Actor::spawn(None, Parent, ()).await.unwrap();
+        let limits = ScoringLimits {
+            score_queue_requests_max: 1,
+            // Long enough that the first request is still waiting when the second arrives.
+            score_batch_wait_us: 2_000_000,
+            score_actors: 1,
+            ..ScoringLimits::default()
+        };
+        let pool = Arc::new(pool(limits));
+        pool.spawn_actors(parent.get_cell()).await.unwrap();
+        let first = {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let ticket = pool.admit()?;
+                pool.score(ticket, job(3, 1), Duration::from_secs(60)).await
+            })
+        };
+        // Let the first request take the only slot and sit in its batch's wait.
+        while pool.admission.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(
+            pool.admit(),
+            Err(ErrorReply::Busy(m)) if m == "scoring queue holds 1 requests"
+        ));
+        // The batch runs once its wait is over, and frees the slot.
+        let got = first.await.unwrap().unwrap();
+        assert_eq!(got.iter().map(|p| p.0).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(pool.admission.available_permits(), 1);
+        parent.stop(None);
+        handle.await.unwrap();
     }
 }

@@ -19,6 +19,9 @@ use plexus_raft::wal::SnapshotStore;
 use plexus_raft::{Command, META_GROUP};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
+/// How long a supervisor waits for its children to stop.
+const CHILD_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 use crate::registry::Registry;
 use crate::restart::{RestartBudget, RestartDecision, RestartPolicy};
 
@@ -77,13 +80,16 @@ impl Actor for ShardActor {
             &args.opts,
         )
         .await?;
-        let members: BTreeMap<u64, String> = reg
-            .replicas_of(args.group)
-            .into_iter()
-            .filter_map(|n| reg.addr_of(n).map(|a| (n, a)))
-            .collect();
-        // The lowest-id replica founds the group; bootstrap is a no-op once a log exists.
-        if members.keys().next() == Some(&reg.node_id) {
+        let replicas = reg.replicas_of(args.group);
+        // The first replica in placement order founds the group (and usually
+        // becomes its first leader): placement rotates with the shard id, so
+        // leadership starts spread over the nodes. Bootstrap is a no-op once a
+        // log exists.
+        if replicas.first() == Some(&reg.node_id) {
+            let members: BTreeMap<u64, String> = replicas
+                .into_iter()
+                .filter_map(|n| reg.addr_of(n).map(|a| (n, a)))
+                .collect();
             replica.bootstrap(members).await?;
         }
         reg.insert(replica.clone());
@@ -229,6 +235,19 @@ impl Actor for ShardSupervisor {
                 }
             }
         }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        _st: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        // ractor does not stop linked children with their supervisor: stop
+        // them (and so their replicas' Raft tasks) before this actor is gone.
+        myself
+            .stop_children_and_wait(Some("supervisor stopping".into()), Some(CHILD_STOP_WAIT))
+            .await;
         Ok(())
     }
 

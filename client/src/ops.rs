@@ -4,11 +4,11 @@
 //! Nothing here routes or retries; a reply of the wrong shape is reported as
 //! [`ClientError::UnexpectedReply`] rather than guessed at.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use plexus_proto::{
-    shard_for_key, AdminOp, Consistency, Cursor, Direction, EntryId, FilterSpec, NodeStatus, Op, OwnerId, Page,
-    ReadOp, Reply, ScoreMode, ScoreRequest, ShardKey, VertexId, WriteOp,
+    shard_for_key, AdminOp, Consistency, Cursor, Direction, EntryId, FilterSpec, NodeStatus, Op, OwnerId, Page, ReadOp,
+    Reply, ScoreMode, ScoreRequest, ShardKey, VertexId, WriteOp,
 };
 use roaring::RoaringTreemap;
 
@@ -211,21 +211,27 @@ impl Client {
     /// The feature vectors of `vertices` (`None` where a vertex has none), in the order asked.
     ///
     /// Vertices may live on any shards: one read per shard (in chunks of
-    /// [`FEATURES_READ_CHUNK`] vertices) is sent in turn, so the answer is
-    /// not one snapshot of the cluster.
+    /// [`FEATURES_READ_CHUNK`] vertices, each vertex asked once) is sent in
+    /// turn, so the answer is not one snapshot of the cluster.
     pub async fn features(&self, vertices: &[VertexId]) -> Result<Vec<Option<Vec<f32>>>, ClientError> {
         let shard_count = self.shard_map().shard_count;
-        let mut by_shard: BTreeMap<u32, Vec<VertexId>> = BTreeMap::new();
+        let mut by_shard: BTreeMap<u32, BTreeSet<VertexId>> = BTreeMap::new();
         for v in vertices {
             by_shard
                 .entry(shard_for_key(&ShardKey::Id(*v), shard_count))
                 .or_default()
-                .push(*v);
+                .insert(*v);
         }
+        let by_shard: Vec<Vec<VertexId>> = by_shard.into_values().map(|vs| vs.into_iter().collect()).collect();
         let mut found: BTreeMap<VertexId, Option<Vec<f32>>> = BTreeMap::new();
-        for chunk in by_shard.values().flat_map(|vs| vs.chunks(FEATURES_READ_CHUNK)) {
+        for chunk in by_shard.iter().flat_map(|vs| vs.chunks(FEATURES_READ_CHUNK)) {
             let asked = chunk.to_vec();
-            match self.read(ReadOp::Features { vertices: asked.clone() }).await? {
+            match self
+                .read(ReadOp::Features {
+                    vertices: asked.clone(),
+                })
+                .await?
+            {
                 Reply::Features(got) if got.len() == asked.len() => found.extend(asked.into_iter().zip(got)),
                 Reply::Features(got) => {
                     return Err(ClientError::InvalidData(format!(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use plexus_client::{
     Client, ClientError, Consistency, Cursor, Direction, FilterSpec, NodeStatus, Page, Reply, RoaringTreemap,
-    TimelineEntry,
+    ScoreMode, ScoreRequest, TimelineEntry,
 };
 use plexus_proto::{AdminOp, Op, ReadOp, Request, Response, WriteOp};
 use support::{config, handler, make_certs, single_node};
@@ -65,6 +65,20 @@ fn answer(req: Request) -> Option<Response> {
         Op::Read(ReadOp::HasEdge { src, dst }) => Reply::Bool(src < dst),
         Op::Admin(AdminOp::Status) => Reply::Status(status()),
         Op::Admin(AdminOp::ShardMap) => return Some(Err(plexus_client::ErrorReply::Internal("unused".into()))),
+        Op::Write(WriteOp::SetFeatures { features, .. }) => Reply::Changed(!features.is_empty()),
+        Op::Read(ReadOp::Features { vertices }) => Reply::Features(
+            vertices
+                .iter()
+                .map(|v| (v % 2 == 0).then(|| vec![*v as f32, 1.0]))
+                .collect(),
+        ),
+        Op::Score(r) => Reply::Scores(
+            r.candidates
+                .iter()
+                .take(r.k as usize)
+                .map(|c| (*c, *c as f32 / 10.0))
+                .collect(),
+        ),
     }))
 }
 
@@ -124,6 +138,51 @@ async fn typed_operations_send_the_right_op_and_decode_the_reply() {
     );
     assert_eq!(ops[12], Op::Admin(AdminOp::Status));
     assert_eq!(ops.len(), 13);
+}
+
+#[tokio::test]
+async fn feature_and_score_operations() {
+    let certs = make_certs();
+    let s = single_node(&certs, handler(answer));
+    let c = Client::connect(config(&certs, vec![s.addr_string()])).await.unwrap();
+    assert!(c.set_features(3, vec![0.5, -1.0]).await.unwrap());
+    assert!(!c.set_features(3, vec![]).await.unwrap());
+    assert_eq!(
+        c.features(&[4, 5, 4]).await.unwrap(),
+        vec![Some(vec![4.0, 1.0]), None, Some(vec![4.0, 1.0])]
+    );
+    assert_eq!(
+        c.score(9, vec![7, 8, 1], 2, ScoreMode::NeighborMean).await.unwrap(),
+        vec![(7, 0.7), (8, 0.8)]
+    );
+    let ops: Vec<Op> = s.requests().into_iter().map(|r| r.op).collect();
+    assert_eq!(
+        ops[0],
+        Op::Write(WriteOp::SetFeatures {
+            vertex: 3,
+            features: vec![0.5, -1.0]
+        })
+    );
+    let reads: Vec<&Op> = ops.iter().filter(|o| matches!(o, Op::Read(_))).collect();
+    // Reads grouped by shard, each vertex asked once.
+    let mut asked: Vec<u64> = reads
+        .iter()
+        .flat_map(|o| match o {
+            Op::Read(ReadOp::Features { vertices }) => vertices.clone(),
+            _ => vec![],
+        })
+        .collect();
+    asked.sort_unstable();
+    assert_eq!(asked, vec![4, 5]);
+    assert_eq!(
+        ops.last(),
+        Some(&Op::Score(ScoreRequest {
+            vertex: 9,
+            candidates: vec![7, 8, 1],
+            k: 2,
+            mode: ScoreMode::NeighborMean
+        }))
+    );
 }
 
 #[tokio::test]

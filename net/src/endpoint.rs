@@ -211,6 +211,10 @@ impl NodeEndpoint {
     pub async fn shutdown(&self) {
         let shared = &self.shared;
         shared.closed.store(true, Ordering::Release);
+        // The peer handler usually holds (through the node's registry) a
+        // `PeerLinks` that holds `shared`: drop it so that cycle cannot keep
+        // the endpoint, and its UDP port, alive after shutdown.
+        *shared.handler.write().unwrap_or_else(|e| e.into_inner()) = None;
         // Dropping the queues' senders stops the flushers once they drain.
         lock(&shared.queues).clear();
         if let Some(task) = lock(&self.accept_task).take() {

@@ -337,7 +337,10 @@ impl ShardState {
             self.check_key(&ShardKey::Id(*v))?;
         }
         Ok(Reply::Features(
-            vertices.iter().map(|v| self.features.get(*v).map(<[f32]>::to_vec)).collect(),
+            vertices
+                .iter()
+                .map(|v| self.features.get(*v).map(<[f32]>::to_vec))
+                .collect(),
         ))
     }
 

@@ -40,7 +40,10 @@ fn set_replace_and_remove_features() {
     // An empty vector removes, once.
     assert_eq!(h.write(set(v[0], &[])), Ok(Reply::Changed(true)));
     assert_eq!(h.write(set(v[0], &[])), Ok(Reply::Changed(false)));
-    assert_eq!(read(&h, &[v[0], v[1]]), Ok(Reply::Features(vec![None, Some(vec![0.5])])));
+    assert_eq!(
+        read(&h, &[v[0], v[1]]),
+        Ok(Reply::Features(vec![None, Some(vec![0.5])]))
+    );
     assert_eq!(h.s.features.len(), 1);
     assert_eq!(read(&h, &[]), read_empty_expected());
 }
@@ -139,7 +142,13 @@ fn features_survive_snapshots_and_change_the_hash() {
     assert_eq!(back, h.s);
     assert_eq!(back.to_snapshot(), bytes);
     assert_eq!(
-        read(&Harness { s: back, index: h.index }, &[v[1], v[0]]),
+        read(
+            &Harness {
+                s: back,
+                index: h.index
+            },
+            &[v[1], v[0]]
+        ),
         Ok(Reply::Features(vec![Some(vec![3.0]), Some(vec![1.5, -2.0])]))
     );
     let mut other = Harness::new(StateLimits::default());

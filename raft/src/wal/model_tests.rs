@@ -12,7 +12,11 @@ use super::*;
 /// The model's groups that hold state: recovery reports a group that holds
 /// nothing as absent.
 fn live(model: &BTreeMap<u32, GroupLog>) -> BTreeMap<u32, GroupLog> {
-    model.iter().filter(|(_, g)| !g.is_empty()).map(|(k, g)| (*k, g.clone())).collect()
+    model
+        .iter()
+        .filter(|(_, g)| !g.is_empty())
+        .map(|(k, g)| (*k, g.clone()))
+        .collect()
 }
 
 fn model_apply(model: &mut BTreeMap<u32, GroupLog>, op: &WalOp) {

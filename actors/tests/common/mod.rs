@@ -1,0 +1,71 @@
+//! Helpers for in-process node tests: a one-node cluster with real
+//! certificates, real QUIC and real fsync, and a real client.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use plexus_actors::config::{GatewayLimits, PeerConfig, RaftTimings, TlsPaths};
+use plexus_actors::{NodeConfig, NodeHandle};
+use plexus_client::{Client, ClientConfig};
+
+pub const TOKEN: &str = "test-token-0123456789";
+
+fn write_certs(dir: &Path) -> TlsPaths {
+    let ca = plexus_net::certs::make_ca("test").unwrap();
+    let node = plexus_net::certs::make_node_cert(&ca, 1, &[]).unwrap();
+    std::fs::write(dir.join("ca.pem"), &ca.cert_pem).unwrap();
+    std::fs::write(dir.join("node.pem"), &node.cert_pem).unwrap();
+    std::fs::write(dir.join("node-key.pem"), &node.key_pem).unwrap();
+    TlsPaths {
+        ca_cert: dir.join("ca.pem"),
+        node_cert: dir.join("node.pem"),
+        node_key: dir.join("node-key.pem"),
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap()
+}
+
+/// A one-node, `shards`-shard cluster config under `dir` (certificates written there).
+pub fn single_node_config(dir: &Path, shards: u32, raft: RaftTimings) -> NodeConfig {
+    let addr = free_addr();
+    NodeConfig {
+        node_id: 1,
+        listen: addr,
+        data_dir: dir.join("data"),
+        token: TOKEN.into(),
+        shard_count: shards,
+        replication: 1,
+        tls: write_certs(dir),
+        peers: vec![PeerConfig { id: 1, addr }],
+        raft: RaftTimings {
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            heartbeat_ms: 100,
+            ..raft
+        },
+        gateway: GatewayLimits::default(),
+        worker_threads: None,
+        fsync: true,
+    }
+}
+
+pub async fn wait_for_leaders(node: &NodeHandle) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !node.all_groups_have_leaders() {
+        assert!(Instant::now() < deadline, "no leaders after 30s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn client(cfg: &NodeConfig) -> Client {
+    let ca_pem = std::fs::read_to_string(&cfg.tls.ca_cert).unwrap();
+    Client::connect(ClientConfig::new(vec![cfg.listen.to_string()], ca_pem, TOKEN.into()))
+        .await
+        .unwrap()
+}

@@ -1,0 +1,200 @@
+//! Scoring through the client library against a running in-process cluster:
+//! three nodes, one replica per shard, so candidates' features are read from
+//! other nodes. Expected scores are computed here with plain loops.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use plexus_actors::config::{GatewayLimits, PeerConfig, RaftTimings, TlsPaths};
+use plexus_actors::{start_node, NodeConfig, NodeHandle};
+use plexus_client::{Client, ClientConfig, ClientError, ErrorReply, ScoreMode};
+use plexus_proto::{shard_for_key, ShardKey};
+
+const TOKEN: &str = "test-token-0123456789";
+const SHARDS: u32 = 8;
+const DIM: usize = 4;
+
+fn free_addr() -> SocketAddr {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap()
+}
+
+/// The CA and one certificate per node, written under `dir`.
+fn write_certs(dir: &std::path::Path, ids: &[u64]) -> Vec<TlsPaths> {
+    let ca = plexus_net::certs::make_ca("test").unwrap();
+    std::fs::write(dir.join("ca.pem"), &ca.cert_pem).unwrap();
+    ids.iter()
+        .map(|id| {
+            let node = plexus_net::certs::make_node_cert(&ca, *id, &[]).unwrap();
+            let (cert, key) = (
+                dir.join(format!("node-{id}.pem")),
+                dir.join(format!("node-{id}-key.pem")),
+            );
+            std::fs::write(&cert, &node.cert_pem).unwrap();
+            std::fs::write(&key, &node.key_pem).unwrap();
+            TlsPaths {
+                ca_cert: dir.join("ca.pem"),
+                node_cert: cert,
+                node_key: key,
+            }
+        })
+        .collect()
+}
+
+async fn start_cluster(dir: &std::path::Path) -> (Vec<NodeHandle>, Vec<SocketAddr>) {
+    let ids = [1u64, 2, 3];
+    let addrs: Vec<SocketAddr> = ids.iter().map(|_| free_addr()).collect();
+    let tls = write_certs(dir, &ids);
+    let peers: Vec<PeerConfig> = ids
+        .iter()
+        .zip(&addrs)
+        .map(|(id, addr)| PeerConfig { id: *id, addr: *addr })
+        .collect();
+    let mut nodes = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let cfg = NodeConfig {
+            node_id: *id,
+            listen: addrs[i],
+            data_dir: dir.join(format!("data-{id}")),
+            token: TOKEN.into(),
+            shard_count: SHARDS,
+            replication: 1,
+            tls: tls[i].clone(),
+            peers: peers.clone(),
+            raft: RaftTimings {
+                election_timeout_min_ms: 300,
+                election_timeout_max_ms: 600,
+                heartbeat_ms: 100,
+                ..Default::default()
+            },
+            gateway: GatewayLimits::default(),
+            worker_threads: None,
+            fsync: false,
+        };
+        nodes.push(start_node(cfg).await.unwrap());
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !nodes.iter().all(|n| n.all_groups_have_leaders()) {
+        assert!(Instant::now() < deadline, "no leaders");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (nodes, addrs)
+}
+
+/// Deterministic, well spread features for vertices 1..=11; others have none.
+fn features_of(v: u64) -> Option<Vec<f32>> {
+    (1..=11).contains(&v).then(|| {
+        (0..DIM as u64)
+            .map(|j| (((v * 37 + j * 101 + v * j * 13) % 97) as f32 - 48.0) / 16.0)
+            .collect()
+    })
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb)
+}
+
+/// The expected answer: every distinct candidate with features, best first, ties by lower id, top k.
+fn expected(query: &[f32], candidates: &[u64], k: usize) -> Vec<(u64, f32)> {
+    let distinct: std::collections::BTreeSet<u64> = candidates.iter().copied().collect();
+    let mut all: Vec<(u64, f32)> = distinct
+        .iter()
+        .filter_map(|c| features_of(*c).map(|x| (*c, cosine(query, &x))))
+        .collect();
+    all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    // The data must not hold near-ties, or rounding could legitimately reorder them.
+    for w in all.windows(2) {
+        assert!(w[0].1 - w[1].1 > 1e-4, "test data has a near-tie: {all:?}");
+    }
+    all.truncate(k);
+    all
+}
+
+fn assert_scores(got: &[(u64, f32)], want: &[(u64, f32)]) {
+    let ids = |s: &[(u64, f32)]| s.iter().map(|p| p.0).collect::<Vec<_>>();
+    assert_eq!(ids(got), ids(want), "got {got:?}, want {want:?}");
+    for (g, w) in got.iter().zip(want) {
+        assert!((g.1 - w.1).abs() < 1e-5, "score of {}: got {}, want {}", g.0, g.1, w.1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn score_through_the_client_against_a_running_cluster() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (nodes, addrs) = start_cluster(tmp.path()).await;
+    let ca_pem = std::fs::read_to_string(tmp.path().join("ca.pem")).unwrap();
+    let seeds = addrs.iter().map(|a| a.to_string()).collect();
+    let client = Client::connect(ClientConfig::new(seeds, ca_pem, TOKEN.into()))
+        .await
+        .unwrap();
+
+    for v in 1..=12u64 {
+        if let Some(x) = features_of(v) {
+            assert!(client.set_features(v, x).await.unwrap());
+        }
+    }
+    assert!(!client.set_features(3, features_of(3).unwrap()).await.unwrap());
+    assert_eq!(
+        client.features(&[12, 2, 3]).await.unwrap(),
+        vec![None, features_of(2), features_of(3)]
+    );
+    let neighbours = [2u64, 5, 9];
+    for n in neighbours {
+        assert!(client.follow(1, n).await.unwrap());
+    }
+    // Candidates live on shards of every node, so most features are read from peers.
+    let candidates: Vec<u64> = (2..=12).chain([5, 40]).collect();
+    let host = |v: u64| nodes[0].registry.replicas_of(shard_for_key(&ShardKey::Id(v), SHARDS))[0];
+    let hosts: std::collections::BTreeSet<u64> = candidates.iter().map(|c| host(*c)).collect();
+    assert_eq!(hosts.len(), 3, "candidates should span all nodes");
+
+    let own = features_of(1).unwrap();
+    let got = client.score(1, candidates.clone(), 5, ScoreMode::Cosine).await.unwrap();
+    assert_scores(&got, &expected(&own, &candidates, 5));
+
+    let mut mean = vec![0.0f32; DIM];
+    for v in [1u64].iter().chain(&neighbours) {
+        for (m, x) in mean.iter_mut().zip(features_of(*v).unwrap()) {
+            *m += x / 4.0;
+        }
+    }
+    let got = client
+        .score(1, candidates.clone(), 100, ScoreMode::NeighborMean)
+        .await
+        .unwrap();
+    assert_scores(&got, &expected(&mean, &candidates, 100));
+    assert_eq!(
+        got.len(),
+        10,
+        "candidates 2..=11 have features; 5 is asked twice, 12 and 40 have none"
+    );
+
+    // Limits and missing features are answered, not guessed at.
+    match client.score(1, candidates.clone(), 0, ScoreMode::Cosine).await {
+        Err(ClientError::Server(ErrorReply::BadRequest(_))) => {}
+        other => panic!("k = 0 answered {other:?}"),
+    }
+    match client.score(12, candidates.clone(), 3, ScoreMode::Cosine).await {
+        Err(ClientError::Server(ErrorReply::NotFound(m))) => assert_eq!(m, "features of vertex 12"),
+        other => panic!("a vertex without features answered {other:?}"),
+    }
+    match client.set_features(1, vec![f32::NAN]).await {
+        Err(ClientError::Server(ErrorReply::BadRequest(_))) => {}
+        other => panic!("NaN features answered {other:?}"),
+    }
+
+    // Every node reports its scoring backend.
+    for (node, addr) in nodes.iter().zip(&addrs) {
+        let status = client.node_status(&addr.to_string()).await.unwrap();
+        let backend = node.registry.scoring().map(|p| p.backend_name().to_string());
+        assert!(backend.is_some());
+        assert_eq!(status.scoring_backend, backend);
+    }
+    client.close().await;
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
