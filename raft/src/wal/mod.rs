@@ -88,6 +88,11 @@ pub struct WalOptions {
     pub queue_requests_max: usize,
     /// Whether to fdatasync batches and fsync the directory. Only tests may turn it off.
     pub fsync: bool,
+    /// Under load (the previous batch held more than one request) the writer
+    /// waits up to this long, in microseconds, for more requests before the
+    /// fsync, so one fsync covers more groups. 0 disables the wait; an idle
+    /// WAL never waits.
+    pub batch_linger_us: u64,
 }
 
 impl Default for WalOptions {
@@ -97,6 +102,7 @@ impl Default for WalOptions {
             batch_bytes_max: 8 << 20,
             queue_requests_max: 4096,
             fsync: true,
+            batch_linger_us: 200,
         }
     }
 }

@@ -95,6 +95,7 @@ impl Writer {
     /// Serves requests until every sender is gone and the channel is drained.
     pub fn run(mut self, rx: mpsc::Receiver<Request>) {
         let mut pending: Option<Request> = None;
+        let mut last_batch_len = 0usize;
         loop {
             let first = match pending.take() {
                 Some(request) => request,
@@ -107,8 +108,19 @@ impl Writer {
             self.gate.wait_open();
             let mut bytes = first.op_bytes.len();
             let mut batch = vec![first];
+            // Linger only when the last batch showed concurrent writers: an
+            // idle WAL answers a lone request with no added delay.
+            let linger_until = (last_batch_len > 1 && self.opts.batch_linger_us > 0)
+                .then(|| std::time::Instant::now() + std::time::Duration::from_micros(self.opts.batch_linger_us));
             while bytes < self.opts.batch_bytes_max {
-                match rx.try_recv() {
+                let next = match linger_until {
+                    Some(until) => match until.checked_duration_since(std::time::Instant::now()) {
+                        Some(left) => rx.recv_timeout(left).map_err(|_| ()),
+                        None => rx.try_recv().map_err(|_| ()),
+                    },
+                    None => rx.try_recv().map_err(|_| ()),
+                };
+                match next {
                     Ok(request) if bytes + request.op_bytes.len() > self.opts.batch_bytes_max => {
                         pending = Some(request);
                         break;
@@ -120,6 +132,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            last_batch_len = batch.len();
             let result = self.write_batch(&mut batch);
             for request in batch {
                 let Request { done, permit, .. } = request;
