@@ -51,6 +51,8 @@ pub enum Cmd {
     /// The kernel backend on this machine: `info`, and the aggregation `bench`.
     #[command(subcommand)]
     Kernels(crate::kernels_cmd::KernelsCmd),
+    /// Run the deterministic simulator: a whole cluster with faults, on virtual time, per seed.
+    Sim(crate::sim_cmd::SimArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -236,6 +238,7 @@ pub fn run(cli: Cli) -> CliResult {
         Cmd::Features(c) => crate::score_cmd::features(c),
         Cmd::Score(a) => crate::score_cmd::score(a),
         Cmd::Kernels(c) => crate::kernels_cmd::run(c),
+        Cmd::Sim(a) => crate::sim_cmd::run(a),
     }
 }
 

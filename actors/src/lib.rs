@@ -21,4 +21,4 @@ pub mod scoring;
 pub mod shard;
 
 pub use config::NodeConfig;
-pub use node::{start_node, NodeError, NodeHandle};
+pub use node::{start_core, start_node, NodeCore, NodeError, NodeHandle, NodeSeams};

@@ -5,18 +5,27 @@
 //!                 ├─ GatewayActor                            client requests
 //!                 └─ ScoringActor × score_actors             batched kernel work
 //! ```
-//! `start_node` opens the WAL (recovering it), binds the QUIC endpoint,
-//! starts the tree and only then serves peers and clients.
+//! `start_node` binds the QUIC endpoint, starts the node's core over it and
+//! only then serves peers and clients.
+//!
+//! The core (`start_core`: WAL recovery, registry, supervision tree, gateway)
+//! knows nothing of QUIC: it takes its seams — the Raft transport, the clock,
+//! the disk and where the WAL writer runs — as `NodeSeams`, and answers
+//! client requests (`NodeCore::execute`) and peer messages
+//! (`NodeCore::handle_peer`) through the same code the endpoint calls. That is
+//! how the simulator runs real nodes on a simulated network and disk.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use plexus_net::{NetLimits, NodeEndpoint, TlsMaterial};
+use plexus_net::{ClientHandler, NetLimits, NodeEndpoint, PeerHandler, TlsMaterial};
+use plexus_proto::{Request, Response};
+use plexus_raft::network::RaftTransport;
 use plexus_raft::replica::{open_log, ReplicaOptions};
 use plexus_raft::state::StateLimits;
-use plexus_raft::wal::{GroupLog, SnapshotStore, Wal, WalOptions};
+use plexus_raft::wal::{Disk, GroupLog, OsDisk, SnapshotStore, Wal, WalOptions, WriterMode};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 /// How long a supervisor waits for its children to stop.
@@ -170,14 +179,45 @@ impl Actor for NodeSupervisor {
     }
 }
 
+/// What a node's core runs on. Production passes the QUIC transport, the
+/// system clock, `OsDisk` and a writer thread; the simulator passes its own.
+pub struct NodeSeams {
+    /// How the node's replicas reach their peers.
+    pub transport: Arc<dyn RaftTransport>,
+    /// Wall-clock time for stamping commands.
+    pub clock: Arc<dyn Clock>,
+    /// Where the WAL and the snapshots live.
+    pub disk: Arc<dyn Disk>,
+    /// Where the WAL writer runs.
+    pub wal_writer: WriterMode,
+    /// WAL tuning.
+    pub wal_options: WalOptions,
+    /// Whether to start the scoring pool (probing for a GPU happens off the async workers).
+    pub scoring: bool,
+    /// The node's restart policy for shard actors.
+    pub restart_policy: RestartPolicy,
+}
+
+/// A running node without its network endpoint: registry, supervision tree
+/// and gateway.
+pub struct NodeCore {
+    /// The node's registry (replicas, layout).
+    pub registry: Arc<Registry>,
+    /// The gateway: admission, then the gateway actor.
+    pub gateway: Arc<Gateway>,
+    /// The service answering peers' Raft RPCs and forwarded proposals.
+    pub peers: Arc<PeerService>,
+    supervisor: ActorRef<NodeMsg>,
+    join: tokio::task::JoinHandle<()>,
+    wal: Wal,
+}
+
 /// A running node.
 pub struct NodeHandle {
     /// The node's registry (replicas, layout).
     pub registry: Arc<Registry>,
     endpoint: NodeEndpoint,
-    supervisor: ActorRef<NodeMsg>,
-    join: tokio::task::JoinHandle<()>,
-    wal: Wal,
+    core: NodeCore,
     _lock: std::fs::File,
 }
 
@@ -204,23 +244,9 @@ pub async fn start_node(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
     start_node_with_clock(cfg, Arc::new(SystemClock)).await
 }
 
-/// Starts a node with an explicit clock (the simulator's seam).
+/// Starts a node with an explicit clock.
 pub async fn start_node_with_clock(cfg: NodeConfig, clock: Arc<dyn Clock>) -> Result<NodeHandle, NodeError> {
     let lock = lock_data_dir(&cfg.data_dir)?;
-    let wal_opts = WalOptions {
-        fsync: cfg.fsync,
-        ..WalOptions::default()
-    };
-    let (wal, recovered) =
-        Wal::open(&cfg.data_dir.join("wal"), wal_opts).map_err(|e| NodeError::Storage(e.to_string()))?;
-    if recovered.torn_tail_bytes > 0 {
-        tracing::warn!(
-            bytes = recovered.torn_tail_bytes,
-            "dropped a torn, unacknowledged WAL tail"
-        );
-    }
-    let snapshots =
-        Arc::new(SnapshotStore::open(&cfg.data_dir.join("snapshots")).map_err(|e| NodeError::Storage(e.to_string()))?);
     let tls = TlsMaterial::from_pem_files(&cfg.tls.ca_cert, &cfg.tls.node_cert, &cfg.tls.node_key)
         .map_err(|e| NodeError::Tls(e.to_string()))?;
     let endpoint = NodeEndpoint::bind(cfg.node_id, cfg.listen, &tls, cfg.token.clone(), NetLimits::default())
@@ -231,13 +257,58 @@ pub async fn start_node_with_clock(cfg: NodeConfig, clock: Arc<dyn Clock>) -> Re
             links.set_peer(p.id, p.addr);
         }
     }
-    let transport = Arc::new(QuicTransport::new(links));
-    let registry = Arc::new(Registry::new(&cfg, transport, clock, endpoint.local_addr().to_string()));
-    // Probing for a GPU loads libraries and may compile kernels: keep it off the async workers.
-    let scoring = tokio::task::spawn_blocking(|| ScoringPool::auto(ScoringLimits::default()))
-        .await
-        .map_err(|e| NodeError::Actors(format!("scoring backend probe failed: {e}")))?;
-    let _ = registry.set_scoring(Arc::new(scoring));
+    let seams = NodeSeams {
+        transport: Arc::new(QuicTransport::new(links)),
+        clock,
+        disk: Arc::new(OsDisk),
+        wal_writer: WriterMode::Thread,
+        wal_options: WalOptions {
+            fsync: cfg.fsync,
+            ..WalOptions::default()
+        },
+        scoring: true,
+        restart_policy: RestartPolicy::default(),
+    };
+    let core = start_core(&cfg, endpoint.local_addr().to_string(), seams).await?;
+    endpoint.serve(core.peers.clone(), core.gateway.clone());
+    tracing::info!(node = cfg.node_id, addr = %endpoint.local_addr(), groups = core.registry.hosted_groups().len(), "node started");
+    Ok(NodeHandle {
+        registry: core.registry.clone(),
+        endpoint,
+        core,
+        _lock: lock,
+    })
+}
+
+/// Starts a node's core on `seams`: recovers the WAL and snapshots from
+/// `cfg.data_dir` on the seams' disk, builds the registry and starts the
+/// supervision tree. `addr` is the address this node reports for itself.
+pub async fn start_core(cfg: &NodeConfig, addr: String, seams: NodeSeams) -> Result<NodeCore, NodeError> {
+    let (wal, recovered) = Wal::open_with(
+        &cfg.data_dir.join("wal"),
+        seams.wal_options.clone(),
+        seams.disk.clone(),
+        seams.wal_writer,
+    )
+    .map_err(|e| NodeError::Storage(e.to_string()))?;
+    if recovered.torn_tail_bytes > 0 {
+        tracing::warn!(
+            bytes = recovered.torn_tail_bytes,
+            "dropped a torn, unacknowledged WAL tail"
+        );
+    }
+    let snapshots = Arc::new(
+        SnapshotStore::open_with(&cfg.data_dir.join("snapshots"), seams.disk.clone())
+            .map_err(|e| NodeError::Storage(e.to_string()))?,
+    );
+    let registry = Arc::new(Registry::new(cfg, seams.transport, seams.clock, addr));
+    if seams.scoring {
+        // Probing for a GPU loads libraries and may compile kernels: keep it off the async workers.
+        let scoring = tokio::task::spawn_blocking(|| ScoringPool::auto(ScoringLimits::default()))
+            .await
+            .map_err(|e| NodeError::Actors(format!("scoring backend probe failed: {e}")))?;
+        let _ = registry.set_scoring(Arc::new(scoring));
+    }
     let opts = ReplicaOptions {
         heartbeat_ms: cfg.raft.heartbeat_ms,
         election_timeout_min_ms: cfg.raft.election_timeout_min_ms,
@@ -254,7 +325,7 @@ pub async fn start_node_with_clock(cfg: NodeConfig, clock: Arc<dyn Clock>) -> Re
         recovered: recovered.groups,
         snapshots,
         opts,
-        policy: RestartPolicy::default(),
+        policy: seams.restart_policy,
         gateway_slot: gateway_slot.clone(),
     };
     let (supervisor, join) = Actor::spawn(None, NodeSupervisor, args)
@@ -266,16 +337,44 @@ pub async fn start_node_with_clock(cfg: NodeConfig, clock: Arc<dyn Clock>) -> Re
         .and_then(|g| g.clone())
         .ok_or_else(|| NodeError::Actors("gateway did not start".into()))?;
     let gateway = Arc::new(Gateway::new(registry.clone(), gw, cfg.gateway.requests_in_flight_max));
-    endpoint.serve(Arc::new(PeerService::new(registry.clone())), gateway);
-    tracing::info!(node = cfg.node_id, addr = %endpoint.local_addr(), groups = registry.hosted_groups().len(), "node started");
-    Ok(NodeHandle {
+    Ok(NodeCore {
+        peers: Arc::new(PeerService::new(registry.clone())),
         registry,
-        endpoint,
+        gateway,
         supervisor,
         join,
         wal,
-        _lock: lock,
     })
+}
+
+impl NodeCore {
+    /// Serves one client request exactly as the endpoint would (admission, gateway actor).
+    pub async fn execute(&self, req: Request) -> Response {
+        self.gateway.handle(req).await
+    }
+
+    /// Answers one peer message exactly as the endpoint would.
+    pub async fn handle_peer(&self, from: u64, msg: Vec<u8>) -> Result<Vec<u8>, String> {
+        self.peers.handle(from, msg).await
+    }
+
+    /// Panics the shard actor of `group` (fault injection for tests).
+    pub fn inject_panic(&self, group: u32) {
+        let _ = self.supervisor.cast(NodeMsg::InjectPanic(group));
+    }
+
+    /// Asks the supervision tree to stop without waiting for it (the simulator's crash: the
+    /// node is already cut off from its network and disk when this is called).
+    pub fn stop(&self) {
+        self.supervisor.stop(Some("stopped".into()));
+    }
+
+    /// Stops the supervision tree (and so every replica) and then the WAL.
+    pub async fn shutdown(self) {
+        self.supervisor.stop(Some("shutdown".into()));
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.join).await;
+        self.wal.close();
+    }
 }
 
 impl NodeHandle {
@@ -294,14 +393,12 @@ impl NodeHandle {
 
     /// Panics the shard actor of `group` (fault injection for tests).
     pub fn inject_panic(&self, group: u32) {
-        let _ = self.supervisor.cast(NodeMsg::InjectPanic(group));
+        self.core.inject_panic(group);
     }
 
     /// Stops gracefully: stop serving, stop every replica, flush the WAL.
     pub async fn shutdown(self) {
         self.endpoint.shutdown().await;
-        self.supervisor.stop(Some("shutdown".into()));
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.join).await;
-        self.wal.close();
+        self.core.shutdown().await;
     }
 }

@@ -196,34 +196,63 @@ impl Registry {
     }
 
     /// Proposes `cmd` on `group` wherever its leader is: locally if this
-    /// node leads it, else forwarded to the leader over the peer transport.
+    /// node leads it, else forwarded over the peer transport. It asks the
+    /// leader it knows of first, then every other replica in placement order,
+    /// following `NotLeader` hints, so one dead or partitioned replica never
+    /// blocks delivery for good. Attempts are bounded by `FORWARD_HOPS_MAX`
+    /// plus the group's size.
     pub async fn propose_anywhere(&self, group: u32, cmd: Command) -> Response {
-        let mut target: Option<NodeId> = None;
-        for _ in 0..FORWARD_HOPS_MAX {
-            if let Some(r) = self.get(group) {
-                if r.is_leader() || target == Some(self.node_id) {
+        let local = self.get(group);
+        if let Some(r) = &local {
+            if r.is_leader() {
+                return r.propose(cmd, self.request_timeout).await;
+            }
+        }
+        let replicas = self.replicas_of(group);
+        let mut queue: std::collections::VecDeque<NodeId> = std::collections::VecDeque::new();
+        if let Some(l) = local.as_ref().and_then(|r| r.leader()) {
+            queue.push_back(l);
+        }
+        queue.extend(replicas.iter().copied());
+        let mut tried: Vec<NodeId> = Vec::new();
+        let mut last = ErrorReply::ShardUnavailable(group);
+        let attempts_max = FORWARD_HOPS_MAX + replicas.len();
+        while let Some(to) = queue.pop_front() {
+            if tried.contains(&to) || tried.len() >= attempts_max {
+                continue;
+            }
+            tried.push(to);
+            if to == self.node_id {
+                // Only a replica that leads can propose; a hint naming this node is stale.
+                if let Some(r) = self.get(group).filter(|r| r.is_leader()) {
                     return r.propose(cmd, self.request_timeout).await;
                 }
-                if target.is_none() {
-                    target = r.leader();
-                }
+                continue;
             }
-            let to = match target.or_else(|| self.replicas_of(group).into_iter().find(|n| *n != self.node_id)) {
-                Some(n) if n != self.node_id => n,
-                _ => return Err(ErrorReply::ShardUnavailable(group)),
-            };
             let msg = encode(&PeerRequest::Propose(group, cmd.clone())).map_err(ErrorReply::Internal)?;
             let answer = match self.transport.call(to, msg, self.request_timeout).await {
                 Ok(a) => a,
-                Err(e) => return Err(ErrorReply::Timeout(e.to_string())),
+                Err(e) => {
+                    last = ErrorReply::Timeout(e.to_string());
+                    continue;
+                }
             };
-            match decode::<PeerResponse>(&answer).map_err(ErrorReply::Internal)? {
-                PeerResponse::Propose(Err(ErrorReply::NotLeader { leader: Some(l), .. })) => target = Some(l),
-                PeerResponse::Propose(r) => return r,
-                PeerResponse::NoSuchGroup(_) => return Err(ErrorReply::ShardUnavailable(group)),
-                other => return Err(ErrorReply::Internal(format!("unexpected peer answer {other:?}"))),
+            match decode::<PeerResponse>(&answer) {
+                Ok(PeerResponse::Propose(Err(ErrorReply::NotLeader { leader: Some(l), .. }))) => {
+                    last = ErrorReply::NotLeader {
+                        shard: group,
+                        leader: Some(l),
+                        leader_addr: self.addr_of(l),
+                    };
+                    queue.push_front(l);
+                }
+                Ok(PeerResponse::Propose(Err(e))) if e.is_retryable() => last = e,
+                Ok(PeerResponse::Propose(r)) => return r,
+                Ok(PeerResponse::NoSuchGroup(_)) => {}
+                Ok(other) => last = ErrorReply::Internal(format!("unexpected peer answer {other:?}")),
+                Err(e) => last = ErrorReply::Internal(e),
             }
         }
-        Err(ErrorReply::ShardUnavailable(group))
+        Err(last)
     }
 }

@@ -47,10 +47,16 @@
 //! Failure: after a write or fsync error the file's state is unknown, so the WAL fails every
 //! later request with `WalError::Poisoned`; reopening (after a restart) recovers from disk.
 //!
+//! Seams (for the simulator): every file call goes through a `Disk` (`OsDisk` is std::fs), and
+//! `WriterMode::Task` runs the writer as a task on the caller's tokio runtime instead of a thread,
+//! so that on a paused (virtual) clock nothing happens outside the runtime's control. `Wal::open`
+//! is `Wal::open_with(dir, opts, Arc::new(OsDisk), WriterMode::Thread)`.
+//!
 //! Lifetime: `close` drains the queue and joins the writer; dropping the last clone without
 //! `close` lets the writer finish what is queued and exit on its own. A `LOCK` file (flock)
 //! keeps a second `Wal` off the same directory until the writer has exited.
 
+pub mod disk;
 mod format;
 mod recovery;
 pub mod snapshot;
@@ -71,6 +77,7 @@ use std::thread::JoinHandle;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
+pub use disk::{Disk, DiskFile, OsDisk};
 pub use snapshot::{SnapshotBytes, SnapshotStore};
 
 use format::{RECORD_PAYLOAD_BYTES_MAX, VARINT_BYTES_MAX};
@@ -267,14 +274,24 @@ impl WalError {
 }
 
 /// Fsyncs a directory so that file creations, renames and deletions in it are durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), WalError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| WalError::io("fsync dir", dir, e))
+pub(crate) fn sync_dir(disk: &dyn Disk, dir: &Path) -> Result<(), WalError> {
+    disk.sync_dir(dir).map_err(|e| WalError::io("fsync dir", dir, e))
+}
+
+/// Where the WAL writer runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WriterMode {
+    /// A dedicated OS thread doing blocking file IO (production).
+    #[default]
+    Thread,
+    /// A task on the tokio runtime that calls `Wal::open_with`, which must be running. The disk
+    /// calls block the runtime, so this is only for in-memory disks (the simulator): there the
+    /// writer is scheduled like every other task and time passes only on the runtime's clock.
+    Task,
 }
 
 /// Completion callback of a request: `Ok` once its batch is durable. It runs on the writer
-/// thread, so it must be quick and must not call `Wal::close`.
+/// thread (or task), so it must be quick and must not call `Wal::close`.
 pub type Done = Box<dyn FnOnce(Result<(), WalError>) + Send>;
 
 /// One queued request: its ops already encoded by the caller.
@@ -310,6 +327,8 @@ struct Inner {
     /// `None` once closed.
     tx: Mutex<Option<mpsc::Sender<Request>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Wakes a task-mode writer after a send or when the senders go away; `None` in thread mode.
+    wake: Option<Arc<tokio::sync::Notify>>,
     counters: Arc<Counters>,
     #[cfg(test)]
     gate: Arc<writer::Gate>,
@@ -337,6 +356,16 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Wal {
     /// Opens (creating if needed) the WAL in `dir`, recovers every group and starts the writer.
     pub fn open(dir: &Path, opts: WalOptions) -> Result<(Wal, Recovered), WalError> {
+        Self::open_with(dir, opts, Arc::new(OsDisk), WriterMode::Thread)
+    }
+
+    /// Opens the WAL in `dir` on `disk`, with the writer running as `mode` says.
+    pub fn open_with(
+        dir: &Path,
+        opts: WalOptions,
+        disk: Arc<dyn Disk>,
+        mode: WriterMode,
+    ) -> Result<(Wal, Recovered), WalError> {
         if opts.queue_requests_max == 0 || opts.queue_requests_max > Semaphore::MAX_PERMITS {
             return Err(WalError::InvalidOptions(format!(
                 "queue_requests_max {} must be in 1..={}",
@@ -354,14 +383,16 @@ impl Wal {
         if opts.segment_bytes_max == 0 {
             return Err(WalError::InvalidOptions("segment_bytes_max must be positive".into()));
         }
-        std::fs::create_dir_all(dir).map_err(|e| WalError::io("create dir", dir, e))?;
-        let lock_file = writer::lock_dir(dir)?;
-        let (space, active, recovered) = recovery::recover(dir, opts.fsync)?;
+        disk.create_dir_all(dir)
+            .map_err(|e| WalError::io("create dir", dir, e))?;
+        let lock_file = disk.lock_dir(dir)?;
+        let (space, active, recovered) = recovery::recover(disk.as_ref(), dir, opts.fsync)?;
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::channel();
         #[cfg(test)]
         let gate = Arc::new(writer::Gate::default());
         let writer = writer::Writer::new(
+            disk,
             dir.to_path_buf(),
             opts.clone(),
             space,
@@ -371,15 +402,28 @@ impl Wal {
             #[cfg(test)]
             gate.clone(),
         );
-        let thread = std::thread::Builder::new()
-            .name("plexus-wal".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| WalError::io("spawn writer thread", dir, e))?;
+        let (thread, wake) = match mode {
+            WriterMode::Thread => {
+                let thread = std::thread::Builder::new()
+                    .name("plexus-wal".into())
+                    .spawn(move || writer.run(rx))
+                    .map_err(|e| WalError::io("spawn writer thread", dir, e))?;
+                (Some(thread), None)
+            }
+            WriterMode::Task => {
+                let wake = Arc::new(tokio::sync::Notify::new());
+                let handle = tokio::runtime::Handle::try_current()
+                    .map_err(|e| WalError::InvalidOptions(format!("WriterMode::Task needs a tokio runtime: {e}")))?;
+                handle.spawn(writer.run_task(rx, wake.clone()));
+                (None, Some(wake))
+            }
+        };
         let inner = Inner {
             slots: Arc::new(Semaphore::new(opts.queue_requests_max)),
             queue_requests_max: opts.queue_requests_max,
             tx: Mutex::new(Some(tx)),
-            thread: Mutex::new(Some(thread)),
+            thread: Mutex::new(thread),
+            wake,
             counters,
             #[cfg(test)]
             gate,
@@ -449,6 +493,9 @@ impl Wal {
         self.inner.slots.close();
         // Dropping the only sender lets the writer drain the channel and then exit.
         drop(lock(&self.inner.tx).take());
+        if let Some(wake) = &self.inner.wake {
+            wake.notify_one();
+        }
         let handle = lock(&self.inner.thread).take();
         if let Some(handle) = handle {
             // A callback calling close would join its own thread; it is documented as forbidden,
@@ -479,7 +526,13 @@ impl Wal {
         match tx.as_ref() {
             // If the writer thread is gone the request comes back inside the error and is dropped
             // without running `done`, matching the contract that an `Err` means no callback.
-            Some(tx) => tx.send(request).map_err(|_| WalError::Closed),
+            Some(tx) => {
+                tx.send(request).map_err(|_| WalError::Closed)?;
+                if let Some(wake) = &self.inner.wake {
+                    wake.notify_one();
+                }
+                Ok(())
+            }
             None => Err(WalError::Closed),
         }
     }
@@ -488,6 +541,16 @@ impl Wal {
     #[cfg(test)]
     pub(crate) fn pause(&self) -> writer::PauseGuard {
         writer::PauseGuard::new(self.inner.gate.clone())
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last `Wal` clone is gone: a task-mode writer must wake to see the closed channel.
+        drop(lock(&self.tx).take());
+        if let Some(wake) = &self.wake {
+            wake.notify_one();
+        }
     }
 }
 

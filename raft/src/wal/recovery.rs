@@ -5,9 +5,9 @@
 //! space bookkeeping and the open active segment.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+
+use super::disk::{Disk, DiskFile};
 
 use super::format::{self, DiskOp, Header, SegmentName, RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX};
 use super::space::{OpNote, SegmentInfo, Space};
@@ -15,8 +15,8 @@ use super::{sync_dir, GroupLog, Recovered, WalError};
 
 /// The segment the writer appends to after recovery.
 pub(crate) struct Active {
-    /// Open for writing, positioned at its end.
-    pub file: File,
+    /// Open for appending.
+    pub file: Box<dyn DiskFile>,
     /// Its length in bytes.
     pub size: u64,
 }
@@ -31,8 +31,8 @@ enum ScanEnd {
 }
 
 /// Recovers the WAL in `dir` (which exists and is locked by the caller).
-pub(crate) fn recover(dir: &Path, fsync: bool) -> Result<(Space, Active, Recovered), WalError> {
-    let segments = list_segments(dir)?;
+pub(crate) fn recover(disk: &dyn Disk, dir: &Path, fsync: bool) -> Result<(Space, Active, Recovered), WalError> {
+    let segments = list_segments(disk, dir)?;
     let mut space = Space::default();
     let mut recovered = Recovered::default();
     let last = segments.len().saturating_sub(1);
@@ -47,7 +47,7 @@ pub(crate) fn recover(dir: &Path, fsync: bool) -> Result<(Space, Active, Recover
                 ));
             }
         }
-        let data = std::fs::read(&path).map_err(|e| WalError::io("read segment", &path, e))?;
+        let data = disk.read(&path).map_err(|e| WalError::io("read segment", &path, e))?;
         space.segments.push_back(SegmentInfo::new(first_seq, path.clone()));
         let end = scan(&path, &data, i == last, |ops| {
             for op in ops {
@@ -65,15 +65,8 @@ pub(crate) fn recover(dir: &Path, fsync: bool) -> Result<(Space, Active, Recover
                 torn_bytes = torn,
                 "wal: dropping a torn record at the tail of the last segment (it was never acknowledged)"
             );
-            let file = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(|e| WalError::io("open segment", &path, e))?;
-            file.set_len(offset as u64)
+            disk.truncate(&path, offset as u64, fsync)
                 .map_err(|e| WalError::io("truncate segment", &path, e))?;
-            if fsync {
-                file.sync_all().map_err(|e| WalError::io("fsync segment", &path, e))?;
-            }
             recovered.torn_tail_bytes = torn as u64;
         }
     }
@@ -81,21 +74,23 @@ pub(crate) fn recover(dir: &Path, fsync: bool) -> Result<(Space, Active, Recover
     // the previous segment is intact, so continue that one instead.
     if space.segments.len() > 1 && space.segments.back().is_some_and(|s| s.records == 0) {
         if let Some(empty) = space.segments.pop_back() {
-            std::fs::remove_file(&empty.path).map_err(|e| WalError::io("remove empty segment", &empty.path, e))?;
+            disk.remove(&empty.path)
+                .map_err(|e| WalError::io("remove empty segment", &empty.path, e))?;
             if fsync {
-                sync_dir(dir)?;
+                sync_dir(disk, dir)?;
             }
         }
     }
     if space.segments.is_empty() {
         let path = dir.join(format::segment_file_name(0));
-        File::create_new(&path).map_err(|e| WalError::io("create segment", &path, e))?;
+        disk.create(&path, true)
+            .map_err(|e| WalError::io("create segment", &path, e))?;
         if fsync {
-            sync_dir(dir)?;
+            sync_dir(disk, dir)?;
         }
         space.segments.push_back(SegmentInfo::new(0, path));
     }
-    let active = open_active(&space)?;
+    let active = open_active(disk, &space)?;
     // A group with no vote, no commit point, no purge point and no entries
     // holds no state; whether its emptied records survive depends on segment
     // deletion, so recovery reports such a group as absent, always.
@@ -104,35 +99,26 @@ pub(crate) fn recover(dir: &Path, fsync: bool) -> Result<(Space, Active, Recover
 }
 
 /// Opens the last segment for appending.
-fn open_active(space: &Space) -> Result<Active, WalError> {
+fn open_active(disk: &dyn Disk, space: &Space) -> Result<Active, WalError> {
     let Some(segment) = space.segments.back() else {
         return Err(WalError::InvalidOptions("no active segment".into()));
     };
     let path = &segment.path;
-    let mut file = OpenOptions::new()
-        .write(true)
-        .open(path)
+    let (file, size) = disk
+        .open_append(path)
         .map_err(|e| WalError::io("open segment", path, e))?;
-    let size = file
-        .seek(SeekFrom::End(0))
-        .map_err(|e| WalError::io("seek segment", path, e))?;
     Ok(Active { file, size })
 }
 
 /// The segment files in `dir`, ordered by first sequence number.
-fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
+fn list_segments(disk: &dyn Disk, dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
     let mut segments = Vec::new();
-    let entries = std::fs::read_dir(dir).map_err(|e| WalError::io("list dir", dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| WalError::io("list dir", dir, e))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else {
-            continue;
-        };
-        match format::parse_segment_name(name) {
-            SegmentName::Segment(seq) => segments.push((seq, entry.path())),
+    let names = disk.list(dir).map_err(|e| WalError::io("list dir", dir, e))?;
+    for name in names {
+        match format::parse_segment_name(&name) {
+            SegmentName::Segment(seq) => segments.push((seq, dir.join(&name))),
             SegmentName::Malformed => {
-                return Err(corrupt(&entry.path(), 0, "malformed segment file name".into()));
+                return Err(corrupt(&dir.join(&name), 0, "malformed segment file name".into()));
             }
             SegmentName::Other => {}
         }

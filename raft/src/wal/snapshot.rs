@@ -9,11 +9,11 @@
 //! File format: `[8 bytes magic "PXSNAP01"][u64 LE meta_len][u64 LE data_len]
 //! [u32 LE crc32c(meta_len, data_len, meta, data)][meta][data]`.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
+use super::disk::{Disk, OsDisk};
 use super::{sync_dir, WalError};
 
 /// First bytes of every snapshot file (the last two are the format version).
@@ -27,8 +27,8 @@ const TMP_MARKER: &str = ".snap.tmp";
 pub type SnapshotBytes = (Vec<u8>, Vec<u8>);
 
 /// The snapshot files of every group on a node.
-#[derive(Debug)]
 pub struct SnapshotStore {
+    disk: Arc<dyn Disk>,
     dir: PathBuf,
     /// Makes temporary names unique so concurrent saves never share a file.
     tmp_counter: AtomicU64,
@@ -38,21 +38,31 @@ impl SnapshotStore {
     /// Opens (creating if needed) the snapshot directory and removes temporary files that a crash
     /// left behind (they were never renamed, so nothing refers to them).
     pub fn open(dir: &Path) -> Result<Self, WalError> {
-        std::fs::create_dir_all(dir).map_err(|e| WalError::io("create dir", dir, e))?;
-        let entries = std::fs::read_dir(dir).map_err(|e| WalError::io("list dir", dir, e))?;
+        Self::open_with(dir, Arc::new(OsDisk))
+    }
+
+    /// `open` on `disk` (the simulator's seam).
+    pub fn open_with(dir: &Path, disk: Arc<dyn Disk>) -> Result<Self, WalError> {
+        disk.create_dir_all(dir)
+            .map_err(|e| WalError::io("create dir", dir, e))?;
+        let mut names = disk.list(dir).map_err(|e| WalError::io("list dir", dir, e))?;
+        // Listing order is the file system's; removing in name order keeps the sequence of calls
+        // the same on every run (which the simulator's trace relies on).
+        names.sort();
         let mut removed = false;
-        for entry in entries {
-            let entry = entry.map_err(|e| WalError::io("list dir", dir, e))?;
-            if entry.file_name().to_str().is_some_and(|name| name.contains(TMP_MARKER)) {
-                let path = entry.path();
-                std::fs::remove_file(&path).map_err(|e| WalError::io("remove temporary snapshot", &path, e))?;
+        for name in names {
+            if name.contains(TMP_MARKER) {
+                let path = dir.join(&name);
+                disk.remove(&path)
+                    .map_err(|e| WalError::io("remove temporary snapshot", &path, e))?;
                 removed = true;
             }
         }
         if removed {
-            sync_dir(dir)?;
+            sync_dir(disk.as_ref(), dir)?;
         }
         Ok(Self {
+            disk,
             dir: dir.to_path_buf(),
             tmp_counter: AtomicU64::new(0),
         })
@@ -64,31 +74,31 @@ impl SnapshotStore {
         let tmp_id = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let tmp = self.dir.join(format!("group-{group:08x}{TMP_MARKER}-{tmp_id}"));
         let header = header(meta, data);
-        let written = File::create(&tmp).and_then(|mut file| {
-            file.write_all(&header)?;
-            file.write_all(meta)?;
-            file.write_all(data)?;
+        let written = self.disk.create(&tmp, false).and_then(|mut file| {
+            file.append(&header)?;
+            file.append(meta)?;
+            file.append(data)?;
             file.sync_all()
         });
         if let Err(e) = written {
             // Best effort: a leftover temporary file is also removed at the next open.
-            let _ = std::fs::remove_file(&tmp);
+            let _ = self.disk.remove(&tmp);
             return Err(WalError::io("write snapshot", &tmp, e));
         }
-        std::fs::rename(&tmp, &path).map_err(|e| WalError::io("rename snapshot", &path, e))?;
-        sync_dir(&self.dir)
+        self.disk
+            .rename(&tmp, &path)
+            .map_err(|e| WalError::io("rename snapshot", &path, e))?;
+        sync_dir(self.disk.as_ref(), &self.dir)
     }
 
     /// `group`'s latest snapshot as `(meta, data)`, or `None` if it has none.
     pub fn load(&self, group: u32) -> Result<Option<SnapshotBytes>, WalError> {
         let path = self.path(group);
-        let mut file = match OpenOptions::new().read(true).open(&path) {
-            Ok(file) => file,
+        let bytes = match self.disk.read(&path) {
+            Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(WalError::io("open snapshot", &path, e)),
+            Err(e) => return Err(WalError::io("read snapshot", &path, e)),
         };
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut file, &mut bytes).map_err(|e| WalError::io("read snapshot", &path, e))?;
         let corrupt = |offset: u64, reason: String| WalError::Corrupt {
             segment: path.clone(),
             offset,
@@ -130,6 +140,14 @@ impl SnapshotStore {
 
     fn path(&self, group: u32) -> PathBuf {
         self.dir.join(format!("group-{group:08x}.snap"))
+    }
+}
+
+impl std::fmt::Debug for SnapshotStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotStore")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 

@@ -1,16 +1,17 @@
 //! The WAL writer thread: group commit, segment rolling and deletion of dead segments.
 //!
+//! It runs on its own thread (`run`) or, for the simulator, as a task on the runtime (`run_task`).
 //! It owns the active segment file and the directory lock. It is the only code that writes
 //! segments after recovery, which is what makes a single fdatasync per batch enough. It does not
 //! encode ops (callers did) and never reads segments back.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 
+use super::disk::{Disk, DiskFile};
 use super::format::{self, DiskOp, RECORD_HEADER_BYTES, VARINT_BYTES_MAX};
 use super::recovery::Active;
 use super::space::{OpNote, SegmentInfo, Space};
@@ -44,18 +45,19 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<File, WalError> {
 
 /// State of the writer thread.
 pub(crate) struct Writer {
+    disk: Arc<dyn Disk>,
     dir: PathBuf,
     opts: WalOptions,
     space: Space,
     /// The active segment (the last of `space.segments`).
-    file: File,
+    file: Box<dyn DiskFile>,
     /// Bytes in the active segment.
     size: u64,
     /// Bytes of the checkpoint this writer wrote at the start of the active segment; a segment
     /// holding nothing more is never rolled again.
     checkpoint_bytes: u64,
     /// Held only to keep the directory locked until the thread ends.
-    _lock: File,
+    _lock: Option<File>,
     counters: Arc<Counters>,
     /// Set after a write or fsync error; every later request fails with it.
     poisoned: Option<String>,
@@ -67,16 +69,19 @@ pub(crate) struct Writer {
 
 impl Writer {
     /// A writer continuing `active`, the last segment of `space`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
+        disk: Arc<dyn Disk>,
         dir: PathBuf,
         opts: WalOptions,
         space: Space,
         active: Active,
-        lock: File,
+        lock: Option<File>,
         counters: Arc<Counters>,
         #[cfg(test)] gate: Arc<Gate>,
     ) -> Self {
         Self {
+            disk,
             dir,
             opts,
             space,
@@ -134,24 +139,83 @@ impl Writer {
             }
             last_batch_len = batch.len();
             let result = self.write_batch(&mut batch);
-            for request in batch {
-                let Request { done, permit, .. } = request;
-                if result.is_ok() {
-                    self.counters.requests.fetch_add(1, Ordering::Relaxed);
+            self.complete(batch, result);
+        }
+    }
+
+    /// Serves requests as a task on the tokio runtime until every sender is gone and the channel
+    /// is drained. `wake` is notified after every send and when the senders go away. There is no
+    /// linger: a batch is whatever is queued when the writer gets to run. After writing, the task
+    /// waits the disk's `write_delay` on the runtime clock before completing the batch, which is
+    /// how a simulated disk is slow.
+    pub async fn run_task(mut self, rx: mpsc::Receiver<Request>, wake: Arc<tokio::sync::Notify>) {
+        let mut pending: Option<Request> = None;
+        loop {
+            let first = match pending.take() {
+                Some(request) => request,
+                None => loop {
+                    match rx.try_recv() {
+                        Ok(request) => break request,
+                        Err(mpsc::TryRecvError::Empty) => wake.notified().await,
+                        Err(mpsc::TryRecvError::Disconnected) => return,
+                    }
+                },
+            };
+            let mut bytes = first.op_bytes.len();
+            let mut batch = vec![first];
+            while bytes < self.opts.batch_bytes_max {
+                match rx.try_recv() {
+                    Ok(request) if bytes + request.op_bytes.len() > self.opts.batch_bytes_max => {
+                        pending = Some(request);
+                        break;
+                    }
+                    Ok(request) => {
+                        bytes += request.op_bytes.len();
+                        batch.push(request);
+                    }
+                    Err(_) => break,
                 }
-                // Free the slot first so that a caller woken by `done` sees it free.
-                drop(permit);
-                done(result.clone());
             }
+            // The record is written, then the disk takes its time, then the fsync: a crash in
+            // between finds the record unsynced, which is what a simulated crash must be able to
+            // lose or tear.
+            let appended = self.guarded(|w| w.append_batch(&mut batch));
+            let delay = self.disk.write_delay(bytes);
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let result = appended.and_then(|written| self.guarded(|w| w.sync_batch(written)));
+            self.complete(batch, result);
+        }
+    }
+
+    /// Completes every request of a written batch with `result`.
+    fn complete(&self, batch: Vec<Request>, result: Result<(), WalError>) {
+        for request in batch {
+            let Request { done, permit, .. } = request;
+            if result.is_ok() {
+                self.counters.requests.fetch_add(1, Ordering::Relaxed);
+            }
+            // Free the slot first so that a caller woken by `done` sees it free.
+            drop(permit);
+            done(result.clone());
         }
     }
 
     /// Writes `batch` as one record and makes it durable, poisoning the writer on failure.
     fn write_batch(&mut self, batch: &mut [Request]) -> Result<(), WalError> {
+        self.guarded(|w| {
+            let written = w.append_batch(batch)?;
+            w.sync_batch(written)
+        })
+    }
+
+    /// Runs `step` unless the writer is poisoned, and poisons it if `step` fails.
+    fn guarded<T>(&mut self, step: impl FnOnce(&mut Self) -> Result<T, WalError>) -> Result<T, WalError> {
         if let Some(reason) = &self.poisoned {
             return Err(WalError::Poisoned(reason.clone()));
         }
-        let result = self.write_batch_inner(batch);
+        let result = step(self);
         if let Err(e) = &result {
             tracing::error!(error = %e, "wal: write failed; refusing further writes until reopened");
             self.poisoned = Some(e.to_string());
@@ -159,7 +223,9 @@ impl Writer {
         result
     }
 
-    fn write_batch_inner(&mut self, batch: &mut [Request]) -> Result<(), WalError> {
+    /// Appends `batch` as one record (rolling the segment first if it would grow too large),
+    /// without syncing it.
+    fn append_batch(&mut self, batch: &mut [Request]) -> Result<Written, WalError> {
         let op_count: u64 = batch.iter().map(|r| r.op_count).sum();
         let op_bytes: usize = batch.iter().map(|r| r.op_bytes.len()).sum();
         let record_bytes = (RECORD_HEADER_BYTES + VARINT_BYTES_MAX + op_bytes) as u64;
@@ -177,6 +243,20 @@ impl Writer {
                 self.space.note(note);
             }
         }
+        Ok(Written {
+            op_count,
+            purged,
+            rolled,
+        })
+    }
+
+    /// Makes the record `append_batch` wrote durable, then deletes segments it made dead.
+    fn sync_batch(&mut self, written: Written) -> Result<(), WalError> {
+        let Written {
+            op_count,
+            purged,
+            rolled,
+        } = written;
         if self.opts.fsync {
             let path = self.active_path();
             self.file
@@ -196,7 +276,7 @@ impl Writer {
     fn append_buf(&mut self) -> Result<(), WalError> {
         let path = self.active_path();
         self.file
-            .write_all(&self.buf)
+            .append(&self.buf)
             .map_err(|e| WalError::io("write segment", &path, e))?;
         self.size += self.buf.len() as u64;
         self.counters.bytes.fetch_add(self.buf.len() as u64, Ordering::Relaxed);
@@ -214,13 +294,12 @@ impl Writer {
             .back()
             .map_or(0, |active| active.first_seq + active.records);
         let path = self.dir.join(format::segment_file_name(next_seq));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
+        let file = self
+            .disk
+            .create(&path, true)
             .map_err(|e| WalError::io("create segment", &path, e))?;
         if self.opts.fsync {
-            sync_dir(&self.dir)?;
+            sync_dir(self.disk.as_ref(), &self.dir)?;
         }
         let checkpoints = self.space.checkpoints();
         self.space.segments.push_back(SegmentInfo::new(next_seq, path));
@@ -251,7 +330,7 @@ impl Writer {
             let Some(segment) = self.space.segments.front() else {
                 break;
             };
-            match std::fs::remove_file(&segment.path) {
+            match self.disk.remove(&segment.path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
@@ -260,7 +339,7 @@ impl Writer {
                 }
             }
             if self.opts.fsync {
-                if let Err(e) = sync_dir(&self.dir) {
+                if let Err(e) = sync_dir(self.disk.as_ref(), &self.dir) {
                     tracing::warn!(error = %e, "wal: cannot fsync the directory after deleting a segment");
                     break;
                 }
@@ -276,6 +355,14 @@ impl Writer {
             .back()
             .map_or_else(|| self.dir.clone(), |segment| segment.path.clone())
     }
+}
+
+/// What `append_batch` wrote, for `sync_batch`.
+#[derive(Clone, Copy, Debug)]
+struct Written {
+    op_count: u64,
+    purged: bool,
+    rolled: bool,
 }
 
 /// Test hook that holds the writer before it drains a batch.

@@ -1,0 +1,39 @@
+//! Checkers, one property per file. Each takes the run's history and/or the final state and
+//! returns its violations as sentences (empty when the property holds).
+//!
+//! - `acked_writes`: no acknowledged write is lost (timeline appends, filter keys, edges).
+//! - `exactly_once`: no write is applied twice (a timeline never holds one item twice).
+//! - `read_your_writes`: a client's linearizable reads see its own acknowledged writes.
+//! - `timeline_order`: timeline ids strictly ordered in every page and at the end.
+//! - `edges`: out-edges and in-edges agree after healing.
+//! - `convergence`: all replicas of a shard reach the same state hash after healing.
+//! - `raft_safety`: at most one leader per group and term.
+//!
+//! Not here yet: a full linearizability check (WGL/Porcupine) of per-key histories, and Raft's
+//! "committed entries never change".
+
+pub mod acked_writes;
+pub mod convergence;
+pub mod edges;
+pub mod exactly_once;
+pub mod raft_safety;
+pub mod read_your_writes;
+pub mod timeline_order;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What the healed cluster holds, read from one replica of each shard after convergence.
+#[derive(Clone, Debug, Default)]
+pub struct FinalState {
+    /// Timeline owner → entries `(id, item)`, oldest first.
+    pub timelines: BTreeMap<u64, Vec<(u64, Vec<u8>)>>,
+    /// Vertex → out-neighbours (from the vertex's shard).
+    pub out_edges: BTreeMap<u64, BTreeSet<u64>>,
+    /// Vertex → in-neighbours (from the vertex's shard).
+    pub in_edges: BTreeMap<u64, BTreeSet<u64>>,
+    /// `(filter, key)` → whether the filter says it may contain the key.
+    pub filter_hits: BTreeMap<(String, Vec<u8>), bool>,
+}
+
+/// One replica's state at the end: `(node, last applied index, state hash)`.
+pub type ReplicaEnd = (u64, u64, u64);

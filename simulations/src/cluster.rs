@@ -1,0 +1,229 @@
+//! The simulated cluster: real node cores on the simulated network and disks, started, crashed
+//! and restarted by the simulator.
+//!
+//! What it is: one `SimDisk` per node (it outlives the node's crashes), the node configs, and the
+//! node lifecycle. A node runs `plexus_actors::start_core` — registry, supervision tree, openraft
+//! groups, gateway — with the sim transport, a skewed virtual clock, its `SimDisk` and a WAL
+//! writer that runs as a task. A crash takes the node off the network, crashes its disk (only
+//! durable bytes survive) and then stops its replicas in group order; a restart recovers from
+//! the same disk.
+//!
+//! What it is not: the fault schedule (`faults`) or the workload (`workload`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use plexus_actors::clock::Clock;
+use plexus_actors::config::{GatewayLimits, PeerConfig, RaftTimings, TlsPaths};
+use plexus_actors::restart::RestartPolicy;
+use plexus_actors::{start_core, NodeConfig, NodeCore, NodeSeams};
+use plexus_raft::wal::{WalOptions, WriterMode};
+
+use crate::disk::SimDisk;
+use crate::net::SimNet;
+use crate::params::{salt, SimParams};
+use crate::trace::Trace;
+
+/// Wall-clock time as a simulated node sees it: virtual time plus the node's skew.
+struct SimClock {
+    start: tokio::time::Instant,
+    skew_ms: i64,
+}
+
+/// Unix time (ms) at which every simulation starts, so timeline ids look like real ones.
+const EPOCH_MS: u64 = 1_700_000_000_000;
+
+impl Clock for SimClock {
+    fn now_millis(&self) -> u64 {
+        let virtual_ms = EPOCH_MS + self.start.elapsed().as_millis() as u64;
+        virtual_ms.saturating_add_signed(self.skew_ms)
+    }
+}
+
+struct SimNode {
+    cfg: NodeConfig,
+    disk: SimDisk,
+    core: Option<Arc<NodeCore>>,
+    /// Set when the node refused to start (corruption detected): it stays down for the run.
+    refused: Option<String>,
+}
+
+/// How long a crashed replica's shutdown may take before the simulator stops waiting.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+
+/// A running simulated cluster.
+pub struct Cluster {
+    /// The network.
+    pub net: Arc<SimNet>,
+    trace: Trace,
+    nodes: BTreeMap<u64, SimNode>,
+    start: tokio::time::Instant,
+    skew_ms: BTreeMap<u64, i64>,
+}
+
+fn fake_addr(id: u64) -> SocketAddr {
+    SocketAddr::from(([10, 0, (id >> 8) as u8, id as u8], 7000))
+}
+
+impl Cluster {
+    /// Builds (without starting) the cluster of `params`.
+    pub fn new(params: &SimParams, net: Arc<SimNet>, trace: Trace) -> Self {
+        let peers: Vec<PeerConfig> = (1..=params.nodes)
+            .map(|id| PeerConfig {
+                id,
+                addr: fake_addr(id),
+            })
+            .collect();
+        let mut nodes = BTreeMap::new();
+        let mut skew_ms = BTreeMap::new();
+        for id in 1..=params.nodes {
+            let i = (id - 1) as usize;
+            let election = params.election_ms[i];
+            let cfg = NodeConfig {
+                node_id: id,
+                listen: fake_addr(id),
+                data_dir: PathBuf::from(format!("/sim/node-{id}")),
+                token: "simulated-cluster-token".into(),
+                shard_count: params.shard_count,
+                replication: params.replication,
+                tls: TlsPaths {
+                    ca_cert: PathBuf::from("/sim/none"),
+                    node_cert: PathBuf::from("/sim/none"),
+                    node_key: PathBuf::from("/sim/none"),
+                },
+                peers: peers.clone(),
+                raft: RaftTimings {
+                    heartbeat_ms: params.heartbeat_ms,
+                    election_timeout_min_ms: election,
+                    election_timeout_max_ms: election + 1,
+                    snapshot_logs_since_last: 200,
+                    logs_kept_behind_snapshot: 50,
+                },
+                gateway: GatewayLimits {
+                    requests_in_flight_max: 1_024,
+                    request_timeout_ms: params.request_timeout_ms,
+                },
+                worker_threads: None,
+                fsync: true,
+            };
+            let disk = SimDisk::new(params.seed ^ (salt::DISK + id), params.disk.clone());
+            nodes.insert(
+                id,
+                SimNode {
+                    cfg,
+                    disk,
+                    core: None,
+                    refused: None,
+                },
+            );
+            skew_ms.insert(id, params.clock_skew_ms[i]);
+        }
+        Self {
+            net,
+            trace,
+            nodes,
+            start: tokio::time::Instant::now(),
+            skew_ms,
+        }
+    }
+
+    /// Node ids, ascending.
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// Whether `id` is running.
+    pub fn is_up(&self, id: u64) -> bool {
+        self.nodes.get(&id).is_some_and(|n| n.core.is_some())
+    }
+
+    /// Whether `id` refused to start for the rest of the run, and why.
+    pub fn refused(&self, id: u64) -> Option<&str> {
+        self.nodes.get(&id).and_then(|n| n.refused.as_deref())
+    }
+
+    /// The core of `id`, if it runs.
+    pub fn core(&self, id: u64) -> Option<Arc<NodeCore>> {
+        self.nodes.get(&id).and_then(|n| n.core.clone())
+    }
+
+    /// The disk of `id`.
+    pub fn disk(&self, id: u64) -> Option<&SimDisk> {
+        self.nodes.get(&id).map(|n| &n.disk)
+    }
+
+    /// Starts `id` from its disk. A node that finds its storage corrupt refuses to start and
+    /// stays down; that is returned as `Err` with the reason.
+    pub async fn start(&mut self, id: u64) -> Result<(), String> {
+        let Some(node) = self.nodes.get(&id) else {
+            return Err(format!("no node {id}"));
+        };
+        if node.core.is_some() {
+            return Ok(());
+        }
+        let epoch = self.net.next_epoch(id);
+        let seams = NodeSeams {
+            transport: self.net.transport(id, epoch),
+            clock: Arc::new(SimClock {
+                start: self.start,
+                skew_ms: self.skew_ms.get(&id).copied().unwrap_or(0),
+            }),
+            disk: node.disk.handle(),
+            wal_writer: WriterMode::Task,
+            wal_options: WalOptions {
+                // Small segments so that rolling, checkpoints and deletion all happen.
+                segment_bytes_max: 256 << 10,
+                batch_linger_us: 0,
+                ..WalOptions::default()
+            },
+            scoring: false,
+            restart_policy: RestartPolicy::default(),
+        };
+        let cfg = node.cfg.clone();
+        match start_core(&cfg, fake_addr(id).to_string(), seams).await {
+            Ok(core) => {
+                let core = Arc::new(core);
+                self.net.attach(id, epoch, core.clone());
+                if let Some(node) = self.nodes.get_mut(&id) {
+                    node.core = Some(core);
+                }
+                self.trace.event(format_args!("node {id} started epoch={epoch}"));
+                Ok(())
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                self.trace.event(format_args!("node {id} refused to start: {reason}"));
+                if let Some(node) = self.nodes.get_mut(&id) {
+                    node.refused = Some(reason.clone());
+                }
+                Err(reason)
+            }
+        }
+    }
+
+    /// Crashes `id`: off the network, disk crashed (unsynced bytes lost or torn), replicas
+    /// stopped in group order, supervision tree stopped.
+    pub async fn crash(&mut self, id: u64) {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        let Some(core) = node.core.take() else {
+            return;
+        };
+        self.net.detach(id);
+        let report = node.disk.crash();
+        self.trace.event(format_args!(
+            "node {id} crashed lost_bytes={} torn_bytes={} lost_files={}",
+            report.lost_bytes, report.torn_bytes, report.lost_files
+        ));
+        // Stop replicas one at a time in group order before the supervisor (whose children
+        // are kept in a randomly seeded map) gets to them.
+        for replica in core.registry.all() {
+            let _ = tokio::time::timeout(SHUTDOWN_WAIT, replica.shutdown()).await;
+        }
+        core.stop();
+    }
+}

@@ -1,0 +1,27 @@
+//! The plexus deterministic simulator: a whole cluster — the real node code (actors, openraft
+//! groups, shard state machines, gateway) — in one process, on virtual time, driven by one seed.
+//!
+//! `run_seed(seed, options)` builds a current-thread tokio runtime with a paused clock, derives
+//! every parameter from the seed (`params`), starts the nodes on a simulated network (`net`) and
+//! simulated disks (`disk`), runs clients (`workload`, over `client`) while `faults` injects
+//! faults, heals the cluster, waits for it to converge and runs the `checkers`. Every delivered
+//! message, fault, crash, restart and client operation is a line of the event `trace`, whose hash
+//! is the run's fingerprint: the same seed gives the same hash.
+//!
+//! What it is not: the QUIC stack (the network is replaced at the message level) or the real
+//! `plexus-client` crate (its logic is reproduced in `client`, see there). It never reads the wall
+//! clock except to report how fast a run was.
+
+pub mod checkers;
+pub mod client;
+pub mod cluster;
+pub mod disk;
+pub mod faults;
+pub mod net;
+pub mod params;
+pub mod run;
+pub mod trace;
+pub mod workload;
+
+pub use params::{SimOptions, SimParams};
+pub use run::{run_seed, SeedReport};
