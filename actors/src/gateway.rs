@@ -11,6 +11,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use plexus_net::ClientHandler;
 use plexus_proto::{AdminOp, Consistency, ErrorReply, HelloOk, Op, Reply, Request, Response};
+use plexus_raft::sim_hooks::Canary;
 use plexus_raft::Command;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::Semaphore;
@@ -93,7 +94,9 @@ pub async fn execute(registry: &Registry, req: Request) -> Response {
             replica.propose(cmd, registry.request_timeout).await
         }
         Op::Read(op) => {
-            if req.consistency == Consistency::Linearizable && !replica.is_leader() {
+            // The `StaleRead` canary (simulation only) lets any replica answer.
+            let stale_canary = replica.canary() == Some(Canary::StaleRead);
+            if req.consistency == Consistency::Linearizable && !replica.is_leader() && !stale_canary {
                 return Err(registry.redirect(req.shard));
             }
             replica.read(&op, req.consistency, registry.request_timeout).await

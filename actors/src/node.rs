@@ -24,6 +24,7 @@ use plexus_net::{ClientHandler, NetLimits, NodeEndpoint, PeerHandler, TlsMateria
 use plexus_proto::{Request, Response};
 use plexus_raft::network::RaftTransport;
 use plexus_raft::replica::{open_log, ReplicaOptions};
+use plexus_raft::sim_hooks::SimHooks;
 use plexus_raft::state::StateLimits;
 use plexus_raft::wal::{Disk, GroupLog, OsDisk, SnapshotStore, Wal, WalOptions, WriterMode};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -196,6 +197,9 @@ pub struct NodeSeams {
     pub scoring: bool,
     /// The node's restart policy for shard actors.
     pub restart_policy: RestartPolicy,
+    /// Simulation-only hooks (canary bugs, an applied-entry observer). `start_node` always
+    /// passes the default, every hook off: no config or flag can reach this.
+    pub sim_hooks: SimHooks,
 }
 
 /// A running node without its network endpoint: registry, supervision tree
@@ -268,6 +272,7 @@ pub async fn start_node_with_clock(cfg: NodeConfig, clock: Arc<dyn Clock>) -> Re
         },
         scoring: true,
         restart_policy: RestartPolicy::default(),
+        sim_hooks: SimHooks::default(),
     };
     let core = start_core(&cfg, endpoint.local_addr().to_string(), seams).await?;
     endpoint.serve(core.peers.clone(), core.gateway.clone());
@@ -317,6 +322,7 @@ pub async fn start_core(cfg: &NodeConfig, addr: String, seams: NodeSeams) -> Res
         logs_kept_behind_snapshot: cfg.raft.logs_kept_behind_snapshot,
         limits: StateLimits::default(),
         shard_count: cfg.shard_count,
+        sim_hooks: seams.sim_hooks,
     };
     let gateway_slot = Arc::new(RwLock::new(None));
     let args = NodeArgs {

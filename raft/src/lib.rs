@@ -9,6 +9,8 @@
 //! - `network`: Raft RPC encoding over the `RaftTransport` seam.
 //! - `replica`: one running group replica and the calls the node makes on it.
 //! - `types`: the openraft type configuration and the replicated `Command`.
+//! - `sim_hooks`: simulation-only canary bugs and an applied-entry observer,
+//!   off unless the simulator switches them on.
 //!
 //! It does not know about QUIC, actors or clients: the network reaches it
 //! through the `RaftTransport` trait so the simulator can substitute one.
@@ -16,6 +18,7 @@
 pub mod log_store;
 pub mod network;
 pub mod replica;
+pub mod sim_hooks;
 pub mod sm_store;
 pub mod state;
 pub mod types;

@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{AnyError, Entry, LogId, OptionalSend, StorageError, StorageIOError, Vote};
 
+use crate::sim_hooks::Canary;
 use crate::types::TypeConfig;
 use crate::wal::{Done, GroupLog, Wal, WalError, WalOp};
 
@@ -83,6 +84,8 @@ pub struct LogStore {
     group: u32,
     wal: Wal,
     state: Arc<Mutex<GroupState>>,
+    /// Only the simulator sets this (see `sim_hooks`); `AckBeforeFsync` breaks `append`.
+    canary: Option<Canary>,
 }
 
 impl Debug for LogStore {
@@ -156,7 +159,14 @@ impl LogStore {
             group,
             wal,
             state: Arc::new(Mutex::new(state)),
+            canary: None,
         })
+    }
+
+    /// This store with `canary` switched on (simulation only, see `sim_hooks`).
+    pub fn with_canary(mut self, canary: Option<Canary>) -> Self {
+        self.canary = canary;
+        self
     }
 
     /// The Raft group this store belongs to.
@@ -299,6 +309,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        if self.canary == Some(Canary::AckBeforeFsync) {
+            // The canary bug: tell openraft the entries are durable once they are only queued,
+            // so a crash before the fsync loses entries that already counted towards a commit.
+            let group = self.group;
+            let on_durable: Done = Box::new(move |result| {
+                if let Err(e) = result {
+                    tracing::error!(group, error = %e, "log store: WAL append failed after it was acknowledged");
+                }
+            });
+            self.append_entries(entries, on_durable).await?;
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        }
         let on_durable: Done = Box::new(move |result| callback.log_io_completed(result.map_err(std::io::Error::other)));
         self.append_entries(entries, on_durable).await
     }

@@ -14,6 +14,7 @@ use plexus_proto::{Consistency, ErrorReply, NodeId, ReadOp, ReplicaStatus, Reply
 
 use crate::log_store::LogStore;
 use crate::network::{NetworkFactory, PeerRequest, PeerResponse, RaftTransport};
+use crate::sim_hooks::{Canary, SimHooks};
 use crate::sm_store::{SharedState, StateMachineStore};
 use crate::state::StateLimits;
 use crate::types::{Command, TypeConfig};
@@ -36,6 +37,9 @@ pub struct ReplicaOptions {
     pub limits: StateLimits,
     /// Total shards in the cluster.
     pub shard_count: u32,
+    /// Simulation-only hooks; the default (every hook off) is the only value outside the
+    /// simulator.
+    pub sim_hooks: SimHooks,
 }
 
 impl Default for ReplicaOptions {
@@ -48,6 +52,7 @@ impl Default for ReplicaOptions {
             logs_kept_behind_snapshot: 1_000,
             limits: StateLimits::default(),
             shard_count: 64,
+            sim_hooks: SimHooks::default(),
         }
     }
 }
@@ -73,6 +78,8 @@ pub struct Replica {
     /// The openraft handle.
     pub raft: Raft<TypeConfig>,
     state: SharedState,
+    /// Only the simulator sets this; `StaleRead` breaks `read` (and the gateway's check).
+    canary: Option<Canary>,
 }
 
 impl Replica {
@@ -98,7 +105,9 @@ impl Replica {
         .validate()
         .map_err(|e| ReplicaError::Raft(group, e.to_string()))?;
         let sm = StateMachineStore::open(group, opts.shard_count, opts.limits.clone(), snapshots)
+            .map(|sm| sm.with_hooks(&opts.sim_hooks))
             .map_err(|e| ReplicaError::Storage(group, e.to_string()))?;
+        let log = log.with_canary(opts.sim_hooks.canary);
         let state = sm.shared();
         let raft = Raft::new(
             node_id,
@@ -114,6 +123,7 @@ impl Replica {
             node_id,
             raft,
             state,
+            canary: opts.sim_hooks.canary,
         })
     }
 
@@ -139,6 +149,11 @@ impl Replica {
             Err(RaftError::APIError(_)) => Ok(()),
             Err(e) => Err(ReplicaError::Raft(self.group, e.to_string())),
         }
+    }
+
+    /// The canary bug this replica runs with (always `None` outside the simulator).
+    pub fn canary(&self) -> Option<Canary> {
+        self.canary
     }
 
     /// The applied state, for reads and status.
@@ -179,7 +194,8 @@ impl Replica {
     /// Serves a read: linearizable reads first confirm leadership with a
     /// quorum (read index) and wait until that index is applied.
     pub async fn read(&self, op: &ReadOp, consistency: Consistency, timeout: Duration) -> Response {
-        if consistency == Consistency::Linearizable {
+        // The `StaleRead` canary bug skips the read index and serves whatever is applied here.
+        if consistency == Consistency::Linearizable && self.canary != Some(Canary::StaleRead) {
             match tokio::time::timeout(timeout, self.raft.ensure_linearizable()).await {
                 Err(_) => {
                     return Err(ErrorReply::Timeout(format!(

@@ -20,6 +20,7 @@ use openraft::{
 use plexus_proto::{ErrorReply, Reply, Response};
 use serde::{Deserialize, Serialize};
 
+use crate::sim_hooks::{ApplyObserver, Canary, SimHooks};
 use crate::state::{ShardState, StateLimits};
 use crate::types::TypeConfig;
 use crate::wal::SnapshotStore;
@@ -48,6 +49,10 @@ pub struct StateMachineStore {
     snapshots: Arc<SnapshotStore>,
     current: Option<(SnapshotMeta<NodeId, Node>, Vec<u8>)>,
     snapshot_seq: u64,
+    /// Simulation only: the canary every state built here runs with.
+    canary: Option<Canary>,
+    /// Simulation only: sees every applied entry.
+    on_apply: Option<ApplyObserver>,
 }
 
 fn sm_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
@@ -75,6 +80,8 @@ impl StateMachineStore {
             snapshots,
             current: None,
             snapshot_seq: 0,
+            canary: None,
+            on_apply: None,
         };
         if let Some((meta, data)) = store.snapshots.load(group).map_err(read_sm_err)? {
             let meta: StoredMeta = postcard::from_bytes(&meta).map_err(read_sm_err)?;
@@ -94,13 +101,27 @@ impl StateMachineStore {
         Ok(store)
     }
 
+    /// This store with the simulator's hooks: the canary goes into the state (now and after
+    /// every snapshot install), the observer sees every applied entry.
+    pub fn with_hooks(mut self, hooks: &SimHooks) -> Self {
+        self.canary = hooks.canary;
+        self.on_apply = hooks.on_apply.clone();
+        // Setting one field cannot leave the state half-updated, so a poisoned lock is still fine.
+        self.state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .set_canary(self.canary);
+        self
+    }
+
     /// The state readers use.
     pub fn shared(&self) -> SharedState {
         self.state.clone()
     }
 
     fn install(&mut self, meta: &SnapshotMeta<NodeId, Node>, data: Vec<u8>) -> Result<(), StorageError<NodeId>> {
-        let state = ShardState::from_snapshot(&data, self.limits.clone()).map_err(sm_err)?;
+        let mut state = ShardState::from_snapshot(&data, self.limits.clone()).map_err(sm_err)?;
+        state.set_canary(self.canary);
         self.persist(meta, &data)?;
         *self.state.write().map_err(sm_err)? = state;
         self.last_applied = meta.last_log_id;
@@ -173,6 +194,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut out = Vec::new();
         let mut state = self.state.write().map_err(sm_err)?;
         for entry in entries {
+            if let Some(observe) = &self.on_apply {
+                observe(self.group, &entry);
+            }
             self.last_applied = Some(entry.log_id);
             let resp = match entry.payload {
                 EntryPayload::Blank => Ok(Reply::Done),

@@ -61,6 +61,12 @@ impl SimClient {
         &mut self.rng
     }
 
+    /// Forgets every cached leader, as a client that just (re)connected knows none: its next
+    /// request goes to a random node and follows the redirect.
+    pub fn forget_leaders(&mut self) {
+        self.leaders.clear();
+    }
+
     /// A write under a fresh session sequence number, retried until answered or out of attempts.
     pub async fn write(&mut self, op: WriteOp) -> Response {
         let seq = self.next_seq;

@@ -20,7 +20,10 @@ use plexus_actors::clock::Clock;
 use plexus_actors::config::{GatewayLimits, PeerConfig, RaftTimings, TlsPaths};
 use plexus_actors::restart::RestartPolicy;
 use plexus_actors::{start_core, NodeConfig, NodeCore, NodeSeams};
+use plexus_raft::sim_hooks::{ApplyObserver, Canary, SimHooks};
 use plexus_raft::wal::{WalOptions, WriterMode};
+
+use crate::checkers::committed_entries::AppliedEntries;
 
 use crate::disk::SimDisk;
 use crate::net::SimNet;
@@ -62,6 +65,19 @@ pub struct Cluster {
     nodes: BTreeMap<u64, SimNode>,
     start: tokio::time::Instant,
     skew_ms: BTreeMap<u64, i64>,
+    canary: Option<Canary>,
+    applied: AppliedEntries,
+}
+
+/// The observer through which node `id` reports every entry it applies.
+fn observer(id: u64, applied: AppliedEntries) -> ApplyObserver {
+    Arc::new(move |group, entry| {
+        // Encoding into a Vec cannot fail for these types; an empty encoding would only make
+        // conflicting entries look equal, never equal ones look different.
+        let bytes = postcard::to_allocvec(&entry.payload).unwrap_or_default();
+        let hash = crate::trace::fnv1a(0xcbf2_9ce4_8422_2325, &bytes);
+        applied.record(id, group, entry.log_id.index, entry.log_id.leader_id.term, hash);
+    })
 }
 
 fn fake_addr(id: u64) -> SocketAddr {
@@ -69,8 +85,15 @@ fn fake_addr(id: u64) -> SocketAddr {
 }
 
 impl Cluster {
-    /// Builds (without starting) the cluster of `params`.
-    pub fn new(params: &SimParams, net: Arc<SimNet>, trace: Trace) -> Self {
+    /// Builds (without starting) the cluster of `params`; every node runs with `canary` and
+    /// reports what it applies to `applied`.
+    pub fn new(
+        params: &SimParams,
+        net: Arc<SimNet>,
+        trace: Trace,
+        canary: Option<Canary>,
+        applied: AppliedEntries,
+    ) -> Self {
         let peers: Vec<PeerConfig> = (1..=params.nodes)
             .map(|id| PeerConfig {
                 id,
@@ -127,6 +150,8 @@ impl Cluster {
             nodes,
             start: tokio::time::Instant::now(),
             skew_ms,
+            canary,
+            applied,
         }
     }
 
@@ -181,6 +206,10 @@ impl Cluster {
             },
             scoring: false,
             restart_policy: RestartPolicy::default(),
+            sim_hooks: SimHooks {
+                canary: self.canary,
+                on_apply: Some(observer(id, self.applied.clone())),
+            },
         };
         let cfg = node.cfg.clone();
         match start_core(&cfg, fake_addr(id).to_string(), seams).await {

@@ -5,7 +5,8 @@
 //! crash keeps only durable names and synced bytes (optionally tearing the unsynced tail of one
 //! file, keeping a random prefix of it), exactly the guarantees POSIX gives a careful program.
 //! `corrupt` flips one byte inside synced data, which the WAL must detect (never apply). A disk
-//! can be slow: `write_delay` draws how long each WAL batch takes to become durable.
+//! can be slow: `write_delay` draws how long each WAL batch takes to become durable, and now and
+//! then stalls a batch much longer.
 //!
 //! What it is not: a file system. Directories are implicit (a name's parent), files are only
 //! appended, and a truncation is treated as durable at once.
@@ -31,6 +32,11 @@ pub struct DiskFaults {
     pub torn_writes: bool,
     /// Largest extra delay of one WAL batch, in milliseconds (0: a fast disk).
     pub slow_ms_max: u64,
+    /// Largest stall of one WAL batch, in milliseconds (0: the disk never stalls): a batch now
+    /// and then waits this long between its write and its fsync, as real disks sometimes do.
+    pub stall_ms_max: u64,
+    /// One batch in this many stalls (when `stall_ms_max` > 0).
+    pub stall_one_in: u32,
 }
 
 #[derive(Debug, Default)]
@@ -172,6 +178,16 @@ impl SimDisk {
         let file = st.files.get_mut(&id)?;
         file.data[offset] ^= bit;
         Some((path, offset))
+    }
+
+    /// Bytes written under a live name but not yet synced: what a crash now would lose or tear.
+    pub fn unsynced_bytes(&self) -> u64 {
+        let st = lock(&self.state);
+        st.names
+            .values()
+            .filter_map(|id| st.files.get(id))
+            .map(|f| (f.data.len() - f.synced) as u64)
+            .sum()
     }
 
     /// Total bytes stored (for reports).
@@ -327,6 +343,10 @@ impl Disk for DiskHandle {
 
     fn write_delay(&self, _bytes: usize) -> Duration {
         let mut st = lock(&self.state);
+        let (stall_max, stall_one_in) = (st.faults.stall_ms_max, st.faults.stall_one_in.max(1));
+        if stall_max > 0 && st.rng.gen_range(0..stall_one_in) == 0 {
+            return Duration::from_millis(st.rng.gen_range(0..=stall_max));
+        }
         let max = st.faults.slow_ms_max;
         if max == 0 {
             return Duration::ZERO;
@@ -352,6 +372,7 @@ mod tests {
         let mut b = h.create(&dir.join("b.log"), true).unwrap();
         b.append(b"gone").unwrap();
         b.sync_data().unwrap();
+        assert_eq!(disk.unsynced_bytes(), 6);
         let report = disk.crash();
         assert_eq!(
             report,

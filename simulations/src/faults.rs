@@ -1,7 +1,10 @@
 //! The fault schedule of the safety phase.
 //!
 //! What it is: a loop that, at random intervals around `fault_every_ms`, injects one fault from
-//! the switched-on kinds, holds it for a random time and undoes it: crash and restart a node,
+//! the switched-on kinds, holds it for a random time and undoes it: crash and restart a node
+//! (half of the crashes wait, up to `GAP_WAIT_MS_MAX`, for a node whose disk holds written but
+//! unsynced log entries and crash that one, so crashes inside the WAL's write→fsync gap are
+//! common on slow disks),
 //! isolate a node (symmetric partition), block one directed link (one-way partition), or crash a
 //! node, flip a byte in its WAL and check that it refuses to start. Network loss, delay,
 //! duplication and reordering and slow or torn disks are rates in force the whole phase (see
@@ -21,6 +24,14 @@ use crate::trace::Trace;
 
 /// Longest time one fault is held, in milliseconds.
 pub const FAULT_HOLD_MS_MAX: u64 = 4_000;
+/// How long a crash aimed at the write→fsync gap waits for the node's disk to hold unsynced
+/// bytes before it crashes the node anyway, in milliseconds.
+pub const GAP_WAIT_MS_MAX: u64 = 500;
+/// Poll period of that wait.
+const GAP_POLL: Duration = Duration::from_millis(1);
+/// Unsynced bytes that make a node worth crashing in its gap: more than a lone committed-index
+/// record (20 bytes in the WAL), so what is lost includes log entries.
+pub const GAP_BYTES_MIN: u64 = 24;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -94,7 +105,16 @@ impl FaultSchedule {
             self.injected += 1;
             match kind {
                 Kind::Crash => {
-                    self.trace.event(format_args!("fault crash node {node} for {hold:?}"));
+                    let aim_at_gap = self.rng.gen_bool(0.5);
+                    let node = if aim_at_gap {
+                        in_gap(cluster).await.unwrap_or(node)
+                    } else {
+                        node
+                    };
+                    let unsynced = cluster.disk(node).map_or(0, |d| d.unsynced_bytes());
+                    self.trace.event(format_args!(
+                        "fault crash node {node} for {hold:?} aimed_at_gap={aim_at_gap} unsynced_bytes={unsynced}"
+                    ));
                     cluster.crash(node).await;
                     tokio::time::sleep(hold).await;
                     // A failed restart is recorded by the heal phase (it retries every node).
@@ -145,4 +165,21 @@ impl FaultSchedule {
             }
         }
     }
+}
+
+/// The first running node (in id order) whose disk holds at least `GAP_BYTES_MIN` unsynced
+/// bytes, polled for up to `GAP_WAIT_MS_MAX`; `None` if none did.
+async fn in_gap(cluster: &Cluster) -> Option<u64> {
+    for _ in 0..GAP_WAIT_MS_MAX {
+        let found = cluster
+            .ids()
+            .into_iter()
+            .filter(|id| cluster.is_up(*id))
+            .find(|id| cluster.disk(*id).is_some_and(|d| d.unsynced_bytes() >= GAP_BYTES_MIN));
+        if found.is_some() {
+            return found;
+        }
+        tokio::time::sleep(GAP_POLL).await;
+    }
+    None
 }

@@ -6,7 +6,9 @@
 //! simulated disks (`disk`), runs clients (`workload`, over `client`) while `faults` injects
 //! faults, heals the cluster, waits for it to converge and runs the `checkers`. Every delivered
 //! message, fault, crash, restart and client operation is a line of the event `trace`, whose hash
-//! is the run's fingerprint: the same seed gives the same hash.
+//! is the run's fingerprint: the same seed gives the same hash. A panic in any node task is a
+//! violation too (`panics`). `SimOptions::canary` runs every node with a deliberate bug
+//! (`plexus_raft::sim_hooks`) that the checkers must catch.
 //!
 //! What it is not: the QUIC stack (the network is replaced at the message level) or the real
 //! `plexus-client` crate (its logic is reproduced in `client`, see there). It never reads the wall
@@ -18,6 +20,7 @@ pub mod cluster;
 pub mod disk;
 pub mod faults;
 pub mod net;
+pub mod panics;
 pub mod params;
 pub mod run;
 pub mod trace;

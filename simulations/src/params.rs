@@ -8,6 +8,7 @@
 //! What it is not: the fault schedule itself; `faults` draws that while the run goes, from its
 //! own RNG seeded from the same seed.
 
+use plexus_raft::sim_hooks::Canary;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -41,6 +42,8 @@ pub struct SimOptions {
     pub safety_secs: Option<u64>,
     /// Print every trace line to stderr.
     pub verbose: bool,
+    /// Run every node with this deliberate bug (the checkers must catch it).
+    pub canary: Option<Canary>,
 }
 
 /// Which faults the safety phase injects.
@@ -126,9 +129,11 @@ impl SimParams {
         } else {
             NetFaults::healthy()
         };
-        let disk = DiskFaults {
+        let mut disk = DiskFaults {
             torn_writes: faulty && rng.gen_bool(0.7),
             slow_ms_max: if faulty { rng.gen_range(0..=20) } else { 0 },
+            stall_ms_max: 0,
+            stall_one_in: 1,
         };
         let faults = FaultSwitches {
             crashes: faulty && rng.gen_bool(0.8),
@@ -149,6 +154,12 @@ impl SimParams {
             ],
             think_ms_max: rng.gen_range(5..=60),
         };
+        let fault_every_ms = rng.gen_range(800..=3_000);
+        // Drawn last, so that adding them left every earlier parameter of a seed as it was.
+        if faulty && rng.gen_bool(0.6) {
+            disk.stall_ms_max = rng.gen_range(50..=300);
+            disk.stall_one_in = rng.gen_range(5..=50);
+        }
         Self {
             seed,
             nodes,
@@ -160,7 +171,7 @@ impl SimParams {
             net,
             disk,
             faults,
-            fault_every_ms: rng.gen_range(800..=3_000),
+            fault_every_ms,
             workload,
             safety_secs: options.safety_secs.unwrap_or(15),
             liveness_secs_max: 30,

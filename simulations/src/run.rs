@@ -20,12 +20,14 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::Serialize;
 
+use crate::checkers::committed_entries::AppliedEntries;
 use crate::checkers::raft_safety::LeaderSamples;
 use crate::checkers::{self, FinalState, ReplicaEnd};
 use crate::client::SimClient;
 use crate::cluster::Cluster;
 use crate::faults::FaultSchedule;
 use crate::net::{NetFaults, SimNet};
+use crate::panics;
 use crate::params::{salt, SimOptions, SimParams};
 use crate::trace::Trace;
 use crate::workload::{self, History, Universe};
@@ -46,8 +48,15 @@ pub struct SeedReport {
     pub seed: u64,
     /// FNV-1a 64 of the event trace, as 16 hex digits.
     pub trace_hash: String,
-    /// What the checkers found; empty when every property held.
+    /// What the checkers found, each prefixed with the checker's name (`linearizable: ...`);
+    /// empty when every property held.
     pub violations: Vec<String>,
+    /// The canary bug the nodes ran with, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<String>,
+    /// Timeline owners whose linearizability search ran past its bound (not violations).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unchecked_keys: Vec<u64>,
     /// Virtual time the run took.
     pub simulated_secs: f64,
     /// Real time the run took.
@@ -78,44 +87,60 @@ pub fn run_seed(seed: u64, options: &SimOptions) -> SeedReport {
         .build();
     let mut report = match runtime {
         Ok(rt) => {
-            let report = rt.block_on(simulate(seed, options));
-            // Whatever the nodes still run is dropped with the runtime.
-            rt.shutdown_background();
-            report
+            let outcome = panics::collect(move || {
+                let report = rt.block_on(simulate(seed, options));
+                // Whatever the nodes still run is dropped with the runtime.
+                rt.shutdown_background();
+                report
+            });
+            outcome.unwrap_or_else(|e| failed(seed, options, format!("simulator: the run itself panicked: {e}")))
         }
-        Err(e) => SeedReport {
-            seed,
-            trace_hash: String::new(),
-            violations: vec![format!("cannot build the runtime: {e}")],
-            simulated_secs: 0.0,
-            wall_secs: 0.0,
-            nodes: 0,
-            shards: 0,
-            trace_lines: 0,
-            ops: 0,
-            ops_ok: 0,
-            faults: 0,
-            trace_tail: Vec::new(),
-        },
+        Err(e) => failed(seed, options, format!("runtime: cannot build the runtime: {e}")),
     };
     report.wall_secs = wall.elapsed().as_secs_f64();
     report
+}
+
+/// The report of a run that could not even finish.
+fn failed(seed: u64, options: &SimOptions, why: String) -> SeedReport {
+    SeedReport {
+        seed,
+        trace_hash: String::new(),
+        violations: vec![why],
+        canary: options.canary.map(|c| c.name().to_string()),
+        unchecked_keys: Vec::new(),
+        simulated_secs: 0.0,
+        wall_secs: 0.0,
+        nodes: 0,
+        shards: 0,
+        trace_lines: 0,
+        ops: 0,
+        ops_ok: 0,
+        faults: 0,
+        trace_tail: Vec::new(),
+    }
 }
 
 async fn simulate(seed: u64, options: &SimOptions) -> SeedReport {
     let params = SimParams::derive(seed, options);
     let trace = Trace::new(options.verbose);
     trace.event(format_args!("params {params:?}"));
+    if let Some(canary) = options.canary {
+        trace.event(format_args!("canary {canary}"));
+    }
     let net = SimNet::new(seed ^ salt::NET, NetFaults::healthy(), trace.clone());
-    let mut cluster = Cluster::new(&params, net.clone(), trace.clone());
+    let applied = AppliedEntries::default();
+    let mut cluster = Cluster::new(&params, net.clone(), trace.clone(), options.canary, applied.clone());
     let mut violations = Vec::new();
     for id in cluster.ids() {
         if let Err(e) = cluster.start(id).await {
-            violations.push(format!("node {id} failed to start on an empty disk: {e}"));
+            violations.push(format!("boot: node {id} failed to start on an empty disk: {e}"));
         }
     }
     if !wait_until(BOOT_SECS_MAX, || all_led(&cluster, &params)).await {
-        violations.push(format!("not every group had a leader {BOOT_SECS_MAX}s after boot"));
+        violations.push(format!(
+            "boot: not every group had a leader {BOOT_SECS_MAX}s after boot"
+        ));
     }
     trace.event(format_args!("phase safety"));
 
@@ -151,7 +176,7 @@ async fn simulate(seed: u64, options: &SimOptions) -> SeedReport {
     let mut schedule = FaultSchedule::new(&params, trace.clone());
     net.set_faults(params.net.clone());
     let safety_end = tokio::time::Instant::now() + Duration::from_secs(params.safety_secs);
-    violations.extend(schedule.run_until(&mut cluster, safety_end).await);
+    violations.extend(labeled("faults", schedule.run_until(&mut cluster, safety_end).await));
 
     trace.event(format_args!("phase heal"));
     net.set_faults(NetFaults::healthy());
@@ -159,7 +184,7 @@ async fn simulate(seed: u64, options: &SimOptions) -> SeedReport {
     for id in cluster.ids() {
         if !cluster.is_up(id) && cluster.refused(id).is_none() {
             if let Err(e) = cluster.start(id).await {
-                violations.push(format!("node {id} could not restart after healing: {e}"));
+                violations.push(format!("liveness: node {id} could not restart after healing: {e}"));
             }
         }
     }
@@ -171,7 +196,7 @@ async fn simulate(seed: u64, options: &SimOptions) -> SeedReport {
     });
     if drain.await.is_err() {
         violations.push(format!(
-            "clients did not finish within {CLIENT_DRAIN_SECS_MAX}s of healing"
+            "liveness: clients did not finish within {CLIENT_DRAIN_SECS_MAX}s of healing"
         ));
     }
 
@@ -185,24 +210,41 @@ async fn simulate(seed: u64, options: &SimOptions) -> SeedReport {
     let (_, ends, pending) = converged(&cluster, &params);
     if !healed {
         violations.push(format!(
-            "the cluster did not converge within {}s of healing (outbox entries pending: {pending})",
+            "liveness: the cluster did not converge within {}s of healing (outbox entries pending: {pending})",
             params.liveness_secs_max
         ));
-        violations.extend(checkers::convergence::check(&ends));
+        violations.extend(labeled("convergence", checkers::convergence::check(&ends)));
     }
     let end = final_state(&cluster, &params, &universe, &history);
     let history = history.lock().map(|h| h.clone()).unwrap_or_default();
     let leader_samples = samples.lock().map(|s| s.clone()).unwrap_or_default();
-    violations.extend(checkers::acked_writes::check(&history, &end));
-    violations.extend(checkers::exactly_once::check(&end));
-    violations.extend(checkers::read_your_writes::check(&history));
-    violations.extend(checkers::timeline_order::check(&history, &end));
-    violations.extend(checkers::edges::check(&end));
-    violations.extend(checkers::raft_safety::check(&leader_samples));
+    violations.extend(labeled("acked_writes", checkers::acked_writes::check(&history, &end)));
+    violations.extend(labeled("exactly_once", checkers::exactly_once::check(&end)));
+    violations.extend(labeled("read_your_writes", checkers::read_your_writes::check(&history)));
+    let lin = checkers::linearizable::check(&history, &end);
+    violations.extend(labeled("linearizable", lin.violations));
+    violations.extend(labeled(
+        "timeline_order",
+        checkers::timeline_order::check(&history, &end),
+    ));
+    violations.extend(labeled("edges", checkers::edges::check(&end)));
+    violations.extend(labeled("raft_safety", checkers::raft_safety::check(&leader_samples)));
+    violations.extend(labeled(
+        "committed_entries",
+        checkers::committed_entries::check(&applied),
+    ));
+    let panicked = panics::take();
+    for p in &panicked {
+        trace.event(format_args!("panic {p}"));
+    }
+    violations.extend(labeled("panic", panicked));
     let ops_ok = history.iter().filter(|r| r.result.is_ok()).count() as u64;
     trace.event(format_args!(
-        "end ops={} ok={ops_ok} violations={}",
+        "end ops={} ok={ops_ok} applied_reports={} lin_keys={} lin_unchecked={:?} violations={}",
         history.len(),
+        applied.reports(),
+        lin.keys_checked,
+        lin.unchecked,
         violations.len()
     ));
     SeedReport {
@@ -216,6 +258,8 @@ async fn simulate(seed: u64, options: &SimOptions) -> SeedReport {
         ops: history.len() as u64,
         ops_ok,
         faults: schedule.injected(),
+        canary: options.canary.map(|c| c.name().to_string()),
+        unchecked_keys: lin.unchecked,
         trace_tail: if violations.is_empty() {
             Vec::new()
         } else {
@@ -223,6 +267,11 @@ async fn simulate(seed: u64, options: &SimOptions) -> SeedReport {
         },
         violations,
     }
+}
+
+/// Prefixes each of `violations` with the name of the checker (or phase) that found it.
+fn labeled(name: &'static str, violations: Vec<String>) -> impl Iterator<Item = String> {
+    violations.into_iter().map(move |v| format!("{name}: {v}"))
 }
 
 /// Polls `done` until it holds or `secs` simulated seconds pass.
@@ -298,8 +347,9 @@ async fn sample_leaders(net: Arc<SimNet>, samples: Arc<Mutex<LeaderSamples>>, ru
                 let m = replica.raft.metrics();
                 let m = m.borrow();
                 if m.state == ServerState::Leader {
+                    let named = m.vote.leader_id().voted_for().unwrap_or(0);
                     if let Ok(mut s) = samples.lock() {
-                        s.entry((replica.group, m.current_term))
+                        s.entry((replica.group, m.current_term, named))
                             .or_insert_with(BTreeSet::new)
                             .insert(id);
                     }

@@ -28,6 +28,10 @@ pub const FILTERS_PER_CLIENT: u64 = 2;
 pub const APPENDS_PER_TIMELINE_MAX: u64 = 600;
 /// Entries asked for by one timeline read.
 pub const READ_PAGE_ENTRIES: u32 = 50;
+/// One read in this many starts with no cached leader (a client that just reconnected), so it
+/// lands on a random node: a correct node that does not lead redirects it, a node that served
+/// it from its own, possibly stale, state would be caught by the read checkers.
+pub const FRESH_READ_ONE_IN: u32 = 5;
 
 /// One operation as a client issued it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -160,6 +164,13 @@ pub async fn run_client(
             }
             _ => Action::FilterAdd(filter, format!("k{client}-{n}").into_bytes()),
         };
+        let is_read = matches!(
+            action,
+            Action::HasEdge(..) | Action::ReadTimeline(_) | Action::FilterContains(..)
+        );
+        if is_read && sc.rng().gen_range(0..FRESH_READ_ONE_IN) == 0 {
+            sc.forget_leaders();
+        }
         let invoked_us = trace.now_us();
         let result = match action.clone() {
             Action::Follow(src, dst) => sc.write(WriteOp::Follow { src, dst }).await,

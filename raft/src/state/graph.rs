@@ -15,6 +15,7 @@ use roaring::RoaringTreemap;
 use serde::{Deserialize, Serialize};
 
 use super::outbox::Outbox;
+use crate::sim_hooks::Canary;
 use crate::types::EdgeUpdate;
 
 /// Where this state machine sits in the cluster.
@@ -73,7 +74,8 @@ fn busy(outbox: &Outbox) -> ErrorReply {
 }
 
 impl Graph {
-    /// Adds `src → dst` (src is owned here); whether the edge is new.
+    /// Adds `src → dst` (src is owned here); whether the edge is new. The `HalfFollow` canary
+    /// (simulation only) drops the in-half of a cross-shard follow.
     pub(crate) fn follow(
         &mut self,
         here: Placement,
@@ -81,8 +83,10 @@ impl Graph {
         dst: VertexId,
         outbox: &mut Outbox,
         outbox_entries_max: usize,
+        canary: Option<Canary>,
     ) -> Result<bool, ErrorReply> {
-        self.change(here, EdgeUpdate { src, dst, add: true }, outbox, outbox_entries_max)
+        let u = EdgeUpdate { src, dst, add: true };
+        self.change(here, u, outbox, outbox_entries_max, canary == Some(Canary::HalfFollow))
     }
 
     /// Removes `src → dst` (src is owned here); whether the edge existed.
@@ -94,7 +98,13 @@ impl Graph {
         outbox: &mut Outbox,
         outbox_entries_max: usize,
     ) -> Result<bool, ErrorReply> {
-        self.change(here, EdgeUpdate { src, dst, add: false }, outbox, outbox_entries_max)
+        self.change(
+            here,
+            EdgeUpdate { src, dst, add: false },
+            outbox,
+            outbox_entries_max,
+            false,
+        )
     }
 
     fn change(
@@ -103,6 +113,7 @@ impl Graph {
         u: EdgeUpdate,
         outbox: &mut Outbox,
         outbox_entries_max: usize,
+        drop_in_half: bool,
     ) -> Result<bool, ErrorReply> {
         if u.src == u.dst {
             return Err(ErrorReply::BadRequest(format!("vertex {} cannot follow itself", u.src)));
@@ -124,7 +135,7 @@ impl Graph {
         }
         if local {
             self.apply_in(&u);
-        } else {
+        } else if !drop_in_half {
             outbox.push(dst_shard, u.clone());
         }
         debug_assert_eq!(self.has_edge(u.src, u.dst), u.add);

@@ -40,6 +40,7 @@ pub use filter::{
 };
 pub use snapshot::StateError;
 
+use crate::sim_hooks::Canary;
 use crate::types::{Command, EdgeUpdate};
 use features::FeatureStore;
 use filter::NamedFilter;
@@ -99,6 +100,8 @@ pub struct ShardState {
     outbox: Outbox,
     sessions: Sessions,
     features: FeatureStore,
+    /// Simulation only (see `sim_hooks`): not replicated, not in snapshots or the state hash.
+    canary: Option<Canary>,
 }
 
 fn bad(msg: String) -> ErrorReply {
@@ -120,7 +123,13 @@ impl ShardState {
             outbox: Outbox::default(),
             sessions: Sessions::default(),
             features: FeatureStore::default(),
+            canary: None,
         }
+    }
+
+    /// Switches a canary bug on or off (the simulator's `SimHooks`; never set in production).
+    pub fn set_canary(&mut self, canary: Option<Canary>) {
+        self.canary = canary;
     }
 
     /// Apply one committed command at log `index`. Pure and deterministic.
@@ -158,7 +167,7 @@ impl ShardState {
                 session: Some(s),
                 op,
                 now_millis,
-            } => match self.sessions.admit(s) {
+            } => match self.sessions.admit(s, self.canary) {
                 Admission::Answer(answer) => answer,
                 Admission::Apply => {
                     let answer = self.apply_write(op, *now_millis);
@@ -280,7 +289,14 @@ impl ShardState {
             WriteOp::TimelineDelete { owner, id } => Ok(Reply::Changed(self.timelines.delete(*owner, *id))),
             WriteOp::Follow { src, dst } => self
                 .graph
-                .follow(self.here, *src, *dst, &mut self.outbox, self.limits.outbox_entries_max)
+                .follow(
+                    self.here,
+                    *src,
+                    *dst,
+                    &mut self.outbox,
+                    self.limits.outbox_entries_max,
+                    self.canary,
+                )
                 .map(Reply::Changed),
             WriteOp::Unfollow { src, dst } => self
                 .graph

@@ -13,6 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use plexus_proto::{ErrorReply, Response, Session};
 use serde::{Deserialize, Serialize};
 
+use crate::sim_hooks::Canary;
+
 /// One client's entry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct ClientSession {
@@ -45,10 +47,12 @@ pub(crate) struct Sessions {
 }
 
 impl Sessions {
-    /// Decides whether a write under `s` is a retry, stale, or new.
-    pub(crate) fn admit(&self, s: &Session) -> Admission {
+    /// Decides whether a write under `s` is a retry, stale, or new. The `DoubleApply` canary
+    /// (simulation only) ignores the cached answer, so a retry is applied again.
+    pub(crate) fn admit(&self, s: &Session, canary: Option<Canary>) -> Admission {
         match self.clients.get(&s.client_id) {
             Some(c) => match c.answers.get(&s.seq) {
+                Some(_) if canary == Some(Canary::DoubleApply) => Admission::Apply,
                 Some(answer) => Admission::Answer(answer.clone()),
                 None if s.seq < c.floor => Admission::Answer(Err(ErrorReply::StaleSession {
                     client_id: s.client_id,
@@ -113,6 +117,12 @@ impl Sessions {
         self.by_age = self.clients.iter().map(|(id, c)| (c.last_index, *id)).collect();
     }
 
+    /// `admit` without a canary.
+    #[cfg(test)]
+    pub(crate) fn admit_now(&self, s: &Session) -> Admission {
+        self.admit(s, None)
+    }
+
     /// Clients in the table.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
@@ -153,24 +163,35 @@ mod tests {
     #[test]
     fn retry_answers_cache_and_stale_is_refused() {
         let mut t = Sessions::default();
-        assert_eq!(t.admit(&s(1, 1, 0)), Admission::Apply);
+        assert_eq!(t.admit_now(&s(1, 1, 0)), Admission::Apply);
         t.record(&s(1, 1, 0), 10, &Ok(Reply::Appended(7)), 10, 10);
-        assert_eq!(t.admit(&s(1, 1, 0)), Admission::Answer(Ok(Reply::Appended(7))));
+        assert_eq!(t.admit_now(&s(1, 1, 0)), Admission::Answer(Ok(Reply::Appended(7))));
         t.record(&s(1, 2, 2), 11, &Ok(Reply::Done), 10, 10);
         assert_eq!(t.answers_len(1), 1);
         assert_eq!(
-            t.admit(&s(1, 1, 0)),
+            t.admit_now(&s(1, 1, 0)),
             Admission::Answer(Err(ErrorReply::StaleSession { client_id: 1, seq: 1 }))
         );
-        assert_eq!(t.admit(&s(1, 2, 0)), Admission::Answer(Ok(Reply::Done)));
-        assert_eq!(t.admit(&s(1, 3, 2)), Admission::Apply);
+        assert_eq!(t.admit_now(&s(1, 2, 0)), Admission::Answer(Ok(Reply::Done)));
+        assert_eq!(t.admit_now(&s(1, 3, 2)), Admission::Apply);
+    }
+
+    #[test]
+    fn double_apply_canary_applies_a_retry_again() {
+        let mut t = Sessions::default();
+        t.record(&s(1, 1, 0), 10, &Ok(Reply::Appended(7)), 10, 10);
+        assert_eq!(t.admit(&s(1, 1, 0), Some(Canary::DoubleApply)), Admission::Apply);
+        assert_eq!(
+            t.admit(&s(1, 1, 0), Some(Canary::StaleRead)),
+            Admission::Answer(Ok(Reply::Appended(7)))
+        );
     }
 
     #[test]
     fn busy_is_not_cached() {
         let mut t = Sessions::default();
         t.record(&s(1, 1, 0), 10, &Err(ErrorReply::Busy("full".into())), 10, 10);
-        assert_eq!(t.admit(&s(1, 1, 0)), Admission::Apply);
+        assert_eq!(t.admit_now(&s(1, 1, 0)), Admission::Apply);
     }
 
     #[test]
@@ -181,13 +202,13 @@ mod tests {
         // Both at index 10: client 3 goes first.
         t.record(&s(9, 1, 0), 11, &Ok(Reply::Done), 2, 10);
         assert_eq!(t.len(), 2);
-        assert_eq!(t.admit(&s(3, 1, 0)), Admission::Apply);
-        assert_eq!(t.admit(&s(5, 1, 0)), Admission::Answer(Ok(Reply::Done)));
+        assert_eq!(t.admit_now(&s(3, 1, 0)), Admission::Apply);
+        assert_eq!(t.admit_now(&s(5, 1, 0)), Admission::Answer(Ok(Reply::Done)));
         // Client 5 writes again, so client 9 is now the oldest.
         t.record(&s(5, 2, 0), 12, &Ok(Reply::Done), 2, 10);
         t.record(&s(4, 1, 0), 13, &Ok(Reply::Done), 2, 10);
-        assert_eq!(t.admit(&s(9, 1, 0)), Admission::Apply);
-        assert_eq!(t.admit(&s(5, 2, 0)), Admission::Answer(Ok(Reply::Done)));
+        assert_eq!(t.admit_now(&s(9, 1, 0)), Admission::Apply);
+        assert_eq!(t.admit_now(&s(5, 2, 0)), Admission::Answer(Ok(Reply::Done)));
         assert!(t.check());
     }
 
@@ -199,9 +220,9 @@ mod tests {
         }
         assert_eq!(t.answers_len(1), 3);
         assert_eq!(
-            t.admit(&s(1, 2, 0)),
+            t.admit_now(&s(1, 2, 0)),
             Admission::Answer(Err(ErrorReply::StaleSession { client_id: 1, seq: 2 }))
         );
-        assert_eq!(t.admit(&s(1, 3, 0)), Admission::Answer(Ok(Reply::Count(3))));
+        assert_eq!(t.admit_now(&s(1, 3, 0)), Admission::Answer(Ok(Reply::Count(3))));
     }
 }

@@ -222,6 +222,7 @@ impl ShardState {
             outbox,
             sessions,
             features,
+            canary: None,
         })
     }
 

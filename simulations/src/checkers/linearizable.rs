@@ -1,0 +1,427 @@
+//! Per-key linearizability of timelines: a Wing–Gong–Lowe search (as Porcupine does it) over the
+//! history of one timeline's appends and reads, with their invoke and return times on the
+//! virtual clock.
+//!
+//! The sequential model: a timeline is an ordered list of items; an append adds its item at the
+//! end (it answers the item's id, which is checked separately: one item, one id everywhere); a
+//! `Latest` read with limit `L` answers the newest `min(L, len)` items, newest first. The final
+//! state read after healing is one more read that must see the whole list. An append that failed
+//! or timed out may or may not have taken effect: it never returns, so the search may place it
+//! anywhere after its invocation or leave it out. As the workload never deletes and stays under
+//! the timeline cap, such an append that is absent from the final timeline never took effect and
+//! is dropped before the search. Failed reads constrain nothing and are dropped.
+//!
+//! The search memoises `(linearized set, model state)` pairs and is bounded by
+//! `SEARCH_STEPS_MAX` per key: a key whose search runs past it is reported as unchecked, never as
+//! a violation. What it is not: a check of edges or filters (`read_your_writes` covers those) or
+//! of ids' order (`timeline_order`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use plexus_proto::Reply;
+
+use super::FinalState;
+use crate::trace::fnv1a;
+use crate::workload::{Action, Record};
+
+/// Search steps (attempts to linearize one operation, plus backtracks) allowed per key.
+pub const SEARCH_STEPS_MAX: u64 = 2_000_000;
+
+/// What the checker found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Keys with no linearization, as sentences.
+    pub violations: Vec<String>,
+    /// Timeline owners whose search ran past `SEARCH_STEPS_MAX`.
+    pub unchecked: Vec<u64>,
+    /// Timeline owners checked.
+    pub keys_checked: u64,
+}
+
+/// Time of an operation that never returned.
+const NEVER: u64 = u64::MAX;
+
+#[derive(Clone, Debug)]
+enum Kind {
+    /// Appends item number `.0`.
+    Append(u32),
+    /// Saw these items, newest first; `limit` = None for the final, whole-list read.
+    Read { items: Vec<u32>, limit: Option<usize> },
+}
+
+#[derive(Clone, Debug)]
+struct Op {
+    call: u64,
+    ret: u64,
+    kind: Kind,
+    /// For reports: what the operation was.
+    what: String,
+}
+
+/// Checks every timeline in `history` against the model, with `end` as the final read.
+pub fn check(history: &[Record], end: &FinalState) -> Outcome {
+    let mut per_owner: BTreeMap<u64, Vec<&Record>> = BTreeMap::new();
+    for r in history {
+        match &r.action {
+            Action::Append(owner, _) | Action::ReadTimeline(owner) => per_owner.entry(*owner).or_default().push(r),
+            _ => {}
+        }
+    }
+    let mut outcome = Outcome::default();
+    let last_us = history.iter().map(|r| r.completed_us).max().unwrap_or(0);
+    for (owner, records) in per_owner {
+        let final_items = end.timelines.get(&owner);
+        match build(owner, &records, final_items, last_us) {
+            Err(v) => outcome.violations.push(v),
+            Ok(ops) => {
+                outcome.keys_checked += 1;
+                match search(&ops) {
+                    Search::Linearizable => {}
+                    Search::Unchecked => outcome.unchecked.push(owner),
+                    Search::Stuck { depth, op } => outcome.violations.push(format!(
+                        "timeline {owner}: its {} operations have no linearization; the longest \
+                         explained prefix has {depth}, and then no order explains {}",
+                        ops.len(),
+                        ops[op].what
+                    )),
+                }
+            }
+        }
+    }
+    outcome
+}
+
+/// The operations of one key, or a violation found while building them (an item seen that was
+/// never appended, or one item seen with two ids).
+fn build(
+    owner: u64,
+    records: &[&Record],
+    final_items: Option<&Vec<(u64, Vec<u8>)>>,
+    last_us: u64,
+) -> Result<Vec<Op>, String> {
+    let mut item_no: BTreeMap<&[u8], u32> = BTreeMap::new();
+    let mut ids: BTreeMap<u32, u64> = BTreeMap::new();
+    for r in records {
+        if let Action::Append(_, item) = &r.action {
+            let next = item_no.len() as u32;
+            item_no.entry(item.as_slice()).or_insert(next);
+        }
+    }
+    let mut see = |item: &[u8], id: u64, source: &str| -> Result<u32, String> {
+        let Some(&no) = item_no.get(item) else {
+            return Err(format!(
+                "timeline {owner}: {source} holds item {:?}, which no append wrote",
+                String::from_utf8_lossy(item)
+            ));
+        };
+        match ids.insert(no, id) {
+            Some(prev) if prev != id => Err(format!(
+                "timeline {owner}: item {:?} has id {prev} and id {id} ({source})",
+                String::from_utf8_lossy(item)
+            )),
+            _ => Ok(no),
+        }
+    };
+    let mut ops = Vec::new();
+    let in_final: Option<BTreeSet<&[u8]>> = final_items.map(|f| f.iter().map(|(_, item)| item.as_slice()).collect());
+    for r in records {
+        let what = format!(
+            "client {} {:?} in [{}us, {}us] -> {}",
+            r.client,
+            r.action,
+            r.invoked_us,
+            r.completed_us,
+            crate::workload::summary(&r.result)
+        );
+        match (&r.action, &r.result) {
+            (Action::Append(_, item), Ok(Reply::Appended(id))) => {
+                let no = see(item, *id, "an acknowledged append")?;
+                ops.push(Op {
+                    call: r.invoked_us,
+                    ret: r.completed_us,
+                    kind: Kind::Append(no),
+                    what,
+                });
+            }
+            (Action::Append(_, item), _) => {
+                // Unknown outcome: absent at the end means it never took effect.
+                if in_final.as_ref().is_some_and(|f| !f.contains(item.as_slice())) {
+                    continue;
+                }
+                let no = item_no.get(item.as_slice()).copied().unwrap_or_default();
+                ops.push(Op {
+                    call: r.invoked_us,
+                    ret: NEVER,
+                    kind: Kind::Append(no),
+                    what,
+                });
+            }
+            (Action::ReadTimeline(_), Ok(Reply::Page(page))) => {
+                let mut items = Vec::with_capacity(page.entries.len());
+                for e in &page.entries {
+                    items.push(see(&e.item, e.id, "a read")?);
+                }
+                ops.push(Op {
+                    call: r.invoked_us,
+                    ret: r.completed_us,
+                    kind: Kind::Read {
+                        items,
+                        limit: Some(crate::workload::READ_PAGE_ENTRIES as usize),
+                    },
+                    what,
+                });
+            }
+            _ => {}
+        }
+    }
+    if let Some(entries) = final_items {
+        let mut items = Vec::with_capacity(entries.len());
+        for (id, item) in entries.iter().rev() {
+            items.push(see(item, *id, "the final timeline")?);
+        }
+        ops.push(Op {
+            call: last_us.saturating_add(1),
+            ret: last_us.saturating_add(2),
+            kind: Kind::Read { items, limit: None },
+            what: format!("the final read after healing ({} items)", entries.len()),
+        });
+    }
+    Ok(ops)
+}
+
+enum Search {
+    Linearizable,
+    Unchecked,
+    /// No linearization; `depth` ops were the most ever placed, and `op` is the operation whose
+    /// return forced the search back at that depth.
+    Stuck {
+        depth: usize,
+        op: usize,
+    },
+}
+
+/// Whether `kind` can take effect on `state` (the items appended so far, oldest first).
+fn allowed(kind: &Kind, state: &[u32]) -> bool {
+    match kind {
+        Kind::Append(_) => true,
+        Kind::Read { items, limit } => {
+            let want = limit.map_or(state.len(), |l| l.min(state.len()));
+            items.len() == want && items.iter().zip(state.iter().rev()).all(|(a, b)| a == b)
+        }
+    }
+}
+
+/// The WGL search with Lowe's memoisation over a doubly linked list of call and return events.
+fn search(ops: &[Op]) -> Search {
+    // Events: (time, 0 = call / 1 = return, op). Calls sort before returns at one instant, so
+    // operations that touch at an instant count as concurrent (the permissive reading).
+    let mut events: Vec<(u64, u8, usize)> = Vec::with_capacity(2 * ops.len());
+    for (i, op) in ops.iter().enumerate() {
+        events.push((op.call, 0, i));
+        events.push((op.ret, 1, i));
+    }
+    events.sort_unstable();
+    // Node 0 is the head sentinel; event k is node k + 1; node n + 1 is the tail sentinel.
+    let n = events.len();
+    let tail = n + 1;
+    let mut next: Vec<usize> = (1..=n + 1).chain(std::iter::once(tail)).collect();
+    let mut prev: Vec<usize> = std::iter::once(0).chain(0..=n).collect();
+    let mut call_node = vec![0usize; ops.len()];
+    let mut ret_node = vec![0usize; ops.len()];
+    for (k, (_, is_ret, op)) in events.iter().enumerate() {
+        if *is_ret == 0 {
+            call_node[*op] = k + 1;
+        } else {
+            ret_node[*op] = k + 1;
+        }
+    }
+    let unlink = |next: &mut Vec<usize>, prev: &mut Vec<usize>, x: usize| {
+        let (p, q) = (prev[x], next[x]);
+        next[p] = q;
+        prev[q] = p;
+    };
+    let relink = |next: &mut Vec<usize>, prev: &mut Vec<usize>, x: usize| {
+        let (p, q) = (prev[x], next[x]);
+        next[p] = x;
+        prev[q] = x;
+    };
+
+    let words = ops.len().div_ceil(64);
+    let mut linearized = vec![0u64; words];
+    let mut state: Vec<u32> = Vec::new();
+    let mut hash = fnv1a(0xcbf2_9ce4_8422_2325, &[]);
+    // (op, state hash before it).
+    let mut stack: Vec<(usize, u64)> = Vec::new();
+    let mut seen: BTreeSet<(Vec<u64>, u64)> = BTreeSet::new();
+    let mut steps = 0u64;
+    let (mut deepest, mut stuck_op) = (0usize, 0usize);
+    let mut node = next[0];
+    while next[0] != tail {
+        steps += 1;
+        if steps > SEARCH_STEPS_MAX {
+            return Search::Unchecked;
+        }
+        let (_, is_ret, op) = events[node - 1];
+        if is_ret == 0 {
+            let kind = &ops[op].kind;
+            if allowed(kind, &state) {
+                let before = hash;
+                if let Kind::Append(item) = kind {
+                    state.push(*item);
+                    hash = fnv1a(hash, &item.to_le_bytes());
+                }
+                linearized[op / 64] |= 1 << (op % 64);
+                if seen.insert((linearized.clone(), hash)) {
+                    stack.push((op, before));
+                    unlink(&mut next, &mut prev, call_node[op]);
+                    unlink(&mut next, &mut prev, ret_node[op]);
+                    node = next[0];
+                    continue;
+                }
+                linearized[op / 64] &= !(1 << (op % 64));
+                if matches!(kind, Kind::Append(_)) {
+                    state.pop();
+                }
+                hash = before;
+            }
+            node = next[node];
+        } else {
+            // An operation returned before it could be placed: undo the last placement.
+            if stack.len() >= deepest {
+                deepest = stack.len();
+                stuck_op = op;
+            }
+            let Some((last, before)) = stack.pop() else {
+                return Search::Stuck {
+                    depth: deepest,
+                    op: stuck_op,
+                };
+            };
+            if matches!(ops[last].kind, Kind::Append(_)) {
+                state.pop();
+            }
+            hash = before;
+            linearized[last / 64] &= !(1 << (last % 64));
+            relink(&mut next, &mut prev, ret_node[last]);
+            relink(&mut next, &mut prev, call_node[last]);
+            node = next[call_node[last]];
+        }
+    }
+    Search::Linearizable
+}
+
+#[cfg(test)]
+mod tests {
+    use plexus_proto::{ErrorReply, Page, Response, TimelineEntry};
+
+    use super::*;
+
+    fn rec(client: u64, action: Action, at: (u64, u64), result: Response) -> Record {
+        Record {
+            client,
+            action,
+            invoked_us: at.0,
+            completed_us: at.1,
+            result,
+        }
+    }
+
+    fn page(entries: &[(u64, &str)]) -> Response {
+        Ok(Reply::Page(Page {
+            entries: entries
+                .iter()
+                .map(|(id, item)| TimelineEntry {
+                    id: *id,
+                    item: item.as_bytes().to_vec(),
+                })
+                .collect(),
+            has_more: false,
+        }))
+    }
+
+    fn append(item: &str, at: (u64, u64), result: Response) -> Record {
+        rec(1, Action::Append(7, item.as_bytes().to_vec()), at, result)
+    }
+
+    fn read(client: u64, at: (u64, u64), seen: &[(u64, &str)]) -> Record {
+        rec(client, Action::ReadTimeline(7), at, page(seen))
+    }
+
+    fn end(items: &[(u64, &str)]) -> FinalState {
+        let mut end = FinalState::default();
+        end.timelines
+            .insert(7, items.iter().map(|(id, i)| (*id, i.as_bytes().to_vec())).collect());
+        end
+    }
+
+    #[test]
+    fn a_concurrent_read_may_see_either_side_of_an_append() {
+        let history = vec![
+            append("a", (0, 10), Ok(Reply::Appended(1))),
+            append("b", (20, 40), Ok(Reply::Appended(2))),
+            read(2, (25, 30), &[(2, "b"), (1, "a")]),
+            read(3, (26, 31), &[(1, "a")]),
+            read(3, (41, 50), &[(2, "b"), (1, "a")]),
+        ];
+        let out = check(&history, &end(&[(1, "a"), (2, "b")]));
+        assert_eq!(out.violations, Vec::<String>::new());
+        assert_eq!((out.keys_checked, out.unchecked.len()), (1, 0));
+    }
+
+    #[test]
+    fn a_stale_read_after_an_acknowledged_append_is_caught() {
+        let history = vec![
+            append("a", (0, 10), Ok(Reply::Appended(1))),
+            append("b", (20, 30), Ok(Reply::Appended(2))),
+            read(2, (35, 40), &[(1, "a")]),
+        ];
+        let out = check(&history, &end(&[(1, "a"), (2, "b")]));
+        assert_eq!(out.violations.len(), 1, "{:?}", out.violations);
+        assert!(
+            out.violations[0].starts_with("timeline 7: its 4 operations have no linearization"),
+            "{}",
+            out.violations[0]
+        );
+        assert!(out.violations[0].contains("ReadTimeline(7) in [35us, 40us]"));
+    }
+
+    #[test]
+    fn reads_may_not_go_back_in_time() {
+        // Both reads overlap the append, but the second starts after the first returned.
+        let history = vec![
+            append("a", (0, 100), Ok(Reply::Appended(1))),
+            read(2, (10, 20), &[(1, "a")]),
+            read(3, (30, 40), &[]),
+        ];
+        assert_eq!(check(&history, &end(&[(1, "a")])).violations.len(), 1);
+    }
+
+    #[test]
+    fn a_timed_out_append_may_take_effect_late_or_never() {
+        let timeout = Err(ErrorReply::Timeout("t".into()));
+        let history = vec![
+            append("a", (0, 10), timeout.clone()),
+            append("b", (20, 30), Ok(Reply::Appended(2))),
+            read(2, (35, 40), &[(2, "b")]),
+            read(2, (45, 50), &[(3, "a"), (2, "b")]),
+            append("c", (60, 70), timeout),
+        ];
+        let out = check(&history, &end(&[(2, "b"), (3, "a")]));
+        assert_eq!(out.violations, Vec::<String>::new());
+    }
+
+    #[test]
+    fn an_item_applied_twice_or_renumbered_is_caught() {
+        let history = vec![append("a", (0, 10), Ok(Reply::Appended(1)))];
+        let out = check(&history, &end(&[(1, "a"), (2, "a")]));
+        assert_eq!(
+            out.violations,
+            vec!["timeline 7: item \"a\" has id 1 and id 2 (the final timeline)".to_string()]
+        );
+        let out = check(&history, &end(&[(1, "a"), (2, "zz")]));
+        assert_eq!(
+            out.violations,
+            vec!["timeline 7: the final timeline holds item \"zz\", which no append wrote".to_string()]
+        );
+    }
+}
