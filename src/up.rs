@@ -51,7 +51,6 @@ struct NodeToml<'a> {
     shard_count: u32,
     replication: usize,
     tls: TlsToml,
-    worker_threads: usize,
     peers: &'a [NodeEntry],
 }
 
@@ -82,12 +81,6 @@ fn free_ports(base: u16, n: usize) -> CliResult<Vec<u16>> {
         port += 1;
     }
     Ok(out)
-}
-
-/// Worker threads per node when `n` nodes share this machine's cores.
-fn local_worker_threads(n: usize) -> usize {
-    let cores = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
-    (cores / n.max(1)).max(1)
 }
 
 fn random_token() -> String {
@@ -151,7 +144,6 @@ fn create(args: &UpArgs) -> CliResult<ClusterFile> {
                 node_cert: format!("../certs/node-{}.pem", node.id),
                 node_key: format!("../certs/node-{}-key.pem", node.id),
             },
-            worker_threads: local_worker_threads(cluster.nodes.len()),
             peers: &cluster.nodes,
         };
         write(

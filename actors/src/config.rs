@@ -127,10 +127,15 @@ pub struct NodeConfig {
     /// Gateway limits.
     #[serde(default)]
     pub gateway: GatewayLimits,
-    /// Async worker threads for this node; unset = one per CPU core. Nodes that
-    /// share a machine (`plexus up`) split its cores instead of oversubscribing.
+    /// Async worker threads for this node; unset = one per CPU core. (On the
+    /// 2-core local cluster, one thread per node gave the same throughput and a
+    /// worse p99 than the default, so `plexus up` leaves it unset.)
     #[serde(default)]
     pub worker_threads: Option<usize>,
+    /// Under load, how long the WAL writer waits for more requests before an
+    /// fsync, in microseconds (0: never wait). Unset = the WAL's default.
+    #[serde(default)]
+    pub wal_batch_linger_us: Option<u64>,
     /// fsync the WAL (never turn off outside benchmarks of the fsync cost itself).
     #[serde(default = "default_true")]
     pub fsync: bool,

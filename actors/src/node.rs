@@ -268,6 +268,7 @@ pub async fn start_node_with_clock(cfg: NodeConfig, clock: Arc<dyn Clock>) -> Re
         wal_writer: WriterMode::Thread,
         wal_options: WalOptions {
             fsync: cfg.fsync,
+            batch_linger_us: cfg.wal_batch_linger_us.unwrap_or(WalOptions::default().batch_linger_us),
             ..WalOptions::default()
         },
         scoring: true,

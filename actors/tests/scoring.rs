@@ -69,6 +69,7 @@ async fn start_cluster(dir: &std::path::Path) -> (Vec<NodeHandle>, Vec<SocketAdd
             },
             gateway: GatewayLimits::default(),
             worker_threads: None,
+            wal_batch_linger_us: None,
             fsync: false,
         };
         nodes.push(start_node(cfg).await.unwrap());

@@ -130,6 +130,7 @@ impl Cluster {
                     request_timeout_ms: params.request_timeout_ms,
                 },
                 worker_threads: None,
+                wal_batch_linger_us: None,
                 fsync: true,
             };
             let disk = SimDisk::new(params.seed ^ (salt::DISK + id), params.disk.clone());

@@ -51,6 +51,7 @@ pub fn single_node_config(dir: &Path, shards: u32, raft: RaftTimings) -> NodeCon
         },
         gateway: GatewayLimits::default(),
         worker_threads: None,
+        wal_batch_linger_us: None,
         fsync: true,
     }
 }

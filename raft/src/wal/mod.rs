@@ -109,7 +109,9 @@ impl Default for WalOptions {
             batch_bytes_max: 8 << 20,
             queue_requests_max: 4096,
             fsync: true,
-            batch_linger_us: 200,
+            // Measured on the 3-node local cluster: waiting did not raise throughput
+            // (fdatasync is cheap next to the rest of a write), so it is off by default.
+            batch_linger_us: 0,
         }
     }
 }
