@@ -63,8 +63,13 @@ impl Actor for GatewayActor {
 
 /// Runs one request against this node's replicas.
 pub async fn execute(registry: &Registry, req: Request) -> Response {
+    // `instrument`, not `span.enter()`: an entered guard held across `.await`
+    // would leak the span onto whatever else runs on the thread meanwhile.
     let span = tracing::debug_span!("request", shard = req.shard);
-    let _enter = span.enter();
+    tracing::Instrument::instrument(execute_in_span(registry, req), span).await
+}
+
+async fn execute_in_span(registry: &Registry, req: Request) -> Response {
     if let Op::Admin(admin) = &req.op {
         return Ok(match admin {
             AdminOp::ShardMap => Reply::ShardMap(registry.shard_map()),
