@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use plexus_net::{NetError, PeerHandler, PeerLinks};
+use plexus_net::{Lane, NetError, PeerHandler, PeerLinks};
 use plexus_raft::network::{decode, encode, BoxFut, PeerRequest, PeerResponse, RaftTransport, TransportError};
 
 use crate::registry::Registry;
@@ -22,17 +22,33 @@ impl QuicTransport {
     }
 }
 
-impl RaftTransport for QuicTransport {
-    fn call(&self, to: u64, msg: Vec<u8>, timeout: Duration) -> BoxFut<Result<Vec<u8>, TransportError>> {
+impl QuicTransport {
+    fn call_lane(
+        &self,
+        lane: Lane,
+        to: u64,
+        msg: Vec<u8>,
+        timeout: Duration,
+    ) -> BoxFut<Result<Vec<u8>, TransportError>> {
         let links = self.links.clone();
         Box::pin(async move {
-            links.call(to, msg, timeout).await.map_err(|e| match e {
+            links.call_on(lane, to, msg, timeout).await.map_err(|e| match e {
                 NetError::Timeout(..) => TransportError::Timeout(to, timeout),
                 NetError::Busy(..) => TransportError::Busy(to),
                 NetError::Remote(m) => TransportError::Remote(to, m),
                 other => TransportError::Unreachable(to, other.to_string()),
             })
         })
+    }
+}
+
+impl RaftTransport for QuicTransport {
+    fn call(&self, to: u64, msg: Vec<u8>, timeout: Duration) -> BoxFut<Result<Vec<u8>, TransportError>> {
+        self.call_lane(Lane::Bulk, to, msg, timeout)
+    }
+
+    fn call_consensus(&self, to: u64, msg: Vec<u8>, timeout: Duration) -> BoxFut<Result<Vec<u8>, TransportError>> {
+        self.call_lane(Lane::Consensus, to, msg, timeout)
     }
 }
 

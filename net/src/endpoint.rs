@@ -59,8 +59,12 @@ pub struct NetLimits {
     pub peer_batch_bytes_max: usize,
     /// Most messages queued for one peer before `call` answers `Busy`.
     pub peer_queue_msgs_max: usize,
-    /// Most batches in flight to one peer.
+    /// Most batches in flight to one peer on the bulk lane.
     pub peer_batches_in_flight_max: usize,
+    /// Most batches in flight to one peer on the consensus lane. 1 makes the messages of
+    /// all groups queue behind the batch on the wire and leave as one batch: measured on
+    /// the 3-node local cluster, 8.4-8.6k writes/s against 6.2-7.4k with 8 in flight.
+    pub peer_consensus_batches_in_flight_max: usize,
     /// Most client connections served at once.
     pub client_conns_max: usize,
 }
@@ -77,6 +81,7 @@ impl Default for NetLimits {
             peer_batch_bytes_max: 4 * 1024 * 1024,
             peer_queue_msgs_max: 8192,
             peer_batches_in_flight_max: 8,
+            peer_consensus_batches_in_flight_max: 1,
             client_conns_max: 10_000,
         }
     }
@@ -95,6 +100,10 @@ impl NetLimits {
             ("peer_batch_bytes_max", self.peer_batch_bytes_max as u64),
             ("peer_queue_msgs_max", self.peer_queue_msgs_max as u64),
             ("peer_batches_in_flight_max", self.peer_batches_in_flight_max as u64),
+            (
+                "peer_consensus_batches_in_flight_max",
+                self.peer_consensus_batches_in_flight_max as u64,
+            ),
             ("client_conns_max", self.client_conns_max as u64),
         ];
         if let Some((name, _)) = nonzero.iter().find(|(_, v)| *v == 0) {

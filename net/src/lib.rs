@@ -33,5 +33,5 @@ pub use endpoint::{
 pub use error::NetError;
 pub use futures::future::BoxFuture;
 pub use peer_conn::{STREAM_BAD_BATCH, STREAM_REPLY_TOO_LARGE};
-pub use peer_links::{PeerLinks, PeerStats};
+pub use peer_links::{Lane, PeerLinks, PeerStats};
 pub use tls::TlsMaterial;

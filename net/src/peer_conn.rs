@@ -46,7 +46,7 @@ pub(crate) struct PeerShared {
     pub handler: RwLock<Option<Arc<dyn PeerHandler>>>,
     conns: Mutex<HashMap<u64, Connection>>,
     pub addrs: Mutex<HashMap<u64, SocketAddr>>,
-    pub queues: Mutex<HashMap<u64, mpsc::Sender<Pending>>>,
+    pub queues: Mutex<HashMap<(u64, crate::peer_links::Lane), mpsc::Sender<Pending>>>,
     pub counters: Counters,
     pub closed: AtomicBool,
 }

@@ -82,6 +82,12 @@ impl PeerLinks {
     /// one bidi stream per batch, reply frame = Vec<Result<Vec<u8>, String>> in order. Errors: unknown peer,
     /// unreachable (connect failed), queue full (Busy), timeout, remote handler error.
     pub async fn call(&self, to: u64, msg: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, NetError> {
+        self.call_on(Lane::Bulk, to, msg, timeout).await
+    }
+
+    /// `call` on a chosen lane: each (peer, lane) has its own queue and flusher over the
+    /// same connection, so consensus messages never wait behind slow requests.
+    pub async fn call_on(&self, lane: Lane, to: u64, msg: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, NetError> {
         let shared = &self.shared;
         if shared.closed.load(Ordering::Acquire) {
             return Err(NetError::Shutdown);
@@ -90,7 +96,7 @@ impl PeerLinks {
         if msg.len() + MSG_OVERHEAD_BYTES + BATCH_OVERHEAD_BYTES > max {
             return Err(NetError::TooLarge { len: msg.len(), max });
         }
-        let queue = self.queue_for(to)?;
+        let queue = self.queue_for(to, lane)?;
         let deadline = Instant::now() + timeout;
         let (tx, rx) = oneshot::channel();
         queue
@@ -123,10 +129,10 @@ impl PeerLinks {
     }
 
     /// The queue of `to`'s flusher, starting the flusher if `to` can be reached at all.
-    fn queue_for(&self, to: u64) -> Result<mpsc::Sender<Pending>, NetError> {
+    fn queue_for(&self, to: u64, lane: Lane) -> Result<mpsc::Sender<Pending>, NetError> {
         let shared = &self.shared;
         let mut queues = lock(&shared.queues);
-        if let Some(q) = queues.get(&to) {
+        if let Some(q) = queues.get(&(to, lane)) {
             return Ok(q.clone());
         }
         let reachable = lock(&shared.addrs).contains_key(&to) || shared.live_conn(to).is_some();
@@ -134,11 +140,27 @@ impl PeerLinks {
             return Err(NetError::UnknownPeer(to));
         }
         let (tx, rx) = mpsc::channel(shared.limits.peer_queue_msgs_max);
-        queues.insert(to, tx.clone());
-        let span = tracing::info_span!("peer_link", node = shared.node_id, peer = to);
-        tokio::spawn(flusher(shared.clone(), to, rx).instrument(span));
+        queues.insert((to, lane), tx.clone());
+        let span = tracing::info_span!("peer_link", node = shared.node_id, peer = to, ?lane);
+        let in_flight_max = match lane {
+            Lane::Consensus => shared.limits.peer_consensus_batches_in_flight_max,
+            Lane::Bulk => shared.limits.peer_batches_in_flight_max,
+        };
+        tokio::spawn(flusher(shared.clone(), to, in_flight_max, rx).instrument(span));
         Ok(tx)
     }
+}
+
+/// Which queue to a peer a message joins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// Consensus traffic (appends, votes, heartbeats): small and quick to answer. Few
+    /// batches in flight (`peer_consensus_batches_in_flight_max`), so under load the
+    /// messages of many groups pile up behind the one on the wire and leave together.
+    Consensus,
+    /// Everything else (forwarded proposals, reads, snapshots): may take a while to
+    /// answer, so many batches may be in flight (`peer_batches_in_flight_max`).
+    Bulk,
 }
 
 /// Dial bookkeeping of one flusher.
@@ -149,9 +171,9 @@ struct Dialer {
 }
 
 /// Drains one peer's queue into batches until the queue's senders are gone (shutdown).
-async fn flusher(shared: Arc<PeerShared>, peer: u64, mut rx: mpsc::Receiver<Pending>) {
+async fn flusher(shared: Arc<PeerShared>, peer: u64, in_flight_max: usize, mut rx: mpsc::Receiver<Pending>) {
     let limits = shared.limits.clone();
-    let in_flight = Arc::new(Semaphore::new(limits.peer_batches_in_flight_max));
+    let in_flight = Arc::new(Semaphore::new(in_flight_max));
     let batch_bytes_max = limits
         .peer_batch_bytes_max
         .min(limits.frame_bytes_max - BATCH_OVERHEAD_BYTES);

@@ -313,3 +313,72 @@ async fn hostile_peer_batches_are_refused() {
     assert_eq!(reply, vec![Ok(WireBytes(b"from-5:hi".to_vec()))]);
     a.shutdown().await;
 }
+
+/// Notifications shared between a `GatePeer` and its test.
+#[derive(Default)]
+struct Gate {
+    arrived: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+/// Echoes, except that a message starting with `slow` is held until the test releases it.
+struct GatePeer(std::sync::Arc<Gate>);
+
+impl plexus_net::PeerHandler for GatePeer {
+    fn handle(&self, from: u64, msg: Vec<u8>) -> plexus_net::BoxFuture<'static, Result<Vec<u8>, String>> {
+        let gate = self.0.clone();
+        Box::pin(async move {
+            if msg.starts_with(b"slow") {
+                gate.arrived.notify_one();
+                gate.release.notified().await;
+            }
+            let mut out = format!("from-{from}:").into_bytes();
+            out.extend_from_slice(&msg);
+            Ok(out)
+        })
+    }
+}
+
+#[tokio::test]
+async fn consensus_lane_is_not_held_back_by_a_slow_bulk_request() {
+    use plexus_net::Lane;
+    let ca = fresh_ca("lanes");
+    let (a, _) = node(1, &material(&ca, 1), NetLimits::default());
+    let gate = std::sync::Arc::new(Gate::default());
+    let b = NodeEndpoint::bind(
+        2,
+        localhost(),
+        &material(&ca, 2),
+        TOKEN.to_string(),
+        NetLimits::default(),
+    )
+    .unwrap();
+    b.serve(
+        std::sync::Arc::new(GatePeer(gate.clone())),
+        std::sync::Arc::new(EchoClient { node_id: 2 }),
+    );
+    let links = a.peer_links();
+    links.set_peer(2, b.local_addr());
+
+    let slow = tokio::spawn({
+        let links = links.clone();
+        async move { links.call_on(Lane::Bulk, 2, b"slow".to_vec(), T).await }
+    });
+    gate.arrived.notified().await;
+    // The bulk request is parked in the remote handler; consensus traffic still flows.
+    for i in 0..20 {
+        let reply = links
+            .call_on(Lane::Consensus, 2, format!("c{i}").into_bytes(), T)
+            .await
+            .unwrap();
+        assert_eq!(reply, format!("from-1:c{i}").into_bytes());
+    }
+    assert!(
+        !slow.is_finished(),
+        "the slow request was answered before it was released"
+    );
+    gate.release.notify_one();
+    assert_eq!(slow.await.unwrap().unwrap(), b"from-1:slow");
+    a.shutdown().await;
+    b.shutdown().await;
+}

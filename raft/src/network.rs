@@ -48,6 +48,12 @@ pub enum TransportError {
 pub trait RaftTransport: Send + Sync + 'static {
     /// Delivers `msg` to node `to` and waits at most `timeout` for its answer.
     fn call(&self, to: NodeId, msg: Vec<u8>, timeout: Duration) -> BoxFut<Result<Vec<u8>, TransportError>>;
+
+    /// `call` for consensus messages (appends, votes): a transport may give them a
+    /// lane of their own so they never wait behind slow requests.
+    fn call_consensus(&self, to: NodeId, msg: Vec<u8>, timeout: Duration) -> BoxFut<Result<Vec<u8>, TransportError>> {
+        self.call(to, msg, timeout)
+    }
 }
 
 /// A message between nodes.
@@ -143,13 +149,15 @@ impl GroupNetwork {
         req: PeerRequest,
         option: &RPCOption,
     ) -> Result<PeerResponse, RPCError<NodeId, BasicNode, E>> {
+        let req_is_consensus = matches!(req, PeerRequest::Append(..) | PeerRequest::Vote(..));
         let bytes =
             encode(&req).map_err(|e| RPCError::Network(NetworkError::new(&TransportError::Remote(self.target, e))))?;
-        let answer = self
-            .transport
-            .call(self.target, bytes, option.hard_ttl())
-            .await
-            .map_err(to_rpc_err)?;
+        // Snapshot chunks are large: they take the ordinary lane, not the consensus one.
+        let call = match req_is_consensus {
+            true => self.transport.call_consensus(self.target, bytes, option.hard_ttl()),
+            false => self.transport.call(self.target, bytes, option.hard_ttl()),
+        };
+        let answer = call.await.map_err(to_rpc_err)?;
         decode(&answer).map_err(|e| RPCError::Network(NetworkError::new(&TransportError::Remote(self.target, e))))
     }
 
