@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
-use plexus_proto::{Consistency, ErrorReply, NodeId, ReadOp, ReplicaStatus, Reply, Response, ShardId};
+use plexus_proto::{Consistency, ErrorReply, NodeId, ReadOp, ReplicaStatus, Response, ShardId};
 
 use crate::log_store::LogStore;
 use crate::network::{NetworkFactory, PeerRequest, PeerResponse, RaftTransport};
@@ -281,14 +281,4 @@ pub fn place(shard: ShardId, nodes: &[NodeId], replication: usize) -> Vec<NodeId
     let n = sorted.len();
     let r = replication.min(n);
     (0..r).map(|i| sorted[(shard as usize + i) % n]).collect()
-}
-
-/// Answer for a request naming a group this node does not host.
-pub fn no_replica(shard: ShardId) -> Response {
-    Err(ErrorReply::ShardUnavailable(shard))
-}
-
-/// Shorthand for the `Done` reply.
-pub fn done() -> Response {
-    Ok(Reply::Done)
 }

@@ -17,7 +17,7 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     AnyError, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
-use plexus_proto::{ErrorReply, Reply, Response};
+use plexus_proto::{Reply, Response};
 use serde::{Deserialize, Serialize};
 
 use crate::sim_hooks::{ApplyObserver, Canary, SimHooks};
@@ -39,6 +39,39 @@ struct StoredMeta {
     snapshot_id: String,
 }
 
+/// openraft's snapshot metadata for our node types.
+type Meta = SnapshotMeta<NodeId, Node>;
+
+/// Writes a snapshot file (meta + state bytes) for `group`.
+fn save_snapshot(
+    store: &SnapshotStore,
+    group: u32,
+    meta: &SnapshotMeta<NodeId, Node>,
+    data: &[u8],
+) -> Result<(), StorageError<NodeId>> {
+    let stored = StoredMeta {
+        last_log_id: meta.last_log_id,
+        last_membership: meta.last_membership.clone(),
+        snapshot_id: meta.snapshot_id.clone(),
+    };
+    let meta_bytes = postcard::to_stdvec(&stored).map_err(sm_err)?;
+    store.save(group, &meta_bytes, data).map_err(sm_err)
+}
+
+/// Reads `group`'s snapshot file, if any: its metadata and state bytes.
+fn load_snapshot(store: &SnapshotStore, group: u32) -> Result<Option<(Meta, Vec<u8>)>, StorageError<NodeId>> {
+    let Some((meta, data)) = store.load(group).map_err(read_sm_err)? else {
+        return Ok(None);
+    };
+    let m: StoredMeta = postcard::from_bytes(&meta).map_err(read_sm_err)?;
+    let meta = SnapshotMeta {
+        last_log_id: m.last_log_id,
+        last_membership: m.last_membership,
+        snapshot_id: m.snapshot_id,
+    };
+    Ok(Some((meta, data)))
+}
+
 /// The state machine store of one group.
 pub struct StateMachineStore {
     group: u32,
@@ -47,7 +80,6 @@ pub struct StateMachineStore {
     last_applied: Option<LogId<NodeId>>,
     last_membership: StoredMembership<NodeId, Node>,
     snapshots: Arc<SnapshotStore>,
-    current: Option<(SnapshotMeta<NodeId, Node>, Vec<u8>)>,
     snapshot_seq: u64,
     /// Simulation only: the canary every state built here runs with.
     canary: Option<Canary>,
@@ -78,25 +110,15 @@ impl StateMachineStore {
             last_applied: None,
             last_membership: StoredMembership::default(),
             snapshots,
-            current: None,
             snapshot_seq: 0,
             canary: None,
             on_apply: None,
         };
-        if let Some((meta, data)) = store.snapshots.load(group).map_err(read_sm_err)? {
-            let meta: StoredMeta = postcard::from_bytes(&meta).map_err(read_sm_err)?;
+        if let Some((meta, data)) = load_snapshot(&store.snapshots, group)? {
             let state = ShardState::from_snapshot(&data, store.limits.clone()).map_err(read_sm_err)?;
             store.last_applied = meta.last_log_id;
-            store.last_membership = meta.last_membership.clone();
+            store.last_membership = meta.last_membership;
             *store.state.write().map_err(read_sm_err)? = state;
-            store.current = Some((
-                SnapshotMeta {
-                    last_log_id: meta.last_log_id,
-                    last_membership: meta.last_membership,
-                    snapshot_id: meta.snapshot_id,
-                },
-                data,
-            ));
         }
         Ok(store)
     }
@@ -122,22 +144,11 @@ impl StateMachineStore {
     fn install(&mut self, meta: &SnapshotMeta<NodeId, Node>, data: Vec<u8>) -> Result<(), StorageError<NodeId>> {
         let mut state = ShardState::from_snapshot(&data, self.limits.clone()).map_err(sm_err)?;
         state.set_canary(self.canary);
-        self.persist(meta, &data)?;
+        save_snapshot(&self.snapshots, self.group, meta, &data)?;
         *self.state.write().map_err(sm_err)? = state;
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
-        self.current = Some((meta.clone(), data));
         Ok(())
-    }
-
-    fn persist(&self, meta: &SnapshotMeta<NodeId, Node>, data: &[u8]) -> Result<(), StorageError<NodeId>> {
-        let stored = StoredMeta {
-            last_log_id: meta.last_log_id,
-            last_membership: meta.last_membership.clone(),
-            snapshot_id: meta.snapshot_id.clone(),
-        };
-        let meta_bytes = postcard::to_stdvec(&stored).map_err(sm_err)?;
-        self.snapshots.save(self.group, &meta_bytes, data).map_err(sm_err)
     }
 }
 
@@ -163,13 +174,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: self.last_membership.clone(),
             snapshot_id,
         };
-        let stored = StoredMeta {
-            last_log_id: meta.last_log_id,
-            last_membership: meta.last_membership.clone(),
-            snapshot_id: meta.snapshot_id.clone(),
-        };
-        let meta_bytes = postcard::to_stdvec(&stored).map_err(sm_err)?;
-        self.snapshots.save(self.group, &meta_bytes, &data).map_err(sm_err)?;
+        save_snapshot(&self.snapshots, self.group, &meta, &data)?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -236,28 +241,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        // The builder saves to disk without updating `current`, so the file is the truth.
-        match self.snapshots.load(self.group).map_err(read_sm_err)? {
-            Some((meta, data)) => {
-                let m: StoredMeta = postcard::from_bytes(&meta).map_err(read_sm_err)?;
-                Ok(Some(Snapshot {
-                    meta: SnapshotMeta {
-                        last_log_id: m.last_log_id,
-                        last_membership: m.last_membership,
-                        snapshot_id: m.snapshot_id,
-                    },
-                    snapshot: Box::new(Cursor::new(data)),
-                }))
-            }
-            None => Ok(self.current.as_ref().map(|(meta, data)| Snapshot {
-                meta: meta.clone(),
-                snapshot: Box::new(Cursor::new(data.clone())),
-            })),
-        }
+        // Builders and installs both write the file before openraft hears of a
+        // snapshot, so the file is the current snapshot; no copy is kept in memory.
+        Ok(
+            load_snapshot(&self.snapshots, self.group)?.map(|(meta, data)| Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data)),
+            }),
+        )
     }
-}
-
-/// Maps an internal failure to the answer a client gets.
-pub fn internal(e: impl std::fmt::Display) -> ErrorReply {
-    ErrorReply::Internal(e.to_string())
 }

@@ -1,6 +1,6 @@
 //! The openraft type configuration and the replicated command.
 
-use plexus_proto::{OwnerId, Response, Session, ShardId, ShardMap, VertexId, WriteOp};
+use plexus_proto::{Response, Session, ShardId, ShardMap, VertexId, WriteOp};
 use serde::{Deserialize, Serialize};
 
 /// Group id of the meta group (membership and shard placement).
@@ -66,6 +66,3 @@ pub enum Command {
     /// Nothing; used to commit a leader's first entry or as a barrier.
     Noop,
 }
-
-/// An owner id, re-exported for the state machine's signatures.
-pub type Owner = OwnerId;

@@ -111,32 +111,18 @@ impl Writer {
             };
             #[cfg(test)]
             self.gate.wait_open();
-            let mut bytes = first.op_bytes.len();
-            let mut batch = vec![first];
             // Linger only when the last batch showed concurrent writers: an
             // idle WAL answers a lone request with no added delay.
             let linger_until = (last_batch_len > 1 && self.opts.batch_linger_us > 0)
                 .then(|| std::time::Instant::now() + std::time::Duration::from_micros(self.opts.batch_linger_us));
-            while bytes < self.opts.batch_bytes_max {
-                let next = match linger_until {
-                    Some(until) => match until.checked_duration_since(std::time::Instant::now()) {
-                        Some(left) => rx.recv_timeout(left).map_err(|_| ()),
-                        None => rx.try_recv().map_err(|_| ()),
-                    },
-                    None => rx.try_recv().map_err(|_| ()),
-                };
-                match next {
-                    Ok(request) if bytes + request.op_bytes.len() > self.opts.batch_bytes_max => {
-                        pending = Some(request);
-                        break;
-                    }
-                    Ok(request) => {
-                        bytes += request.op_bytes.len();
-                        batch.push(request);
-                    }
-                    Err(_) => break,
-                }
-            }
+            let (mut batch, carry) = fill_batch(first, self.opts.batch_bytes_max, || match linger_until {
+                Some(until) => match until.checked_duration_since(std::time::Instant::now()) {
+                    Some(left) => rx.recv_timeout(left).ok(),
+                    None => rx.try_recv().ok(),
+                },
+                None => rx.try_recv().ok(),
+            });
+            pending = carry;
             last_batch_len = batch.len();
             let result = self.write_batch(&mut batch);
             self.complete(batch, result);
@@ -161,26 +147,13 @@ impl Writer {
                     }
                 },
             };
-            let mut bytes = first.op_bytes.len();
-            let mut batch = vec![first];
-            while bytes < self.opts.batch_bytes_max {
-                match rx.try_recv() {
-                    Ok(request) if bytes + request.op_bytes.len() > self.opts.batch_bytes_max => {
-                        pending = Some(request);
-                        break;
-                    }
-                    Ok(request) => {
-                        bytes += request.op_bytes.len();
-                        batch.push(request);
-                    }
-                    Err(_) => break,
-                }
-            }
+            let (mut batch, carry) = fill_batch(first, self.opts.batch_bytes_max, || rx.try_recv().ok());
+            pending = carry;
             // The record is written, then the disk takes its time, then the fsync: a crash in
             // between finds the record unsynced, which is what a simulated crash must be able to
             // lose or tear.
             let appended = self.guarded(|w| w.append_batch(&mut batch));
-            let delay = self.disk.write_delay(bytes);
+            let delay = self.disk.write_delay(batch.iter().map(|r| r.op_bytes.len()).sum());
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
@@ -401,4 +374,27 @@ impl Drop for PauseGuard {
         *super::lock(&self.0.closed) = false;
         self.0.opened.notify_all();
     }
+}
+
+/// Starts a batch with `first` and adds what `next` yields until it runs dry or
+/// the batch reaches `bytes_max` op bytes; a request that would overflow the
+/// batch is handed back to start the next one.
+fn fill_batch(
+    first: Request,
+    bytes_max: usize,
+    mut next: impl FnMut() -> Option<Request>,
+) -> (Vec<Request>, Option<Request>) {
+    let mut bytes = first.op_bytes.len();
+    let mut batch = vec![first];
+    while bytes < bytes_max {
+        match next() {
+            Some(request) if bytes + request.op_bytes.len() > bytes_max => return (batch, Some(request)),
+            Some(request) => {
+                bytes += request.op_bytes.len();
+                batch.push(request);
+            }
+            None => break,
+        }
+    }
+    (batch, None)
 }
