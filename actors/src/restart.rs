@@ -2,7 +2,11 @@
 //! budget (ractor itself only reports failures; it never restarts).
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, not `std::time::Instant`: under the simulator's paused runtime it is virtual
+// time, so a restart decision depends only on the seed.
+use tokio::time::Instant;
 
 /// How a supervisor restarts a failed child.
 #[derive(Clone, Debug)]

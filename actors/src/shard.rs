@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use plexus_proto::{ErrorReply, Reply};
 use plexus_raft::log_store::LogStore;
@@ -266,7 +266,7 @@ impl Actor for ShardSupervisor {
             if let Some(old) = st.args.registry.remove(group) {
                 old.shutdown().await;
             }
-            match st.budget.on_failure(Instant::now()) {
+            match st.budget.on_failure(tokio::time::Instant::now()) {
                 RestartDecision::After(delay) => {
                     tokio::time::sleep(delay).await;
                     st.restarts += 1;

@@ -81,10 +81,13 @@ pub struct SeedReport {
 /// Runs `seed` and reports it. Builds its own runtime, so it must not be called from async code.
 pub fn run_seed(seed: u64, options: &SimOptions) -> SeedReport {
     let wall = std::time::Instant::now();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build();
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_all().start_paused(true);
+    // tokio's own RNG picks `select!` branches and work-stealing victims; seeding it from the
+    // seed closes that leak (`.cargo/config.toml` sets the cfg for every build).
+    #[cfg(tokio_unstable)]
+    builder.rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()));
+    let runtime = builder.build();
     let mut report = match runtime {
         Ok(rt) => {
             let outcome = panics::collect(move || {
