@@ -67,6 +67,9 @@ pub struct RaftTimings {
     /// Entries kept in the log behind the latest snapshot, so a slightly
     /// lagging follower catches up from the log instead of a snapshot.
     pub logs_kept_behind_snapshot: u64,
+    /// On a graceful stop, how long the node may spend handing the groups it leads to caught-up
+    /// followers before it stops anyway, ms (0: no handover; followers elect after a timeout).
+    pub handover_timeout_ms: u64,
 }
 
 impl Default for RaftTimings {
@@ -77,6 +80,8 @@ impl Default for RaftTimings {
             election_timeout_max_ms: 2_000,
             snapshot_logs_since_last: 10_000,
             logs_kept_behind_snapshot: 1_000,
+            // The leader's own lease (election_timeout_max) plus time for a follower to catch up.
+            handover_timeout_ms: 3_000,
         }
     }
 }

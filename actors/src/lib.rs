@@ -11,6 +11,7 @@
 pub mod clock;
 pub mod config;
 pub mod gateway;
+pub mod handover;
 pub mod node;
 pub mod peer;
 pub mod registry;

@@ -35,6 +35,7 @@ const CHILD_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 use crate::clock::{Clock, SystemClock};
 use crate::config::NodeConfig;
 use crate::gateway::{Gateway, GatewayActor, GatewayMsg};
+use crate::handover::{hand_over_all, HandoverReport};
 use crate::peer::{PeerService, QuicTransport};
 use crate::registry::Registry;
 use crate::restart::RestartPolicy;
@@ -222,6 +223,8 @@ pub struct NodeHandle {
     pub registry: Arc<Registry>,
     endpoint: NodeEndpoint,
     core: NodeCore,
+    /// How long [`NodeHandle::shutdown`] may spend handing leadership over.
+    handover_timeout: Duration,
     _lock: std::fs::File,
 }
 
@@ -282,6 +285,7 @@ pub async fn start_node_with_clock(cfg: NodeConfig, clock: Arc<dyn Clock>) -> Re
         registry: core.registry.clone(),
         endpoint,
         core,
+        handover_timeout: Duration::from_millis(cfg.raft.handover_timeout_ms),
         _lock: lock,
     })
 }
@@ -403,8 +407,30 @@ impl NodeHandle {
         self.core.inject_panic(group);
     }
 
-    /// Stops gracefully: stop serving, stop every replica, flush the WAL.
+    /// Hands the groups this node leads to caught-up followers (bounded by the configured
+    /// `handover_timeout_ms`); the node keeps answering peers meanwhile, since the successors
+    /// need its vote. Called by [`NodeHandle::shutdown`].
+    pub async fn hand_over_leadership(&self) -> HandoverReport {
+        if self.handover_timeout.is_zero() {
+            return HandoverReport::default();
+        }
+        let started = tokio::time::Instant::now();
+        let report = hand_over_all(&self.registry, self.handover_timeout).await;
+        tracing::info!(
+            moved = report.moved.len(),
+            failed = report.failed.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "leadership handed over"
+        );
+        for (group, why) in &report.failed {
+            tracing::warn!(group, reason = %why, "handover failed; followers will elect after a timeout");
+        }
+        report
+    }
+
+    /// Stops gracefully: hand leadership over, stop serving, stop every replica, flush the WAL.
     pub async fn shutdown(self) {
+        self.hand_over_leadership().await;
         self.endpoint.shutdown().await;
         self.core.shutdown().await;
     }

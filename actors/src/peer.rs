@@ -74,7 +74,8 @@ impl PeerHandler for PeerService {
                 | PeerRequest::Vote(g, _)
                 | PeerRequest::Snapshot(g, _)
                 | PeerRequest::Propose(g, _)
-                | PeerRequest::Read(g, _) => *g,
+                | PeerRequest::Read(g, _)
+                | PeerRequest::TimeoutNow(g) => *g,
                 PeerRequest::ShardMap => return encode(&PeerResponse::ShardMap(Box::new(registry.shard_map()))),
             };
             let resp = match registry.get(group) {

@@ -2,83 +2,33 @@
 //! three nodes, one replica per shard, so candidates' features are read from
 //! other nodes. Expected scores are computed here with plain loops.
 
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+mod common;
 
-use plexus_actors::config::{GatewayLimits, PeerConfig, RaftTimings, TlsPaths};
-use plexus_actors::{start_node, NodeConfig, NodeHandle};
+use std::net::SocketAddr;
+
+use common::TOKEN;
+use plexus_actors::config::RaftTimings;
+use plexus_actors::{start_node, NodeHandle};
 use plexus_client::{Client, ClientConfig, ClientError, ErrorReply, ScoreMode};
 use plexus_proto::{shard_for_key, ShardKey};
 
-const TOKEN: &str = "test-token-0123456789";
 const SHARDS: u32 = 8;
 const DIM: usize = 4;
 
-fn free_addr() -> SocketAddr {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap()
-}
-
-/// The CA and one certificate per node, written under `dir`.
-fn write_certs(dir: &std::path::Path, ids: &[u64]) -> Vec<TlsPaths> {
-    let ca = plexus_net::certs::make_ca("test").unwrap();
-    std::fs::write(dir.join("ca.pem"), &ca.cert_pem).unwrap();
-    ids.iter()
-        .map(|id| {
-            let node = plexus_net::certs::make_node_cert(&ca, *id, &[]).unwrap();
-            let (cert, key) = (
-                dir.join(format!("node-{id}.pem")),
-                dir.join(format!("node-{id}-key.pem")),
-            );
-            std::fs::write(&cert, &node.cert_pem).unwrap();
-            std::fs::write(&key, &node.key_pem).unwrap();
-            TlsPaths {
-                ca_cert: dir.join("ca.pem"),
-                node_cert: cert,
-                node_key: key,
-            }
-        })
-        .collect()
-}
-
 async fn start_cluster(dir: &std::path::Path) -> (Vec<NodeHandle>, Vec<SocketAddr>) {
-    let ids = [1u64, 2, 3];
-    let addrs: Vec<SocketAddr> = ids.iter().map(|_| free_addr()).collect();
-    let tls = write_certs(dir, &ids);
-    let peers: Vec<PeerConfig> = ids
-        .iter()
-        .zip(&addrs)
-        .map(|(id, addr)| PeerConfig { id: *id, addr: *addr })
-        .collect();
+    let raft = RaftTimings {
+        election_timeout_min_ms: 300,
+        election_timeout_max_ms: 600,
+        heartbeat_ms: 100,
+        ..Default::default()
+    };
+    let cfgs = common::cluster_configs(dir, 3, SHARDS, 1, raft, false);
+    let addrs = cfgs.iter().map(|c| c.listen).collect();
     let mut nodes = Vec::new();
-    for (i, id) in ids.iter().enumerate() {
-        let cfg = NodeConfig {
-            node_id: *id,
-            listen: addrs[i],
-            data_dir: dir.join(format!("data-{id}")),
-            token: TOKEN.into(),
-            shard_count: SHARDS,
-            replication: 1,
-            tls: tls[i].clone(),
-            peers: peers.clone(),
-            raft: RaftTimings {
-                election_timeout_min_ms: 300,
-                election_timeout_max_ms: 600,
-                heartbeat_ms: 100,
-                ..Default::default()
-            },
-            gateway: GatewayLimits::default(),
-            worker_threads: None,
-            wal_batch_linger_us: None,
-            fsync: false,
-        };
+    for cfg in cfgs {
         nodes.push(start_node(cfg).await.unwrap());
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !nodes.iter().all(|n| n.all_groups_have_leaders()) {
-        assert!(Instant::now() < deadline, "no leaders");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_for_cluster_leaders(&nodes).await;
     (nodes, addrs)
 }
 

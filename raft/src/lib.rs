@@ -8,6 +8,7 @@
 //! - `log_store`, `sm_store`: openraft's storage traits over those.
 //! - `network`: Raft RPC encoding over the `RaftTransport` seam.
 //! - `replica`: one running group replica and the calls the node makes on it.
+//! - `handover`: a stopping leader passes its group to a caught-up follower.
 //! - `types`: the openraft type configuration and the replicated `Command`.
 //! - `sim_hooks`: simulation-only canary bugs and an applied-entry observer,
 //!   off unless the simulator switches them on.
@@ -15,6 +16,7 @@
 //! It does not know about QUIC, actors or clients: the network reaches it
 //! through the `RaftTransport` trait so the simulator can substitute one.
 
+pub mod handover;
 pub mod log_store;
 pub mod network;
 pub mod replica;

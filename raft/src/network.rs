@@ -72,6 +72,9 @@ pub enum PeerRequest {
     /// Serve `op` on `group` from this node's replica's applied state
     /// (a stale read: no leadership check), for cross-shard scoring.
     Read(u32, ReadOp),
+    /// The leader of `group` is handing leadership over and this node's log is
+    /// caught up with it: start an election now instead of after the timeout.
+    TimeoutNow(u32),
 }
 
 /// The answer to a `PeerRequest`.
@@ -91,6 +94,8 @@ pub enum PeerResponse {
     NoSuchGroup(u32),
     /// Answer to `Read`.
     Read(Response),
+    /// Answer to `TimeoutNow`: the election started, or why not.
+    TimeoutNow(Result<(), String>),
 }
 
 /// Encodes a peer message.

@@ -5,6 +5,7 @@
 //! above never see openraft error types.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,6 +81,11 @@ pub struct Replica {
     state: SharedState,
     /// Only the simulator sets this; `StaleRead` breaks `read` (and the gateway's check).
     canary: Option<Canary>,
+    /// Set while this replica hands its leadership over (`handover.rs`): proposals are refused.
+    pub(crate) handing_over: Arc<AtomicBool>,
+    /// openraft's leader lease (its `election_timeout_max`): followers that heard from the
+    /// leader this recently refuse to vote, and so does the leader itself after its election.
+    pub(crate) lease: Duration,
 }
 
 impl Replica {
@@ -124,6 +130,8 @@ impl Replica {
             raft,
             state,
             canary: opts.sim_hooks.canary,
+            handing_over: Arc::new(AtomicBool::new(false)),
+            lease: Duration::from_millis(opts.election_timeout_max_ms),
         })
     }
 
@@ -175,6 +183,15 @@ impl Replica {
 
     /// Replicates `cmd` and returns the state machine's answer once applied.
     pub async fn propose(&self, cmd: Command, timeout: Duration) -> Response {
+        if self.handing_over.load(Ordering::Acquire) {
+            // A write appended now could leave the handover target's log behind ours, and then
+            // we could not vote for it; the client retries and finds the new leader.
+            return Err(ErrorReply::NotLeader {
+                shard: self.group,
+                leader: None,
+                leader_addr: None,
+            });
+        }
         match tokio::time::timeout(timeout, self.raft.client_write(cmd)).await {
             Err(_) => Err(ErrorReply::Timeout(format!(
                 "write to shard {} not committed in {timeout:?}",
@@ -232,6 +249,7 @@ impl Replica {
             PeerRequest::Propose(_, cmd) => PeerResponse::Propose(self.propose(cmd, timeout).await),
             PeerRequest::ShardMap => PeerResponse::NoSuchGroup(self.group),
             PeerRequest::Read(_, op) => PeerResponse::Read(self.read(&op, Consistency::Stale, timeout).await),
+            PeerRequest::TimeoutNow(_) => PeerResponse::TimeoutNow(self.elect_now().await),
         }
     }
 

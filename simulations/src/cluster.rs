@@ -124,6 +124,8 @@ impl Cluster {
                     election_timeout_max_ms: election + 1,
                     snapshot_logs_since_last: 200,
                     logs_kept_behind_snapshot: 50,
+                    // Crashes are abrupt here; the handover runs only in `NodeHandle::shutdown`.
+                    handover_timeout_ms: 0,
                 },
                 gateway: GatewayLimits {
                     requests_in_flight_max: 1_024,

@@ -26,6 +26,74 @@ fn write_certs(dir: &Path) -> TlsPaths {
     }
 }
 
+/// The CA and one certificate per node id, written under `dir`.
+pub fn write_cluster_certs(dir: &Path, ids: &[u64]) -> Vec<TlsPaths> {
+    let ca = plexus_net::certs::make_ca("test").unwrap();
+    std::fs::write(dir.join("ca.pem"), &ca.cert_pem).unwrap();
+    ids.iter()
+        .map(|id| {
+            let node = plexus_net::certs::make_node_cert(&ca, *id, &[]).unwrap();
+            let (cert, key) = (
+                dir.join(format!("node-{id}.pem")),
+                dir.join(format!("node-{id}-key.pem")),
+            );
+            std::fs::write(&cert, &node.cert_pem).unwrap();
+            std::fs::write(&key, &node.key_pem).unwrap();
+            TlsPaths {
+                ca_cert: dir.join("ca.pem"),
+                node_cert: cert,
+                node_key: key,
+            }
+        })
+        .collect()
+}
+
+/// Configs for nodes 1..=`nodes` on loopback under `dir` (certificates written there).
+pub fn cluster_configs(
+    dir: &Path,
+    nodes: u64,
+    shards: u32,
+    replication: usize,
+    raft: RaftTimings,
+    fsync: bool,
+) -> Vec<NodeConfig> {
+    let ids: Vec<u64> = (1..=nodes).collect();
+    let addrs: Vec<SocketAddr> = ids.iter().map(|_| free_addr()).collect();
+    let tls = write_cluster_certs(dir, &ids);
+    let peers: Vec<PeerConfig> = ids
+        .iter()
+        .zip(&addrs)
+        .map(|(id, addr)| PeerConfig { id: *id, addr: *addr })
+        .collect();
+    ids.iter()
+        .enumerate()
+        .map(|(i, id)| NodeConfig {
+            node_id: *id,
+            listen: addrs[i],
+            data_dir: dir.join(format!("data-{id}")),
+            token: TOKEN.into(),
+            shard_count: shards,
+            replication,
+            tls: tls[i].clone(),
+            peers: peers.clone(),
+            raft: raft.clone(),
+            gateway: GatewayLimits::default(),
+            worker_threads: None,
+            wal_batch_linger_us: None,
+            fsync,
+        })
+        .collect()
+}
+
+/// Waits (up to 60 s) until every node knows a leader for each group it hosts.
+pub async fn wait_for_cluster_leaders(nodes: &[NodeHandle]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !nodes.iter().all(|n| n.all_groups_have_leaders()) {
+        assert!(Instant::now() < deadline, "no leaders after 60s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn free_addr() -> SocketAddr {
     let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     s.local_addr().unwrap()

@@ -1,0 +1,151 @@
+//! Leadership handover: a leader that is about to stop passes each group it leads to a
+//! caught-up follower, so the group does not sit leaderless for an election timeout.
+//!
+//! openraft 0.9 has no transfer API, and a follower that heard from its leader within the
+//! leader lease (`election_timeout_max`) refuses to vote for anyone else. The leader itself holds
+//! that lease only for `election_timeout_max` after its own election, so a handover is an
+//! ordinary election decided by the old leader's vote: the leader stops taking proposals
+//! ([`Replica::begin_handover`]), waits until some follower's log matches its own, and tells that
+//! follower to stand now (`PeerRequest::TimeoutNow`, answered by [`Replica::elect_now`]). The
+//! follower asks for votes; the old leader grants its vote (equal log, lease over) and steps
+//! down; the two are a quorum of a group of two or three voters. No Raft voting rule is bypassed:
+//! if any step fails, the group elects a leader after the usual timeout, as after a crash.
+//!
+//! What it is not: a way to move leadership off a node that keeps serving (the replica refuses
+//! proposals from the start of the handover until [`Replica::cancel_handover`]), nor a handover
+//! for groups of more than three voters (their other followers' leases would refuse the vote).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use openraft::ServerState;
+use plexus_proto::NodeId;
+use tokio::time::Instant;
+
+use crate::replica::Replica;
+
+/// Voters a group may have for a handover to be possible: the old leader and its successor
+/// must be a quorum.
+pub const HANDOVER_VOTERS_MAX: usize = 3;
+/// How often a handover re-reads the replication progress while a follower catches up.
+const CATCH_UP_POLL_MS: u64 = 5;
+/// Margin added to the leader's own lease before the successor may stand.
+const LEASE_MARGIN_MS: u64 = 20;
+
+/// Why a handover did not complete.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HandoverError {
+    /// No follower's log caught up with the leader's before the deadline.
+    #[error("group {0}: no follower caught up before the deadline")]
+    NoCaughtUpFollower(u32),
+    /// The leader has not heard from a quorum for longer than its lease, so no follower could
+    /// be elected with its help (the other replicas are down or cut off).
+    #[error("group {0}: no quorum has answered for {1} ms")]
+    NoQuorum(u32, u64),
+    /// No other node became leader before the deadline.
+    #[error("group {0}: leadership did not move before the deadline")]
+    NotMoved(u32),
+    /// The Raft instance has stopped.
+    #[error("group {0}: raft stopped: {1}")]
+    Stopped(u32, String),
+}
+
+impl Replica {
+    /// Starts handing this replica's leadership over: refuses new proposals, waits out the
+    /// leader's own lease, and waits (until `deadline`) for voters whose logs match the
+    /// leader's. Returns them in id order (a caught-up voter may since have died: the caller
+    /// tries them in turn), or `None` when there is nothing to hand over (not the leader, the
+    /// only voter, or more voters than [`HANDOVER_VOTERS_MAX`]); then the replica keeps taking
+    /// proposals.
+    pub async fn begin_handover(&self, deadline: Instant) -> Result<Option<Vec<NodeId>>, HandoverError> {
+        let voters: Vec<NodeId> = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            if m.state != ServerState::Leader {
+                return Ok(None);
+            }
+            m.membership_config.membership().voter_ids().collect()
+        };
+        if voters.len() < 2 || voters.len() > HANDOVER_VOTERS_MAX {
+            return Ok(None);
+        }
+        self.handing_over.store(true, Ordering::Release);
+        let elected_at = self
+            .raft
+            .with_raft_state(|st| st.vote_last_modified())
+            .await
+            .map_err(|e| HandoverError::Stopped(self.group, e.to_string()))?;
+        if let Some(at) = elected_at {
+            // Until our own lease ends we would refuse the successor's vote request.
+            let lease_end = at + self.lease + Duration::from_millis(LEASE_MARGIN_MS);
+            tokio::time::sleep_until(lease_end.min(deadline)).await;
+        }
+        loop {
+            let (caught_up, quorum_silent_ms) = self.caught_up_followers();
+            if !caught_up.is_empty() {
+                return Ok(Some(caught_up));
+            }
+            if quorum_silent_ms > self.lease.as_millis() as u64 {
+                return Err(HandoverError::NoQuorum(self.group, quorum_silent_ms));
+            }
+            if Instant::now() >= deadline {
+                return Err(HandoverError::NoCaughtUpFollower(self.group));
+            }
+            let next = Instant::now() + Duration::from_millis(CATCH_UP_POLL_MS);
+            tokio::time::sleep_until(next.min(deadline)).await;
+        }
+    }
+
+    /// The other voters whose replicated logs match this leader's last log entry, in id order,
+    /// and how long ago a quorum last acknowledged this leader, in milliseconds.
+    fn caught_up_followers(&self) -> (Vec<NodeId>, u64) {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let last = m.last_log_index;
+        let quorum_silent_ms = m.millis_since_quorum_ack.unwrap_or(u64::MAX);
+        let matched: BTreeMap<NodeId, Option<u64>> = m
+            .replication
+            .iter()
+            .flatten()
+            .map(|(id, log_id)| (*id, log_id.map(|l| l.index)))
+            .collect();
+        let caught_up = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|id| *id != self.node_id && matched.get(id).copied().flatten() == last)
+            .collect();
+        (caught_up, quorum_silent_ms)
+    }
+
+    /// Ends a handover that will not happen: the replica takes proposals again.
+    pub fn cancel_handover(&self) {
+        self.handing_over.store(false, Ordering::Release);
+    }
+
+    /// Waits until `deadline` for another node to lead the group; returns it.
+    pub async fn await_new_leader(&self, deadline: Instant) -> Result<NodeId, HandoverError> {
+        let me = self.node_id;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let moved = self
+            .raft
+            .wait(Some(left))
+            .metrics(
+                |m| m.current_leader.is_some_and(|l| l != me),
+                "leadership moved to another node",
+            )
+            .await;
+        match moved {
+            Ok(m) => m.current_leader.ok_or(HandoverError::NotMoved(self.group)),
+            Err(openraft::metrics::WaitError::Timeout(..)) => Err(HandoverError::NotMoved(self.group)),
+            Err(e) => Err(HandoverError::Stopped(self.group, e.to_string())),
+        }
+    }
+
+    /// Answers `TimeoutNow`: stands for election at once.
+    pub(crate) async fn elect_now(&self) -> Result<(), String> {
+        tracing::info!(group = self.group, "standing for election at the leader's request");
+        self.raft.trigger().elect().await.map_err(|e| e.to_string())
+    }
+}
