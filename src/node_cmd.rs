@@ -1,5 +1,5 @@
 //! `plexus node --config FILE`: one node in the foreground until SIGTERM or
-//! SIGINT, then a graceful stop (stop serving, stop replicas, flush the WAL).
+//! SIGINT, then a graceful stop (hand leadership over, stop serving, stop replicas, flush the WAL).
 
 use std::path::Path;
 
