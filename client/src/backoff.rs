@@ -1,9 +1,13 @@
 //! Retry delays: exponential backoff with jitter.
 //!
 //! A pure function of the failure count and a random draw, so it is tested
-//! without clocks. It does not decide *whether* to retry; `client.rs` does.
+//! without clocks. The draw comes from the client's one seedable RNG, so a
+//! client built with a seed waits the same delays every run. It does not
+//! decide *whether* to retry; `client.rs` does.
 
 use std::time::Duration;
+
+use rand::Rng;
 
 /// The delay before the retry that follows failure number `failures` (1-based).
 ///
@@ -19,9 +23,9 @@ pub(crate) fn backoff_delay(base: Duration, max: Duration, failures: u32, unit: 
     half + half.mul_f64(unit)
 }
 
-/// A delay for `failures` using the thread-local RNG.
-pub(crate) fn jittered(base: Duration, max: Duration, failures: u32) -> Duration {
-    backoff_delay(base, max, failures, rand::random::<f64>())
+/// A delay for `failures` drawn from `rng`.
+pub(crate) fn jittered(base: Duration, max: Duration, failures: u32, rng: &mut impl Rng) -> Duration {
+    backoff_delay(base, max, failures, rng.gen::<f64>())
 }
 
 #[cfg(test)]

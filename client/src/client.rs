@@ -5,23 +5,29 @@
 //! once; transient failures back off with jitter, bounded by `retries_max` and
 //! by `request_timeout`, which covers the whole call. Writes keep one session
 //! sequence number across all their retries. Typed operations live in `ops.rs`;
-//! the wire and connections live in `conn.rs`.
+//! how a request reaches a node is the [`Transport`]'s business (`transport.rs`;
+//! QUIC in `conn.rs`). Every random draw — the client id, backoff jitter — comes
+//! from one RNG, seeded from the OS or, through [`Client::connect_with`], by the
+//! caller, so a seeded client behaves the same on every run.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use plexus_proto::{
     AdminOp, Consistency, ErrorReply, NodeId, NodeInfo, Op, Reply, Request, Response, ShardId, ShardMap,
 };
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use tokio::sync::Semaphore;
 use tracing::{debug, Instrument};
 
 use crate::backoff::jittered;
 use crate::config::ClientConfig;
-use crate::conn::{Pool, NODE_CONNECTIONS_MAX};
+use crate::conn::NODE_CONNECTIONS_MAX;
 use crate::error::ClientError;
 use crate::session::{SeqGuard, SessionTracker};
+use crate::transport::{QuicTransport, Transport};
 
 /// Transient failures between two refreshes of the shard map during one call.
 pub const REFRESH_EVERY_FAILURES: u32 = 3;
@@ -43,7 +49,9 @@ pub struct Client {
 
 pub(crate) struct Inner {
     cfg: ClientConfig,
-    pool: Pool,
+    transport: Arc<dyn Transport>,
+    /// The client's only source of randomness (backoff jitter; the client id was its first draw).
+    rng: Mutex<StdRng>,
     /// The node the client first reached; admin calls and map refreshes try it first.
     home: String,
     map: RwLock<Arc<ShardMap>>,
@@ -79,17 +87,39 @@ enum Route<'a> {
 }
 
 impl Client {
-    /// Connects to the first seed that answers `Hello` and caches its shard map.
+    /// Connects over QUIC to the first seed that answers `Hello` and caches its shard map.
+    /// Randomness (the client id, backoff jitter) is seeded from the operating system.
     pub async fn connect(cfg: ClientConfig) -> Result<Client, ClientError> {
         cfg.validate()?;
-        let pool = Pool::new(&cfg)?;
+        let transport = QuicTransport::new(&cfg)?;
+        // Like `rand::random`, which the client used before, this panics only on a system
+        // without any entropy source.
+        Self::start(cfg, Arc::new(transport), StdRng::from_entropy()).await
+    }
+
+    /// Connects through `transport` instead of QUIC, drawing every random choice from an RNG
+    /// seeded with `rng_seed`: two clients built with the same seed get the same client id and
+    /// the same backoff delays. The transport brings its own security, so `cfg.ca_pem` is not
+    /// checked (and `cfg.token`, `cfg.connect_timeout` matter only if the transport reads them);
+    /// every other setting is validated as [`Client::connect`] does.
+    pub async fn connect_with(
+        cfg: ClientConfig,
+        transport: Arc<dyn Transport>,
+        rng_seed: u64,
+    ) -> Result<Client, ClientError> {
+        cfg.validate_settings()?;
+        Self::start(cfg, transport, StdRng::seed_from_u64(rng_seed)).await
+    }
+
+    /// Reaches the first usable seed through `transport`; `cfg` is already validated.
+    async fn start(cfg: ClientConfig, transport: Arc<dyn Transport>, mut rng: StdRng) -> Result<Client, ClientError> {
         let mut last = None;
         for seed in &cfg.seeds {
             // A seed whose map is unusable (a node still starting, say) counts as a failed seed.
-            let reached = match pool.connection(seed).await {
-                Ok((_, Some(ok))) => check_map(&ok.shard_map).map(|()| Some(ok.shard_map)),
+            let reached = match transport.connect(seed).await {
+                Ok(Some(ok)) => check_map(&ok.shard_map).map(|()| Some(ok.shard_map)),
                 // Only a seed listed twice finds its connection already made; its map is fetched below.
-                Ok((_, None)) => Ok(None),
+                Ok(None) => Ok(None),
                 Err(e) => Err(e),
             };
             let map = match reached {
@@ -104,10 +134,11 @@ impl Client {
             let inner = Inner {
                 home: seed.clone(),
                 map: RwLock::new(Arc::new(map.unwrap_or_default())),
-                sessions: SessionTracker::new(rand::random::<u64>()),
+                sessions: SessionTracker::new(rng.gen::<u64>()),
+                rng: Mutex::new(rng),
                 permits: Semaphore::new(cfg.in_flight_max),
                 closed: AtomicBool::new(false),
-                pool,
+                transport,
                 cfg,
             };
             let client = Client {
@@ -166,7 +197,7 @@ impl Client {
     /// (a stale read from a follower, say); applications use the typed calls.
     pub async fn call_at(&self, addr: &str, req: Request) -> Result<Response, ClientError> {
         self.inner.check_open()?;
-        self.inner.pool.request(addr, &req).await
+        self.inner.transport.request(addr, req).await
     }
 
     /// A handle sharing this client whose typed reads use `c`.
@@ -182,7 +213,7 @@ impl Client {
         self.inner.closed.store(true, Ordering::SeqCst);
         // Waiters on the in-flight limit wake up and see the client is closed.
         self.inner.permits.close();
-        self.inner.pool.close().await;
+        self.inner.transport.close().await;
     }
 }
 
@@ -193,6 +224,11 @@ impl Inner {
         } else {
             Ok(())
         }
+    }
+
+    fn rng(&self) -> std::sync::MutexGuard<'_, StdRng> {
+        // Every use is one draw; a panic cannot leave the generator torn.
+        self.rng.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn map_snapshot(&self) -> Arc<ShardMap> {
@@ -288,7 +324,7 @@ impl Inner {
                 session: None,
                 op: Op::Admin(AdminOp::ShardMap),
             };
-            let answer = tokio::time::timeout(per_node, self.pool.request(&addr, &req)).await;
+            let answer = tokio::time::timeout(per_node, self.transport.request(&addr, req)).await;
             match answer.unwrap_or(Err(ClientError::Timeout)) {
                 Ok(Ok(Reply::ShardMap(m))) => return self.install_map(m),
                 Ok(Ok(other)) => {
@@ -360,7 +396,7 @@ impl Inner {
                 session: session.map(SeqGuard::session),
                 op: op.clone(),
             };
-            let result = self.pool.request(&addr, &req).await;
+            let result = self.transport.request(&addr, req).await;
             if !matches!(result, Ok(Err(ErrorReply::NotLeader { .. }))) {
                 redirects_in_row = 0;
             }
@@ -432,7 +468,8 @@ impl Inner {
                         debug!(error = %e, "shard map refresh during retries failed");
                     }
                 }
-                tokio::time::sleep(jittered(self.cfg.backoff_base, self.cfg.backoff_max, failures)).await;
+                let delay = jittered(self.cfg.backoff_base, self.cfg.backoff_max, failures, &mut *self.rng());
+                tokio::time::sleep(delay).await;
             }
         }
     }
@@ -440,11 +477,256 @@ impl Inner {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use plexus_proto::{HelloOk, Session, ShardPlacement, WriteOp};
+
     use super::*;
+    use crate::transport::BoxFuture;
 
     #[test]
     fn client_is_cheap_to_share_across_tasks() {
         fn shareable<T: Clone + Send + Sync + 'static>() {}
         shareable::<Client>();
+    }
+
+    /// A scripted answer: `None` means the node never answers this request.
+    type Script = Box<dyn Fn(&Request) -> Option<Response> + Send + Sync>;
+
+    /// An in-memory transport: each address answers by its script, and every request is
+    /// logged with the (virtual) time it was sent.
+    struct Fake {
+        map: ShardMap,
+        scripts: BTreeMap<String, Script>,
+        log: Mutex<Vec<(String, Request, tokio::time::Instant)>>,
+    }
+
+    impl Fake {
+        fn sent(&self) -> Vec<(String, Request, tokio::time::Instant)> {
+            self.log.lock().unwrap().clone()
+        }
+    }
+
+    impl Transport for Fake {
+        fn connect<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, Result<Option<HelloOk>, ClientError>> {
+            let ok = self.scripts.contains_key(addr).then(|| HelloOk {
+                node_id: self
+                    .map
+                    .nodes
+                    .iter()
+                    .find(|n| n.client_addr == addr)
+                    .map_or(0, |n| n.id),
+                shard_map: self.map.clone(),
+            });
+            Box::pin(async move {
+                ok.map(Some).ok_or_else(|| ClientError::Connect {
+                    addr: addr.to_string(),
+                    reason: "no such node".into(),
+                })
+            })
+        }
+
+        fn request<'a>(&'a self, addr: &'a str, req: Request) -> BoxFuture<'a, Result<Response, ClientError>> {
+            Box::pin(async move {
+                let answer = self.scripts.get(addr).map(|script| script(&req));
+                self.log
+                    .lock()
+                    .unwrap()
+                    .push((addr.to_string(), req, tokio::time::Instant::now()));
+                match answer {
+                    Some(Some(response)) => Ok(response),
+                    Some(None) => std::future::pending().await,
+                    None => Err(ClientError::Connect {
+                        addr: addr.to_string(),
+                        reason: "no such node".into(),
+                    }),
+                }
+            })
+        }
+
+        fn close(&self) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    /// One shard on nodes 1 (`a:1`) and 2 (`b:1`); the map names node 1 its leader.
+    fn two_nodes(a: Script, b: Script) -> Arc<Fake> {
+        let map = ShardMap {
+            shard_count: 1,
+            nodes: vec![
+                NodeInfo {
+                    id: 1,
+                    client_addr: "a:1".into(),
+                },
+                NodeInfo {
+                    id: 2,
+                    client_addr: "b:1".into(),
+                },
+            ],
+            shards: vec![ShardPlacement {
+                shard: 0,
+                replicas: vec![1, 2],
+                leader: Some(1),
+            }],
+        };
+        let scripts = BTreeMap::from([("a:1".to_string(), a), ("b:1".to_string(), b)]);
+        Arc::new(Fake {
+            map,
+            scripts,
+            log: Mutex::default(),
+        })
+    }
+
+    /// A configuration without TLS material, which only the QUIC transport would need.
+    fn cfg() -> ClientConfig {
+        ClientConfig::new(vec!["a:1".into()], String::new(), "token".into())
+    }
+
+    fn session_of(r: &Request) -> Session {
+        r.session.expect("writes carry a session")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn not_leader_is_followed_to_the_named_leader_with_the_same_seq() {
+        let fake = two_nodes(
+            Box::new(|req| {
+                Some(Err(ErrorReply::NotLeader {
+                    shard: req.shard,
+                    leader: Some(2),
+                    leader_addr: Some("b:1".into()),
+                }))
+            }),
+            Box::new(|_| Some(Ok(Reply::Changed(true)))),
+        );
+        let client = Client::connect_with(cfg(), fake.clone(), 7).await.unwrap();
+        assert!(client.follow(1, 2).await.unwrap());
+        let sent = fake.sent();
+        assert_eq!(
+            sent.iter().map(|(a, _, _)| a.as_str()).collect::<Vec<_>>(),
+            ["a:1", "b:1"]
+        );
+        // The redirect is followed at once, not after a backoff.
+        assert_eq!(sent[0].2, sent[1].2);
+        assert_eq!(session_of(&sent[0].1), session_of(&sent[1].1));
+        assert_eq!(client.shard_map().shards[0].leader, Some(2));
+        // The next write goes straight to the leader the redirect named.
+        assert!(client.follow(1, 3).await.unwrap());
+        assert_eq!(fake.sent().last().map(|(a, _, _)| a.clone()), Some("b:1".to_string()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retried_write_reuses_its_session_seq() {
+        let busy = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let b = busy.clone();
+        let fake = two_nodes(
+            Box::new(move |_| {
+                Some(if b.fetch_add(1, Ordering::SeqCst) < 2 {
+                    Err(ErrorReply::Busy("queue full".into()))
+                } else {
+                    Ok(Reply::Appended(77))
+                })
+            }),
+            Box::new(|_| None),
+        );
+        let client = Client::connect_with(cfg(), fake.clone(), 7).await.unwrap();
+        assert_eq!(client.timeline_append(5, b"x".to_vec()).await.unwrap(), 77);
+        let sent = fake.sent();
+        assert_eq!(sent.len(), 3);
+        let expected = Session {
+            client_id: client.client_id(),
+            seq: 1,
+            ack_below: 1,
+        };
+        for (addr, req, _) in &sent {
+            assert_eq!(addr, "a:1");
+            assert_eq!(session_of(req), expected);
+            assert_eq!(
+                req.op,
+                Op::Write(WriteOp::TimelineAppend {
+                    owner: 5,
+                    item: b"x".to_vec()
+                })
+            );
+        }
+        // The next write is a new one.
+        assert_eq!(client.timeline_append(5, b"y".to_vec()).await.unwrap(), 77);
+        assert_eq!(session_of(&fake.sent()[3].1).seq, 2);
+    }
+
+    #[tokio::test]
+    async fn the_same_seed_draws_the_same_client_id() {
+        let fake = || two_nodes(Box::new(|_| None), Box::new(|_| None));
+        let a = Client::connect_with(cfg(), fake(), 42).await.unwrap();
+        let b = Client::connect_with(cfg(), fake(), 42).await.unwrap();
+        let c = Client::connect_with(cfg(), fake(), 43).await.unwrap();
+        assert_eq!(a.client_id(), b.client_id());
+        assert_ne!(a.client_id(), c.client_id());
+    }
+
+    /// The virtual times, relative to the first, at which `seed`'s client sent a write that
+    /// the node answered `Busy` until its retries ran out.
+    async fn backoff_pattern(seed: u64) -> Vec<Duration> {
+        let fake = two_nodes(
+            Box::new(|_| Some(Err(ErrorReply::Busy("queue full".into())))),
+            Box::new(|_| None),
+        );
+        let mut cfg = cfg();
+        // Few enough failures that no shard map refresh comes between the attempts.
+        cfg.retries_max = 2;
+        let client = Client::connect_with(cfg, fake.clone(), seed).await.unwrap();
+        let err = client.follow(1, 2).await.unwrap_err();
+        assert!(
+            matches!(err, ClientError::RetriesExhausted { attempts: 3, .. }),
+            "{err:?}"
+        );
+        let sent = fake.sent();
+        sent.iter().map(|(_, _, at)| *at - sent[0].2).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_same_seed_waits_the_same_backoff_delays() {
+        let a = backoff_pattern(42).await;
+        assert_eq!(a.len(), 3);
+        assert_eq!(a, backoff_pattern(42).await);
+        assert_ne!(a, backoff_pattern(43).await);
+        // Each delay is jittered within [ceiling/2, ceiling] of a doubling 20 ms ceiling.
+        for (i, pair) in a.windows(2).enumerate() {
+            let ceiling = Duration::from_millis(20 << i);
+            let wait = pair[1] - pair[0];
+            assert!(wait >= ceiling / 2 && wait <= ceiling, "retry {i}: {wait:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_never_answered_ends_at_request_timeout() {
+        let fake = two_nodes(Box::new(|_| None), Box::new(|_| None));
+        let client = Client::connect_with(cfg(), fake.clone(), 1).await.unwrap();
+        let start = tokio::time::Instant::now();
+        let err = client.follow(1, 2).await.unwrap_err();
+        assert!(matches!(err, ClientError::Timeout), "{err:?}");
+        let limit = client.inner.cfg.request_timeout;
+        // The timer wheel may round the deadline up to its next millisecond.
+        assert!(start.elapsed() >= limit && start.elapsed() <= limit + Duration::from_millis(1));
+        assert_eq!(fake.sent().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_seam_needs_no_tls_material_but_quic_still_does() {
+        let fake = two_nodes(Box::new(|_| None), Box::new(|_| None));
+        assert!(Client::connect_with(cfg(), fake, 1).await.is_ok());
+        let quic = Client::connect(cfg()).await;
+        assert!(
+            matches!(quic, Err(ClientError::Config(ref m)) if m.contains("ca_cert")),
+            "{:?}",
+            quic.err()
+        );
+        // Every other setting is still checked on the seam.
+        let mut bad = cfg();
+        bad.request_timeout = Duration::ZERO;
+        let fake = two_nodes(Box::new(|_| None), Box::new(|_| None));
+        assert!(matches!(
+            Client::connect_with(bad, fake, 1).await,
+            Err(ClientError::Config(_))
+        ));
     }
 }

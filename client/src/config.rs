@@ -159,6 +159,14 @@ impl ClientConfig {
 
     /// Checks every value is usable; [`crate::Client::connect`] calls it too.
     pub fn validate(&self) -> Result<(), ClientError> {
+        self.validate_settings()?;
+        ca_certs(&self.ca_pem)?;
+        Ok(())
+    }
+
+    /// Checks every value except the TLS material, which only the QUIC transport reads;
+    /// [`crate::Client::connect_with`] calls this, since its transport brings its own security.
+    pub(crate) fn validate_settings(&self) -> Result<(), ClientError> {
         let bad = |m: String| Err(ClientError::Config(m));
         if self.seeds.is_empty() {
             return bad("seeds: at least one seed address is required".into());
@@ -195,7 +203,6 @@ impl ClientConfig {
                 tokio::sync::Semaphore::MAX_PERMITS
             ));
         }
-        ca_certs(&self.ca_pem)?;
         Ok(())
     }
 }

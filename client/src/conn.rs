@@ -2,8 +2,10 @@
 //! lazily, greeted with `Hello` once, and redialled when it dies.
 //!
 //! This module moves single requests: one bidi stream, one `Request` frame,
-//! one `Response` frame. It knows nothing of shards, retries or sessions;
-//! `client.rs` decides where each attempt goes and whether to try again.
+//! one `Response` frame. It is the inside of [`crate::QuicTransport`], the
+//! default [`crate::Transport`]. It knows nothing of shards, retries or
+//! sessions; `client.rs` decides where each attempt goes and whether to try
+//! again.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};

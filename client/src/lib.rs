@@ -8,6 +8,11 @@
 //! inside one overall timeout, and gives every write an exactly-once session
 //! sequence number that its retries reuse.
 //!
+//! How requests reach nodes is a seam: [`Client::connect`] uses QUIC
+//! ([`QuicTransport`]); [`Client::connect_with`] takes any [`Transport`] and a
+//! seed for the client's one RNG (the deterministic simulator runs this very
+//! client over its simulated network that way).
+//!
 //! What it is not: it contains no server code and depends on no server crate
 //! (net, raft, actors, kernels), so an application links only this crate, the
 //! wire protocol, quinn and rustls. It does not fan out or merge across
@@ -32,6 +37,7 @@ mod conn;
 mod error;
 mod ops;
 mod session;
+mod transport;
 
 pub use client::{Client, REDIRECTS_IMMEDIATE_MAX, REFRESH_EVERY_FAILURES};
 pub use config::{
@@ -46,3 +52,4 @@ pub use plexus_proto::{
     ScoreRequest, ShardMap, TimelineEntry, VertexId,
 };
 pub use roaring::RoaringTreemap;
+pub use transport::{BoxFuture, QuicTransport, Transport};
