@@ -10,6 +10,7 @@
 //! from one RNG, seeded from the OS or, through [`Client::connect_with`], by the
 //! caller, so a seeded client behaves the same on every run.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
@@ -20,6 +21,7 @@ use plexus_proto::{
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tracing::{debug, Instrument};
 
 use crate::backoff::jittered;
@@ -35,6 +37,9 @@ pub const REFRESH_EVERY_FAILURES: u32 = 3;
 pub const REDIRECTS_IMMEDIATE_MAX: u32 = 2;
 /// Floor on the time one node gets to answer a shard map refresh, in milliseconds.
 const REFRESH_NODE_TIMEOUT_MS_MIN: u64 = 200;
+/// How long a node that failed at the transport level (refused, dropped or did not answer an
+/// attempt) is passed over when another replica can be asked instead, in milliseconds.
+pub const NODE_DOWN_MS: u64 = 1_000;
 /// Shard id sent with admin requests, which belong to no shard; nodes ignore it.
 const ADMIN_SHARD: ShardId = 0;
 
@@ -55,6 +60,9 @@ pub(crate) struct Inner {
     /// The node the client first reached; admin calls and map refreshes try it first.
     home: String,
     map: RwLock<Arc<ShardMap>>,
+    /// Node addresses that just failed at the transport level, and until when to pass them over
+    /// (at most `NODE_CONNECTIONS_MAX` entries; expired ones are dropped as new ones arrive).
+    down: Mutex<BTreeMap<String, Instant>>,
     sessions: SessionTracker,
     permits: Semaphore,
     closed: AtomicBool,
@@ -134,6 +142,7 @@ impl Client {
             let inner = Inner {
                 home: seed.clone(),
                 map: RwLock::new(Arc::new(map.unwrap_or_default())),
+                down: Mutex::new(BTreeMap::new()),
                 sessions: SessionTracker::new(rng.gen::<u64>()),
                 rng: Mutex::new(rng),
                 permits: Semaphore::new(cfg.in_flight_max),
@@ -283,6 +292,22 @@ impl Inner {
         }
     }
 
+    /// Passes `addr` over for `NODE_DOWN_MS` wherever another node can be asked instead.
+    fn mark_down(&self, addr: &str) {
+        let mut down = self.down.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        down.retain(|_, until| *until > now);
+        if down.len() < NODE_CONNECTIONS_MAX {
+            down.insert(addr.to_string(), now + Duration::from_millis(NODE_DOWN_MS));
+        }
+    }
+
+    /// Whether `addr` failed at the transport level within the last `NODE_DOWN_MS`.
+    fn is_down(&self, addr: &str) -> bool {
+        let down = self.down.lock().unwrap_or_else(PoisonError::into_inner);
+        down.get(addr).is_some_and(|until| *until > Instant::now())
+    }
+
     /// Candidate nodes for a call that may go anywhere: home first, then the map's nodes, then the seeds.
     fn any_nodes(&self, map: &ShardMap) -> Vec<String> {
         let mut out = vec![self.home.clone()];
@@ -298,12 +323,19 @@ impl Inner {
     fn shard_target(&self, map: &ShardMap, shard: ShardId, attempt: u32) -> String {
         let placement = map.shards.iter().find(|p| p.shard == shard);
         if let Some(addr) = placement.and_then(|p| p.leader).and_then(|id| map.node_addr(id)) {
-            return addr.to_string();
+            // A leader that just failed at the transport level is probably gone: ask a replica,
+            // which names the new leader, instead of waiting on a dead address.
+            if !self.is_down(addr) {
+                return addr.to_string();
+            }
         }
-        // No known leader: rotate through the replicas; a follower answers with the leader's address.
+        // No usable leader: rotate through the replicas that are not down (all of them if every
+        // one is); a follower answers with the leader's address.
         let replicas: Vec<&str> = placement
             .map(|p| p.replicas.iter().filter_map(|id| map.node_addr(*id)).collect())
             .unwrap_or_default();
+        let up: Vec<&str> = replicas.iter().copied().filter(|a| !self.is_down(a)).collect();
+        let replicas = if up.is_empty() { replicas } else { up };
         if !replicas.is_empty() {
             return replicas[attempt as usize % replicas.len()].to_string();
         }
@@ -396,7 +428,14 @@ impl Inner {
                 session: session.map(SeqGuard::session),
                 op: op.clone(),
             };
-            let result = self.transport.request(&addr, req).await;
+            let result = match tokio::time::timeout(self.cfg.attempt_timeout, self.transport.request(&addr, req)).await
+            {
+                Ok(r) => r,
+                Err(_) => Err(ClientError::AttemptTimeout {
+                    addr: addr.clone(),
+                    after: self.cfg.attempt_timeout,
+                }),
+            };
             if !matches!(result, Ok(Err(ErrorReply::NotLeader { .. }))) {
                 redirects_in_row = 0;
             }
@@ -447,6 +486,7 @@ impl Inner {
                 Ok(Err(e)) => return Err(ClientError::Server(e)),
                 Err(e) if e.is_transient() => {
                     self.forget_leader(shard, &addr);
+                    self.mark_down(&addr);
                     (e, Next::Backoff)
                 }
                 Err(e) => return Err(e),
@@ -707,7 +747,38 @@ mod tests {
         let limit = client.inner.cfg.request_timeout;
         // The timer wheel may round the deadline up to its next millisecond.
         assert!(start.elapsed() >= limit && start.elapsed() <= limit + Duration::from_millis(1));
-        assert_eq!(fake.sent().len(), 1);
+        // 5 s of 2 s attempts: the leader, then the other replica (the leader is passed over
+        // while it counts as down), then the leader again once that has expired.
+        let sent = fake.sent();
+        assert_eq!(
+            sent.iter().map(|(a, _, _)| a.as_str()).collect::<Vec<_>>(),
+            ["a:1", "b:1", "a:1"]
+        );
+        assert!(sent.iter().all(|(_, r, _)| session_of(r) == session_of(&sent[0].1)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_leader_costs_one_attempt_then_a_replica_names_the_new_one() {
+        let fake = two_nodes(Box::new(|_| None), Box::new(|_| Some(Ok(Reply::Changed(true)))));
+        let client = Client::connect_with(cfg(), fake.clone(), 3).await.unwrap();
+        let start = tokio::time::Instant::now();
+        assert!(client.follow(1, 2).await.unwrap());
+        let sent = fake.sent();
+        assert_eq!(
+            sent.iter().map(|(a, _, _)| a.as_str()).collect::<Vec<_>>(),
+            ["a:1", "b:1"]
+        );
+        let attempt = client.inner.cfg.attempt_timeout;
+        let waited = sent[1].2 - sent[0].2;
+        // One attempt limit plus one backoff (at most `backoff_base` after a first failure).
+        assert!(
+            waited >= attempt && waited <= attempt + client.inner.cfg.backoff_base,
+            "{waited:?}"
+        );
+        assert!(start.elapsed() < client.inner.cfg.request_timeout);
+        // While node 1 counts as down, the next write goes to node 2 without waiting on node 1.
+        assert!(client.follow(1, 3).await.unwrap());
+        assert_eq!(fake.sent().last().map(|(a, _, _)| a.clone()), Some("b:1".to_string()));
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@
 //! ca_cert = "certs/ca.pem"   # relative to this file's directory, or absolute
 //! token = "..."
 //! request_timeout_ms = 5000  # optional, as are all the keys below
+//! attempt_timeout_ms = 2000
 //! connect_timeout_ms = 3000
 //! retries_max = 8
 //! backoff_base_ms = 20
@@ -29,6 +30,9 @@ use crate::error::ClientError;
 
 /// Default overall limit on one request, retries included, in milliseconds.
 pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+/// Default limit on one attempt at one node, in milliseconds: a node that is alive but does not
+/// answer (hung, cut off) costs this much, not the whole request, before the client tries another.
+pub const ATTEMPT_TIMEOUT_MS_DEFAULT: u64 = 2_000;
 /// Default limit on dialling one node (QUIC + TLS + Hello), in milliseconds.
 pub const CONNECT_TIMEOUT_MS_DEFAULT: u64 = 3_000;
 /// Default number of retries after the first attempt.
@@ -57,6 +61,9 @@ pub struct ClientConfig {
     pub token: String,
     /// Overall limit on one request, retries and backoff included.
     pub request_timeout: Duration,
+    /// Limit on one attempt at one node; an attempt past it is retried elsewhere (a write under
+    /// the same session sequence number, so it still applies once).
+    pub attempt_timeout: Duration,
     /// Limit on dialling one node (QUIC + TLS + Hello).
     pub connect_timeout: Duration,
     /// Retries after the first attempt before giving up.
@@ -77,6 +84,7 @@ impl fmt::Debug for ClientConfig {
             .field("ca_pem_bytes", &self.ca_pem.len())
             .field("token", &"<redacted>")
             .field("request_timeout", &self.request_timeout)
+            .field("attempt_timeout", &self.attempt_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("retries_max", &self.retries_max)
             .field("backoff_base", &self.backoff_base)
@@ -95,6 +103,7 @@ struct ConfigFile {
     ca_cert: PathBuf,
     token: String,
     request_timeout_ms: Option<u64>,
+    attempt_timeout_ms: Option<u64>,
     connect_timeout_ms: Option<u64>,
     retries_max: Option<u32>,
     backoff_base_ms: Option<u64>,
@@ -110,6 +119,7 @@ impl ClientConfig {
             ca_pem,
             token,
             request_timeout: Duration::from_millis(REQUEST_TIMEOUT_MS_DEFAULT),
+            attempt_timeout: Duration::from_millis(ATTEMPT_TIMEOUT_MS_DEFAULT),
             connect_timeout: Duration::from_millis(CONNECT_TIMEOUT_MS_DEFAULT),
             retries_max: RETRIES_MAX_DEFAULT,
             backoff_base: Duration::from_millis(BACKOFF_BASE_MS_DEFAULT),
@@ -134,6 +144,9 @@ impl ClientConfig {
         let mut cfg = ClientConfig::new(file.seeds, ca_pem, file.token);
         if let Some(ms) = file.request_timeout_ms {
             cfg.request_timeout = Duration::from_millis(ms);
+        }
+        if let Some(ms) = file.attempt_timeout_ms {
+            cfg.attempt_timeout = Duration::from_millis(ms);
         }
         if let Some(ms) = file.connect_timeout_ms {
             cfg.connect_timeout = Duration::from_millis(ms);
@@ -182,6 +195,9 @@ impl ClientConfig {
         }
         if self.request_timeout.is_zero() {
             return bad("request_timeout must be above zero".into());
+        }
+        if self.attempt_timeout.is_zero() {
+            return bad("attempt_timeout must be above zero".into());
         }
         if self.connect_timeout.is_zero() {
             return bad("connect_timeout must be above zero".into());

@@ -37,6 +37,8 @@ const IDLE_TIMEOUT_MS: u32 = 30_000;
 const CLOSE_DRAIN_MS: u64 = 1_000;
 /// QUIC application close code for an orderly client shutdown.
 const CLOSE_CODE_DONE: u32 = 0;
+/// QUIC application close code a node sends when it shuts down (docs/PROTOCOL.md).
+const NODE_CLOSE_SHUTDOWN: u32 = 0;
 
 /// A node's connection slot; the async lock makes concurrent callers share one dial.
 #[derive(Default)]
@@ -80,10 +82,21 @@ impl Pool {
         let slot = self.slot(addr)?;
         let mut guard = slot.conn.lock().await;
         if let Some(c) = guard.as_ref() {
-            if c.close_reason().is_none() {
-                return Ok((c.clone(), None));
+            match c.close_reason() {
+                None => return Ok((c.clone(), None)),
+                Some(ConnectionError::ApplicationClosed(close))
+                    if close.error_code == VarInt::from_u32(NODE_CLOSE_SHUTDOWN) =>
+                {
+                    // The node said it is stopping: redialling now would only wait out the connect
+                    // timeout. Report it so the caller asks another replica; the next call redials.
+                    *guard = None;
+                    return Err(ClientError::Connection {
+                        addr: addr.to_string(),
+                        reason: "the node shut down".into(),
+                    });
+                }
+                Some(reason) => debug!(addr, ?reason, "connection closed; redialling"),
             }
-            debug!(addr, reason = ?c.close_reason(), "connection closed; redialling");
         }
         *guard = None;
         let dialled = tokio::time::timeout(self.connect_timeout, self.dial(addr))

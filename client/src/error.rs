@@ -54,6 +54,14 @@ pub enum ClientError {
     /// The node sent data that failed validation (a shard map, a bitmap, a list of the wrong length).
     #[error("invalid data from server: {0}")]
     InvalidData(String),
+    /// One attempt at one node got no answer within `attempt_timeout` (the client retries it).
+    #[error("no answer from {addr} within {after:?}")]
+    AttemptTimeout {
+        /// The node address that was asked.
+        addr: String,
+        /// The limit that passed.
+        after: std::time::Duration,
+    },
     /// The request did not complete within `request_timeout` (including retries and backoff).
     #[error("request timed out")]
     Timeout,
@@ -84,7 +92,7 @@ impl ClientError {
     /// configuration errors are permanent: every node presents the same CA.
     pub fn is_transient(&self) -> bool {
         match self {
-            ClientError::Connect { .. } | ClientError::Connection { .. } => true,
+            ClientError::Connect { .. } | ClientError::Connection { .. } | ClientError::AttemptTimeout { .. } => true,
             ClientError::Server(e) => e.is_retryable(),
             _ => false,
         }
