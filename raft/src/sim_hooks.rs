@@ -1,5 +1,6 @@
 //! Simulation-only hooks into a replica: deliberate bugs (canaries) that show the simulator's
-//! checkers can see what they are for, and an observer of every applied log entry.
+//! checkers can see what they are for, an observer of every applied log entry, and an observer
+//! of every snapshot a replica's state machine builds, installs or loads.
 //!
 //! What it is: `SimHooks`, carried in `ReplicaOptions`. The deterministic simulator sets it
 //! through `plexus_actors::NodeSeams`; each canary is implemented at the real code point it
@@ -13,7 +14,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use openraft::Entry;
+use openraft::{Entry, LogId};
 
 use crate::types::TypeConfig;
 
@@ -67,6 +68,22 @@ impl fmt::Display for Canary {
 /// it is applied. It runs inside the apply loop, so it must be quick and must not block.
 pub type ApplyObserver = Arc<dyn Fn(u32, &Entry<TypeConfig>) + Send + Sync>;
 
+/// How a state machine came to hold a snapshot's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SnapshotEvent {
+    /// It built the snapshot from the entries it applied.
+    Built,
+    /// It installed the snapshot, received from a leader, in place of its state.
+    Installed,
+    /// It loaded the snapshot from its own disk when the replica opened (a restart).
+    Loaded,
+}
+
+/// Called with `(group, event, the snapshot's last log id, the hash of the state it holds)`
+/// (`ShardState::state_hash`) for every snapshot a replica's state machine builds, installs or
+/// loads. It must be quick and must not block.
+pub type SnapshotObserver = Arc<dyn Fn(u32, SnapshotEvent, Option<LogId<u64>>, u64) + Send + Sync>;
+
 /// The hooks of one node's replicas; the default switches everything off.
 #[derive(Clone, Default)]
 pub struct SimHooks {
@@ -74,6 +91,8 @@ pub struct SimHooks {
     pub canary: Option<Canary>,
     /// Sees every applied entry, if set.
     pub on_apply: Option<ApplyObserver>,
+    /// Sees every snapshot built, installed or loaded, if set.
+    pub on_snapshot: Option<SnapshotObserver>,
 }
 
 impl SimHooks {
@@ -88,6 +107,7 @@ impl fmt::Debug for SimHooks {
         f.debug_struct("SimHooks")
             .field("canary", &self.canary)
             .field("on_apply", &self.on_apply.is_some())
+            .field("on_snapshot", &self.on_snapshot.is_some())
             .finish()
     }
 }

@@ -20,7 +20,7 @@ use openraft::{
 use plexus_proto::{Reply, Response};
 use serde::{Deserialize, Serialize};
 
-use crate::sim_hooks::{ApplyObserver, Canary, SimHooks};
+use crate::sim_hooks::{ApplyObserver, Canary, SimHooks, SnapshotEvent, SnapshotObserver};
 use crate::state::{ShardState, StateLimits};
 use crate::types::TypeConfig;
 use crate::wal::SnapshotStore;
@@ -85,6 +85,8 @@ pub struct StateMachineStore {
     canary: Option<Canary>,
     /// Simulation only: sees every applied entry.
     on_apply: Option<ApplyObserver>,
+    /// Simulation only: sees every snapshot built, installed or loaded.
+    on_snapshot: Option<SnapshotObserver>,
 }
 
 fn sm_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
@@ -113,6 +115,7 @@ impl StateMachineStore {
             snapshot_seq: 0,
             canary: None,
             on_apply: None,
+            on_snapshot: None,
         };
         if let Some((meta, data)) = load_snapshot(&store.snapshots, group)? {
             let state = ShardState::from_snapshot(&data, store.limits.clone()).map_err(read_sm_err)?;
@@ -124,15 +127,20 @@ impl StateMachineStore {
     }
 
     /// This store with the simulator's hooks: the canary goes into the state (now and after
-    /// every snapshot install), the observer sees every applied entry.
+    /// every snapshot install), the observers see every applied entry and every snapshot (the
+    /// one `open` loaded, if any, is reported here).
     pub fn with_hooks(mut self, hooks: &SimHooks) -> Self {
         self.canary = hooks.canary;
         self.on_apply = hooks.on_apply.clone();
+        self.on_snapshot = hooks.on_snapshot.clone();
         // Setting one field cannot leave the state half-updated, so a poisoned lock is still fine.
-        self.state
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .set_canary(self.canary);
+        let mut state = self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.set_canary(self.canary);
+        // `open` sets `last_applied` only from a snapshot it loaded.
+        if let (Some(observe), Some(_)) = (&self.on_snapshot, self.last_applied) {
+            observe(self.group, SnapshotEvent::Loaded, self.last_applied, state.state_hash());
+        }
+        drop(state);
         self
     }
 
@@ -144,6 +152,14 @@ impl StateMachineStore {
     fn install(&mut self, meta: &SnapshotMeta<NodeId, Node>, data: Vec<u8>) -> Result<(), StorageError<NodeId>> {
         let mut state = ShardState::from_snapshot(&data, self.limits.clone()).map_err(sm_err)?;
         state.set_canary(self.canary);
+        if let Some(observe) = &self.on_snapshot {
+            observe(
+                self.group,
+                SnapshotEvent::Installed,
+                meta.last_log_id,
+                state.state_hash(),
+            );
+        }
         save_snapshot(&self.snapshots, self.group, meta, &data)?;
         *self.state.write().map_err(sm_err)? = state;
         self.last_applied = meta.last_log_id;
@@ -153,18 +169,29 @@ impl StateMachineStore {
 }
 
 /// Builds a snapshot from a copy of the state taken under the read lock.
+///
+/// The copy is taken when openraft asks for the builder, together with `last_applied`: openraft
+/// runs `build_snapshot` as a separate task while the state machine goes on applying entries, so
+/// reading the shared state there could store a state that is ahead of the snapshot's last log
+/// id (the simulator's `committed_entries` checker caught exactly that).
 pub struct SnapshotBuilder {
     group: u32,
-    state: SharedState,
+    /// The state at `last_applied`, or why it could not be read (a poisoned lock).
+    state: Result<ShardState, String>,
     last_applied: Option<LogId<NodeId>>,
     last_membership: StoredMembership<NodeId, Node>,
     snapshots: Arc<SnapshotStore>,
     seq: u64,
+    on_snapshot: Option<SnapshotObserver>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let data = self.state.read().map_err(read_sm_err)?.to_snapshot();
+        let state = self.state.as_ref().map_err(read_sm_err)?;
+        if let Some(observe) = &self.on_snapshot {
+            observe(self.group, SnapshotEvent::Built, self.last_applied, state.state_hash());
+        }
+        let data = state.to_snapshot();
         let snapshot_id = match self.last_applied {
             Some(l) => format!("{}-{}-{}-{}", self.group, l.leader_id.term, l.index, self.seq),
             None => format!("{}-0-0-{}", self.group, self.seq),
@@ -218,13 +245,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.snapshot_seq += 1;
+        let state = self.state.read().map(|s| s.clone()).map_err(|e| e.to_string());
         SnapshotBuilder {
             group: self.group,
-            state: self.state.clone(),
+            state,
             last_applied: self.last_applied,
             last_membership: self.last_membership.clone(),
             snapshots: self.snapshots.clone(),
             seq: self.snapshot_seq,
+            on_snapshot: self.on_snapshot.clone(),
         }
     }
 
@@ -249,5 +278,44 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 snapshot: Box::new(Cursor::new(data)),
             }),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, Entry};
+    use plexus_proto::WriteOp;
+
+    use super::*;
+    use crate::types::Command;
+
+    fn append(index: u64, item: &str) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::Client {
+                session: None,
+                op: WriteOp::TimelineAppend {
+                    owner: 7,
+                    item: item.as_bytes().to_vec(),
+                },
+                now_millis: 1_700_000_000_000,
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_holds_the_state_at_its_last_log_id_while_applies_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshots = Arc::new(SnapshotStore::open(dir.path()).unwrap());
+        let mut sm = StateMachineStore::open(0, 1, StateLimits::default(), snapshots).unwrap();
+        sm.apply([append(1, "a"), append(2, "b")]).await.unwrap();
+        let mut builder = sm.get_snapshot_builder().await;
+        // openraft builds in a task of its own while the state machine applies the next entries.
+        sm.apply([append(3, "c")]).await.unwrap();
+        let snapshot = builder.build_snapshot().await.unwrap();
+        assert_eq!(snapshot.meta.last_log_id.map(|l| l.index), Some(2));
+        let state = ShardState::from_snapshot(snapshot.snapshot.get_ref(), StateLimits::default()).unwrap();
+        assert_eq!(state.last_applied(), 2);
+        assert_eq!(sm.shared().read().unwrap().last_applied(), 3);
     }
 }
