@@ -99,7 +99,7 @@ fn print_report(report: &SeedReport, args: &SimArgs) {
     );
     if !report.unchecked_keys.is_empty() {
         println!(
-            "  linearizability unchecked (search bound reached) for timelines {:?}",
+            "  linearizability unchecked (search bound reached) for {:?}",
             report.unchecked_keys
         );
     }

@@ -1,134 +1,176 @@
-//! The simulated client: the client library's routing, retry and session logic over the
-//! simulated network.
+//! The simulated clients' transport: `plexus-client`'s [`Transport`] seam over the simulated
+//! network, so the workload runs the real client library — its shard routing, `NotLeader`
+//! redirects, retries with jittered backoff, shard map refreshes, request timeouts and
+//! exactly-once sessions — exactly as an application would.
 //!
-//! What it is: a reproduction of `plexus-client`'s request path — a cached leader per shard,
-//! `NotLeader` redirects, retries of retryable errors with equal-jitter exponential backoff, a
-//! per-request timeout, and exactly-once sessions (one sequence number per logical write, reused
-//! by every retry, `ack_below` = the lowest sequence still in flight). The random draws come from
-//! the client's seeded RNG.
+//! What it is: [`SimTransport`], which maps each node's client address (the address the node
+//! reports in its shard map, given to `start_core`) to its node id and carries every `Hello` and
+//! request as one [`SimNet::client_exchange`]: loss, delay, a node that is down or cut off all
+//! mean no answer. It keeps a connection per address, as the QUIC transport does: dialling is a
+//! `Hello` exchange bounded by the client's `connect_timeout`; a connection made to an earlier
+//! incarnation of a node is reset when that node has restarted (QUIC's stateless reset); and a
+//! connection that hears nothing for [`CONNECTION_IDLE_MS`] dies (QUIC's idle timeout, scaled
+//! down to the simulation's time scale). Both are connection errors, which the client retries
+//! elsewhere under the same session sequence number — the path that exactly-once writes exist
+//! for — within its overall `request_timeout`. [`connect`] builds one client on it, with the
+//! sim's settings and a seed for the client's RNG.
 //!
-//! What it is not: `plexus-client` itself. That crate is bound to QUIC (quinn connections per
-//! node) and has no transport seam yet; giving it one is the next increment, after which this
-//! module should disappear.
+//! What it is not: QUIC. Streams, flow control, TLS and retransmission are not modelled; a lost
+//! message is lost for good (a harsher network than QUIC's, which retransmits).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use plexus_proto::{Consistency, ErrorReply, Op, ReadOp, Request, Response, Session, WriteOp};
-use rand::rngs::StdRng;
-use rand::Rng;
+use plexus_client::{BoxFuture, Client, ClientConfig, ClientError, Transport};
+use plexus_proto::{HelloOk, Request, Response};
 
-use crate::net::SimNet;
+use crate::net::{SimNet, StaleConnection};
 
-/// Attempts per request, the first one included.
-pub const ATTEMPTS_MAX: u32 = 8;
-/// Backoff before the second attempt, doubling per failure.
-pub const BACKOFF_BASE: Duration = Duration::from_millis(20);
-/// Longest backoff between attempts.
-pub const BACKOFF_MAX: Duration = Duration::from_millis(1_000);
+/// Overall limit on one client call, retries and backoff included, in milliseconds: room for
+/// every attempt to run into [`CONNECTION_IDLE_MS`] plus the backoffs between them.
+pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// Limit on one dial (the `Hello` exchange), in milliseconds.
+pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// Retries after a call's first attempt (so 8 attempts in all).
+pub const RETRIES_MAX: u32 = 7;
+/// Backoff before the first retry, doubling per failure, in milliseconds.
+pub const BACKOFF_BASE_MS: u64 = 20;
+/// Longest backoff between attempts, in milliseconds.
+pub const BACKOFF_MAX_MS: u64 = 1_000;
+/// A request that hears nothing for this long kills its connection, in milliseconds: quinn's
+/// idle timeout (30 s in `plexus-client`) scaled to a simulation whose fault phase lasts
+/// seconds. The failed attempt is a connection error, so the client backs off and retries —
+/// what the simulator's clients did before the real client ran here (3 s per attempt).
+pub const CONNECTION_IDLE_MS: u64 = 3_000;
+/// Token the simulated nodes are configured with (the simulated gateway does not check it).
+const TOKEN: &str = "simulated-cluster-token";
 
-/// One simulated client.
-pub struct SimClient {
-    /// The session's client id.
-    pub client_id: u64,
+/// The client transport of one simulated client.
+pub struct SimTransport {
     net: Arc<SimNet>,
-    rng: StdRng,
-    nodes: Vec<u64>,
-    shard_count: u32,
-    leaders: BTreeMap<u32, u64>,
-    next_seq: u64,
-    request_timeout: Duration,
+    /// Client address → node id, for every node of the cluster.
+    nodes: BTreeMap<String, u64>,
+    connect_timeout: Duration,
+    /// Client address → the node incarnation this client's connection was made to. Its size is
+    /// bounded by the cluster's node count.
+    conns: Mutex<BTreeMap<String, u64>>,
 }
 
-impl SimClient {
-    /// A client of a cluster of `nodes` with `shard_count` shards.
-    pub fn new(client_id: u64, net: Arc<SimNet>, rng: StdRng, nodes: Vec<u64>, shard_count: u32) -> Self {
+impl SimTransport {
+    /// A transport reaching `nodes` (client address → node id) over `net`.
+    pub fn new(net: Arc<SimNet>, nodes: BTreeMap<String, u64>, connect_timeout: Duration) -> Self {
         Self {
-            client_id,
             net,
-            rng,
             nodes,
-            shard_count,
-            leaders: BTreeMap::new(),
-            next_seq: 1,
-            request_timeout: Duration::from_millis(3_000),
+            connect_timeout,
+            conns: Mutex::new(BTreeMap::new()),
         }
     }
 
-    /// The client's RNG (the workload draws its choices from it too).
-    pub fn rng(&mut self) -> &mut StdRng {
-        &mut self.rng
+    fn conns(&self) -> MutexGuard<'_, BTreeMap<String, u64>> {
+        // Every change is one insert or remove; a panicking holder leaves the map consistent.
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Forgets every cached leader, as a client that just (re)connected knows none: its next
-    /// request goes to a random node and follows the redirect.
-    pub fn forget_leaders(&mut self) {
-        self.leaders.clear();
+    fn node(&self, addr: &str) -> Result<u64, ClientError> {
+        self.nodes.get(addr).copied().ok_or_else(|| ClientError::Connect {
+            addr: addr.to_string(),
+            reason: "resolve: no such node".into(),
+        })
     }
 
-    /// A write under a fresh session sequence number, retried until answered or out of attempts.
-    pub async fn write(&mut self, op: WriteOp) -> Response {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        // Operations are sequential per client: every earlier write is answered or abandoned.
-        let session = Session {
-            client_id: self.client_id,
-            seq,
-            ack_below: seq,
-        };
-        self.send(Op::Write(op), Some(session)).await
-    }
-
-    /// A linearizable read.
-    pub async fn read(&mut self, op: ReadOp) -> Response {
-        self.send(Op::Read(op), None).await
-    }
-
-    async fn send(&mut self, op: Op, session: Option<Session>) -> Response {
-        let shard = op.shard(self.shard_count).unwrap_or(0);
-        let mut last = Err(ErrorReply::ShardUnavailable(shard));
-        let mut failures = 0u32;
-        for _ in 0..ATTEMPTS_MAX {
-            let node = match self.leaders.get(&shard) {
-                Some(n) => *n,
-                None => self.nodes[self.rng.gen_range(0..self.nodes.len())],
-            };
-            let req = Request {
-                shard,
-                consistency: Consistency::Linearizable,
-                session,
-                op: op.clone(),
-            };
-            let answer = self.net.client_call(node, req, self.request_timeout).await;
-            match &answer {
-                Err(ErrorReply::NotLeader { leader: Some(l), .. }) if *l != node => {
-                    // A redirect is not a failure: go straight to the named leader.
-                    self.leaders.insert(shard, *l);
+    /// The incarnation of the connection to `addr`, dialling (a `Hello` exchange) if there is
+    /// none; the `HelloOk` comes back only when this call dialled.
+    async fn connection(&self, addr: &str) -> Result<(u64, Option<HelloOk>), ClientError> {
+        if let Some(epoch) = self.conns().get(addr) {
+            return Ok((*epoch, None));
+        }
+        let node = self.node(addr)?;
+        // What the node's endpoint answers a `Hello` with (`Gateway::hello`).
+        let hello = self.net.client_exchange(node, None, |core| {
+            Box::pin(async move {
+                HelloOk {
+                    node_id: core.registry.node_id,
+                    shard_map: core.registry.shard_map(),
                 }
-                Err(e) if e.is_retryable() => {
-                    self.leaders.remove(&shard);
-                    failures += 1;
-                    let delay = backoff(failures, self.rng.gen::<f64>());
-                    tokio::time::sleep(delay).await;
-                }
-                _ => {
-                    if answer.is_ok() {
-                        self.leaders.insert(shard, node);
-                    }
-                    return answer;
-                }
+            })
+        });
+        match tokio::time::timeout(self.connect_timeout, hello).await {
+            Ok(Ok((ok, epoch))) => {
+                self.conns().insert(addr.to_string(), epoch);
+                Ok((epoch, Some(ok)))
             }
-            last = answer;
+            // A fresh dial names no incarnation, so it is never reset.
+            Ok(Err(StaleConnection)) => Err(ClientError::Connect {
+                addr: addr.to_string(),
+                reason: "reset during the handshake".into(),
+            }),
+            Err(_) => Err(ClientError::Connect {
+                addr: addr.to_string(),
+                reason: format!("timed out after {:?}", self.connect_timeout),
+            }),
         }
-        last
+    }
+
+    async fn send(&self, addr: &str, req: Request) -> Result<Response, ClientError> {
+        let (epoch, _) = self.connection(addr).await?;
+        let node = self.node(addr)?;
+        let exchange = self.net.client_exchange(node, Some(epoch), move |core| {
+            Box::pin(async move { core.execute(req).await })
+        });
+        let lost = |reason: &str| ClientError::Connection {
+            addr: addr.to_string(),
+            reason: reason.to_string(),
+        };
+        match tokio::time::timeout(Duration::from_millis(CONNECTION_IDLE_MS), exchange).await {
+            Ok(Ok((answer, _))) => Ok(answer),
+            Ok(Err(StaleConnection)) => {
+                self.conns().remove(addr);
+                Err(lost("connection reset: the node restarted"))
+            }
+            Err(_) => {
+                self.conns().remove(addr);
+                Err(lost("idle timeout"))
+            }
+        }
     }
 }
 
-/// Equal-jitter exponential backoff, as `plexus-client` computes it.
-fn backoff(failures: u32, unit: f64) -> Duration {
-    let shift = failures.saturating_sub(1).min(31);
-    let ceiling = BACKOFF_BASE.saturating_mul(1u32 << shift).min(BACKOFF_MAX);
-    let half = ceiling / 2;
-    half + half.mul_f64(unit.clamp(0.0, 1.0))
+impl Transport for SimTransport {
+    fn connect<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, Result<Option<HelloOk>, ClientError>> {
+        Box::pin(async move { self.connection(addr).await.map(|(_, ok)| ok) })
+    }
+
+    fn request<'a>(&'a self, addr: &'a str, req: Request) -> BoxFuture<'a, Result<Response, ClientError>> {
+        Box::pin(self.send(addr, req))
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        self.conns().clear();
+        Box::pin(async {})
+    }
+}
+
+/// The client settings every simulated client uses (close to the library's defaults, with a
+/// shorter call limit so faults show up as timeouts within a run).
+pub fn config(seeds: Vec<String>) -> ClientConfig {
+    let mut cfg = ClientConfig::new(seeds, String::new(), TOKEN.into());
+    cfg.request_timeout = Duration::from_millis(REQUEST_TIMEOUT_MS);
+    // Attempts end through the simulated connection's idle limit (see `CONNECTION_IDLE_MS`),
+    // not the client's own per-attempt limit.
+    cfg.attempt_timeout = cfg.request_timeout;
+    cfg.connect_timeout = Duration::from_millis(CONNECT_TIMEOUT_MS);
+    cfg.retries_max = RETRIES_MAX;
+    cfg.backoff_base = Duration::from_millis(BACKOFF_BASE_MS);
+    cfg.backoff_max = Duration::from_millis(BACKOFF_MAX_MS);
+    cfg
+}
+
+/// Connects one real `plexus_client::Client` over `net` to the nodes in `nodes` (client
+/// address → node id), trying them as seeds in address order, its RNG seeded with `rng_seed`.
+pub async fn connect(net: Arc<SimNet>, nodes: BTreeMap<String, u64>, rng_seed: u64) -> Result<Client, ClientError> {
+    let cfg = config(nodes.keys().cloned().collect());
+    let transport = SimTransport::new(net, nodes, cfg.connect_timeout);
+    Client::connect_with(cfg, Arc::new(transport), rng_seed).await
 }

@@ -20,7 +20,7 @@ use plexus_actors::clock::Clock;
 use plexus_actors::config::{GatewayLimits, PeerConfig, RaftTimings, TlsPaths};
 use plexus_actors::restart::RestartPolicy;
 use plexus_actors::{start_core, NodeConfig, NodeCore, NodeSeams};
-use plexus_raft::sim_hooks::{ApplyObserver, Canary, SimHooks};
+use plexus_raft::sim_hooks::{Canary, SimHooks};
 use plexus_raft::wal::{WalOptions, WriterMode};
 
 use crate::checkers::committed_entries::AppliedEntries;
@@ -69,24 +69,13 @@ pub struct Cluster {
     applied: AppliedEntries,
 }
 
-/// The observer through which node `id` reports every entry it applies.
-fn observer(id: u64, applied: AppliedEntries) -> ApplyObserver {
-    Arc::new(move |group, entry| {
-        // Encoding into a Vec cannot fail for these types; an empty encoding would only make
-        // conflicting entries look equal, never equal ones look different.
-        let bytes = postcard::to_allocvec(&entry.payload).unwrap_or_default();
-        let hash = crate::trace::fnv1a(0xcbf2_9ce4_8422_2325, &bytes);
-        applied.record(id, group, entry.log_id.index, entry.log_id.leader_id.term, hash);
-    })
-}
-
 fn fake_addr(id: u64) -> SocketAddr {
     SocketAddr::from(([10, 0, (id >> 8) as u8, id as u8], 7000))
 }
 
 impl Cluster {
     /// Builds (without starting) the cluster of `params`; every node runs with `canary` and
-    /// reports what it applies to `applied`.
+    /// reports what it applies and every snapshot it builds, installs or loads to `applied`.
     pub fn new(
         params: &SimParams,
         net: Arc<SimNet>,
@@ -122,8 +111,8 @@ impl Cluster {
                     heartbeat_ms: params.heartbeat_ms,
                     election_timeout_min_ms: election,
                     election_timeout_max_ms: election + 1,
-                    snapshot_logs_since_last: 200,
-                    logs_kept_behind_snapshot: 50,
+                    snapshot_logs_since_last: params.snapshot_logs_since_last,
+                    logs_kept_behind_snapshot: params.logs_kept_behind_snapshot,
                     // Crashes are abrupt here; the handover runs only in `NodeHandle::shutdown`.
                     handover_timeout_ms: 0,
                 },
@@ -161,6 +150,11 @@ impl Cluster {
     /// Node ids, ascending.
     pub fn ids(&self) -> Vec<u64> {
         self.nodes.keys().copied().collect()
+    }
+
+    /// Every node's client address (the one its shard map reports) → its id.
+    pub fn client_addrs(&self) -> BTreeMap<String, u64> {
+        self.nodes.keys().map(|id| (fake_addr(*id).to_string(), *id)).collect()
     }
 
     /// Whether `id` is running.
@@ -211,7 +205,8 @@ impl Cluster {
             restart_policy: RestartPolicy::default(),
             sim_hooks: SimHooks {
                 canary: self.canary,
-                on_apply: Some(observer(id, self.applied.clone())),
+                on_apply: Some(self.applied.apply_observer(id)),
+                on_snapshot: Some(self.applied.snapshot_observer(id)),
             },
         };
         let cfg = node.cfg.clone();
@@ -239,23 +234,36 @@ impl Cluster {
     /// Crashes `id`: off the network, disk crashed (unsynced bytes lost or torn), replicas
     /// stopped in group order, supervision tree stopped.
     pub async fn crash(&mut self, id: u64) {
-        let Some(node) = self.nodes.get_mut(&id) else {
-            return;
-        };
-        let Some(core) = node.core.take() else {
-            return;
-        };
-        self.net.detach(id);
-        let report = node.disk.crash();
-        self.trace.event(format_args!(
-            "node {id} crashed lost_bytes={} torn_bytes={} lost_files={}",
-            report.lost_bytes, report.torn_bytes, report.lost_files
-        ));
-        // Stop replicas one at a time in group order before the supervisor (whose children
-        // are kept in a randomly seeded map) gets to them.
-        for replica in core.registry.all() {
-            let _ = tokio::time::timeout(SHUTDOWN_WAIT, replica.shutdown()).await;
+        self.crash_all(&[id]).await;
+    }
+
+    /// Crashes every node of `ids` at one instant (a power cut): all of them go off the network
+    /// and lose their unsynced bytes before any of them is stopped, so none can fsync or send
+    /// in between; then each is stopped as `crash` does.
+    pub async fn crash_all(&mut self, ids: &[u64]) {
+        let mut cut = Vec::new();
+        for &id in ids {
+            let Some(node) = self.nodes.get_mut(&id) else {
+                continue;
+            };
+            let Some(core) = node.core.take() else {
+                continue;
+            };
+            self.net.detach(id);
+            let report = node.disk.crash();
+            self.trace.event(format_args!(
+                "node {id} crashed lost_bytes={} torn_bytes={} lost_files={}",
+                report.lost_bytes, report.torn_bytes, report.lost_files
+            ));
+            cut.push(core);
         }
-        core.stop();
+        for core in cut {
+            // Stop replicas one at a time in group order before the supervisor (whose children
+            // are kept in a randomly seeded map) gets to them.
+            for replica in core.registry.all() {
+                let _ = tokio::time::timeout(SHUTDOWN_WAIT, replica.shutdown()).await;
+            }
+            core.stop();
+        }
     }
 }

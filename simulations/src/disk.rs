@@ -5,8 +5,8 @@
 //! crash keeps only durable names and synced bytes (optionally tearing the unsynced tail of one
 //! file, keeping a random prefix of it), exactly the guarantees POSIX gives a careful program.
 //! `corrupt` flips one byte inside synced data, which the WAL must detect (never apply). A disk
-//! can be slow: `write_delay` draws how long each WAL batch takes to become durable, and now and
-//! then stalls a batch much longer.
+//! can be slow: `write_delay` draws how long each WAL batch takes to become durable (at least
+//! `sync_ms_min` on some seeds' disks), and now and then stalls a batch much longer.
 //!
 //! What it is not: a file system. Directories are implicit (a name's parent), files are only
 //! appended, and a truncation is treated as durable at once.
@@ -37,6 +37,9 @@ pub struct DiskFaults {
     pub stall_ms_max: u64,
     /// One batch in this many stalls (when `stall_ms_max` > 0).
     pub stall_one_in: u32,
+    /// Least time any WAL batch takes from its write to its fsync, in milliseconds (a disk
+    /// whose every fsync is slow); added to the drawn delay.
+    pub sync_ms_min: u64,
 }
 
 #[derive(Debug, Default)]
@@ -343,15 +346,16 @@ impl Disk for DiskHandle {
 
     fn write_delay(&self, _bytes: usize) -> Duration {
         let mut st = lock(&self.state);
+        let floor = st.faults.sync_ms_min;
         let (stall_max, stall_one_in) = (st.faults.stall_ms_max, st.faults.stall_one_in.max(1));
         if stall_max > 0 && st.rng.gen_range(0..stall_one_in) == 0 {
-            return Duration::from_millis(st.rng.gen_range(0..=stall_max));
+            return Duration::from_millis(floor + st.rng.gen_range(0..=stall_max));
         }
         let max = st.faults.slow_ms_max;
         if max == 0 {
-            return Duration::ZERO;
+            return Duration::from_millis(floor);
         }
-        Duration::from_millis(st.rng.gen_range(0..=max))
+        Duration::from_millis(floor + st.rng.gen_range(0..=max))
     }
 }
 

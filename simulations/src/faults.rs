@@ -5,11 +5,18 @@
 //! (half of the crashes wait, up to `GAP_WAIT_MS_MAX`, for a node whose disk holds written but
 //! unsynced log entries and crash that one, so crashes inside the WAL's write→fsync gap are
 //! common on slow disks),
-//! isolate a node (symmetric partition), block one directed link (one-way partition), or crash a
-//! node, flip a byte in its WAL and check that it refuses to start. Network loss, delay,
-//! duplication and reordering and slow or torn disks are rates in force the whole phase (see
-//! `net` and `disk`). One fault at a time, so a replication-3 shard never loses two replicas to
+//! isolate a node (symmetric partition), block one directed link (one-way partition), crash a
+//! node, flip a byte in its WAL and check that it refuses to start, or cut the power: every
+//! running node crashes at one instant and they all restart after the hold (the cut strikes, within
+//! `GAP_WAIT_MS_MAX`, at a random moment when at least `POWER_LOSS_GAP_NODES_MIN` nodes hold
+//! unsynced log bytes, so it usually finds writes in flight on a majority). Network loss, delay, duplication and
+//! reordering and slow or torn disks are rates in force the whole phase (see `net` and `disk`).
+//! One fault at a time: apart from a power cut, a replication-3 shard never loses two replicas to
 //! crashes at once (a corrupted node stays down, which is at most one).
+//!
+//! Every kind is valid for correct code: a node acknowledges a log entry only after its fsync,
+//! so even a power cut of every node loses nothing that was committed or acknowledged; only its
+//! availability suffers for the hold.
 //!
 //! What it is not: the network or disk model themselves.
 
@@ -24,6 +31,9 @@ use crate::trace::Trace;
 
 /// Longest time one fault is held, in milliseconds.
 pub const FAULT_HOLD_MS_MAX: u64 = 4_000;
+/// Longest time a power cut keeps the nodes down, in milliseconds: a quick reboot, so that more
+/// cuts fit in a run.
+pub const POWER_LOSS_HOLD_MS_MAX: u64 = 1_000;
 /// How long a crash aimed at the write→fsync gap waits for the node's disk to hold unsynced
 /// bytes before it crashes the node anyway, in milliseconds.
 pub const GAP_WAIT_MS_MAX: u64 = 500;
@@ -32,6 +42,13 @@ const GAP_POLL: Duration = Duration::from_millis(1);
 /// Unsynced bytes that make a node worth crashing in its gap: more than a lone committed-index
 /// record (20 bytes in the WAL), so what is lost includes log entries.
 pub const GAP_BYTES_MIN: u64 = 24;
+/// Nodes in their write→fsync gap that a power cut waits for (two of a group's three replicas
+/// are a majority).
+pub const POWER_LOSS_GAP_NODES_MIN: usize = 2;
+/// A power cut strikes at one poll in this many of those that find enough nodes in their gap,
+/// so it lands anywhere in a gap rather than at its start (when the newest entries are written
+/// but not yet replicated, let alone committed).
+pub const POWER_LOSS_ONE_IN_POLLS: u32 = 16;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -39,6 +56,7 @@ enum Kind {
     Isolate,
     OneWay,
     Corrupt,
+    PowerLoss,
 }
 
 /// Draws and applies faults.
@@ -67,6 +85,11 @@ impl FaultSchedule {
         }
         if f.corruption {
             kinds.push(Kind::Corrupt);
+        }
+        if f.power_loss {
+            // Twice as likely as each other kind: a cut tests durability only when it lands
+            // inside write→fsync gaps, which takes a few tries.
+            kinds.extend([Kind::PowerLoss, Kind::PowerLoss]);
         }
         Self {
             rng: StdRng::seed_from_u64(params.seed ^ salt::FAULTS),
@@ -162,22 +185,58 @@ impl FaultSchedule {
                     self.trace
                         .event(format_args!("fault skipped: a disk was already corrupted"));
                 }
+                Kind::PowerLoss => {
+                    // Only this schedule crashes and starts nodes, so `up` still holds after the wait.
+                    let in_gap = self.power_cut_moment(cluster).await;
+                    let hold = hold.min(Duration::from_millis(POWER_LOSS_HOLD_MS_MAX));
+                    self.trace.event(format_args!(
+                        "fault power loss of nodes {up:?} for {hold:?} in_gap={in_gap:?}"
+                    ));
+                    cluster.crash_all(&up).await;
+                    tokio::time::sleep(hold).await;
+                    for id in up {
+                        // A failed restart is recorded by the heal phase (it retries every node).
+                        let _ = cluster.start(id).await;
+                    }
+                }
             }
         }
     }
+}
+
+impl FaultSchedule {
+    /// Waits, up to `GAP_WAIT_MS_MAX`, for a random poll among those that find at least
+    /// `POWER_LOSS_GAP_NODES_MIN` running nodes with unsynced log bytes; returns those nodes
+    /// (perhaps fewer, or none, when the wait ran out).
+    async fn power_cut_moment(&mut self, cluster: &Cluster) -> Vec<u64> {
+        let mut found = Vec::new();
+        for _ in 0..GAP_WAIT_MS_MAX {
+            found = gap_nodes(cluster);
+            if found.len() >= POWER_LOSS_GAP_NODES_MIN && self.rng.gen_range(0..POWER_LOSS_ONE_IN_POLLS) == 0 {
+                return found;
+            }
+            tokio::time::sleep(GAP_POLL).await;
+        }
+        found
+    }
+}
+
+/// The running nodes whose disks hold at least `GAP_BYTES_MIN` unsynced bytes.
+fn gap_nodes(cluster: &Cluster) -> Vec<u64> {
+    cluster
+        .ids()
+        .into_iter()
+        .filter(|id| cluster.is_up(*id))
+        .filter(|id| cluster.disk(*id).is_some_and(|d| d.unsynced_bytes() >= GAP_BYTES_MIN))
+        .collect()
 }
 
 /// The first running node (in id order) whose disk holds at least `GAP_BYTES_MIN` unsynced
 /// bytes, polled for up to `GAP_WAIT_MS_MAX`; `None` if none did.
 async fn in_gap(cluster: &Cluster) -> Option<u64> {
     for _ in 0..GAP_WAIT_MS_MAX {
-        let found = cluster
-            .ids()
-            .into_iter()
-            .filter(|id| cluster.is_up(*id))
-            .find(|id| cluster.disk(*id).is_some_and(|d| d.unsynced_bytes() >= GAP_BYTES_MIN));
-        if found.is_some() {
-            return found;
+        if let Some(&first) = gap_nodes(cluster).first() {
+            return Some(first);
         }
         tokio::time::sleep(GAP_POLL).await;
     }

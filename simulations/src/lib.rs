@@ -1,18 +1,20 @@
 //! The plexus deterministic simulator: a whole cluster — the real node code (actors, openraft
-//! groups, shard state machines, gateway) — in one process, on virtual time, driven by one seed.
+//! groups, shard state machines, gateway) and the real client library (`plexus-client`) — in one
+//! process, on virtual time, driven by one seed.
 //!
 //! `run_seed(seed, options)` builds a current-thread tokio runtime with a paused clock, derives
 //! every parameter from the seed (`params`), starts the nodes on a simulated network (`net`) and
-//! simulated disks (`disk`), runs clients (`workload`, over `client`) while `faults` injects
+//! simulated disks (`disk`), runs real `plexus_client::Client`s (`workload`, each over the
+//! simulated transport in `client`, its RNG seeded from the seed) while `faults` injects
 //! faults, heals the cluster, waits for it to converge and runs the `checkers`. Every delivered
 //! message, fault, crash, restart and client operation is a line of the event `trace`, whose hash
 //! is the run's fingerprint: the same seed gives the same hash. A panic in any node task is a
 //! violation too (`panics`). `SimOptions::canary` runs every node with a deliberate bug
 //! (`plexus_raft::sim_hooks`) that the checkers must catch.
 //!
-//! What it is not: the QUIC stack (the network is replaced at the message level) or the real
-//! `plexus-client` crate (its logic is reproduced in `client`, see there). It never reads the wall
-//! clock except to report how fast a run was.
+//! What it is not: the QUIC stack (the network, the client's included, is replaced at the
+//! message level: `plexus-client`'s `Transport` seam on the client side, `RaftTransport` between
+//! nodes). It never reads the wall clock except to report how fast a run was.
 
 pub mod checkers;
 pub mod client;

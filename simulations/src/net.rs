@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use plexus_actors::NodeCore;
-use plexus_proto::{ErrorReply, Request, Response};
 use plexus_raft::network::{BoxFut, RaftTransport, TransportError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -257,36 +256,50 @@ impl SimNet {
         answer.map_err(|e| TransportError::Remote(to, e))
     }
 
-    /// Sends a client request to node `to` and waits at most `timeout` for the answer. A lost
-    /// request or answer, or a node that is down, looks like a timeout, as it does to a real
-    /// client.
-    pub async fn client_call(self: &Arc<Self>, to: u64, req: Request, timeout: Duration) -> Response {
-        let net = self.clone();
-        let exchange = async move {
-            let plan = net.plan();
-            if plan.lost_request {
-                return std::future::pending().await;
-            }
-            tokio::time::sleep(plan.request_delay).await;
-            let Some((core, epoch)) = net.reachable(0, None, to) else {
-                return std::future::pending().await;
-            };
-            let answer = match tokio::spawn(async move { core.execute(req).await }).await {
-                Ok(answer) => answer,
-                Err(_) => return std::future::pending().await,
-            };
-            tokio::time::sleep(plan.answer_delay).await;
-            if plan.lost_answer || !net.still(to, epoch) {
-                return std::future::pending().await;
-            }
-            answer
-        };
-        match tokio::time::timeout(timeout, exchange).await {
-            Ok(answer) => answer,
-            Err(_) => Err(ErrorReply::Timeout(format!("no answer from node {to} in {timeout:?}"))),
+    /// One client exchange with node `to`: the request leg, `serve` run on the node's own task,
+    /// the answer leg, with loss and delays drawn like any message's. A lost request or answer,
+    /// a node that is down or a blocked link means this never completes: a real client sees no
+    /// answer either, and its own timeouts decide. Clients sit outside every partition (their
+    /// links are never blocked), so only the node's side matters.
+    ///
+    /// `conn_epoch` is the incarnation the client's connection was made to: a restarted node
+    /// does not know that connection and answers `Err(StaleConnection)` (QUIC's stateless
+    /// reset). `None` is a fresh dial. `Ok` carries the incarnation that served.
+    pub async fn client_exchange<T: Send + 'static>(
+        self: &Arc<Self>,
+        to: u64,
+        conn_epoch: Option<u64>,
+        serve: impl FnOnce(Arc<NodeCore>) -> BoxFut<T> + Send + 'static,
+    ) -> Result<(T, u64), StaleConnection> {
+        let plan = self.plan();
+        if plan.lost_request {
+            return std::future::pending().await;
         }
+        tokio::time::sleep(plan.request_delay).await;
+        let Some((core, epoch)) = self.reachable(0, None, to) else {
+            return std::future::pending().await;
+        };
+        let answer = if conn_epoch.is_some_and(|e| e != epoch) {
+            Err(StaleConnection)
+        } else {
+            // The node works on its own task, as on its own endpoint: a client that gives up
+            // does not cancel the node's work.
+            match tokio::spawn(serve(core)).await {
+                Ok(answer) => Ok((answer, epoch)),
+                Err(_) => return std::future::pending().await,
+            }
+        };
+        tokio::time::sleep(plan.answer_delay).await;
+        if plan.lost_answer || !self.still(to, epoch) {
+            return std::future::pending().await;
+        }
+        answer
     }
 }
+
+/// A client's connection named an earlier incarnation of the node it reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StaleConnection;
 
 /// The `RaftTransport` of one node incarnation.
 struct SimTransport {

@@ -1,8 +1,9 @@
 //! Everything a run is made of, derived from its seed.
 //!
-//! What it is: `SimParams::derive(seed, options)` draws cluster size, shard count, Raft timings,
-//! clock skews, network and disk fault rates, the fault schedule's pacing and the workload mix
-//! from one `StdRng` seeded with the seed, in a fixed order. `SimOptions` are the few things a
+//! What it is: `SimParams::derive(seed, options)` draws cluster size, shard count, Raft timings
+//! and snapshot thresholds, clock skews, network and disk fault rates, the fault schedule's kinds
+//! and pacing and the workload mix from one `StdRng` seeded with the seed, in a fixed order
+//! (new draws go at the end, so adding one leaves every earlier parameter of a seed as it was). `SimOptions` are the few things a
 //! person may pin on the command line (faults off, a cluster shape for speed measurements).
 //!
 //! What it is not: the fault schedule itself; `faults` draws that while the run goes, from its
@@ -57,6 +58,10 @@ pub struct FaultSwitches {
     pub one_way: bool,
     /// One flipped byte in a crashed node's WAL, which must stop it from starting.
     pub corruption: bool,
+    /// Power cuts: every running node crashes at one instant (each disk loses its unsynced
+    /// writes), then they all restart. Nothing acknowledged may be lost, since it was fsynced
+    /// on a majority first.
+    pub power_loss: bool,
 }
 
 /// How the clients behave.
@@ -104,6 +109,11 @@ pub struct SimParams {
     pub liveness_secs_max: u64,
     /// Deadline of one request inside a node, in milliseconds.
     pub request_timeout_ms: u64,
+    /// Entries applied since a group's last snapshot that make it build the next one; small
+    /// values make snapshot builds, log purges and snapshot installs on lagging replicas common.
+    pub snapshot_logs_since_last: u64,
+    /// Entries a group keeps in its log behind its snapshot.
+    pub logs_kept_behind_snapshot: u64,
 }
 
 impl SimParams {
@@ -134,12 +144,14 @@ impl SimParams {
             slow_ms_max: if faulty { rng.gen_range(0..=20) } else { 0 },
             stall_ms_max: 0,
             stall_one_in: 1,
+            sync_ms_min: 0,
         };
-        let faults = FaultSwitches {
+        let mut faults = FaultSwitches {
             crashes: faulty && rng.gen_bool(0.8),
             partitions: faulty && rng.gen_bool(0.7),
             one_way: faulty && rng.gen_bool(0.5),
             corruption: faulty && nodes >= 4 && rng.gen_bool(0.3),
+            power_loss: false,
         };
         let workload = WorkloadMix {
             clients: rng.gen_range(2..=4),
@@ -160,6 +172,15 @@ impl SimParams {
             disk.stall_ms_max = rng.gen_range(50..=300);
             disk.stall_one_in = rng.gen_range(5..=50);
         }
+        faults.power_loss = faulty && rng.gen_bool(0.8);
+        // Some disks take a while for every fsync (a cloud volume, a busy spindle): the WAL's
+        // write→fsync gap is then open on every node most of the time, which is when a power cut
+        // finds written but unsynced log entries everywhere.
+        if faulty && rng.gen_bool(0.8) {
+            disk.sync_ms_min = rng.gen_range(10..=60);
+        }
+        let snapshot_logs_since_last = [5, 10, 25, 200][rng.gen_range(0..4)];
+        let logs_kept_behind_snapshot = rng.gen_range(0..=10);
         Self {
             seed,
             nodes,
@@ -176,6 +197,8 @@ impl SimParams {
             safety_secs: options.safety_secs.unwrap_or(15),
             liveness_secs_max: 30,
             request_timeout_ms: 2_000,
+            snapshot_logs_since_last,
+            logs_kept_behind_snapshot,
         }
     }
 }

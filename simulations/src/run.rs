@@ -23,7 +23,6 @@ use serde::Serialize;
 use crate::checkers::committed_entries::AppliedEntries;
 use crate::checkers::raft_safety::LeaderSamples;
 use crate::checkers::{self, FinalState, ReplicaEnd};
-use crate::client::SimClient;
 use crate::cluster::Cluster;
 use crate::faults::FaultSchedule;
 use crate::net::{NetFaults, SimNet};
@@ -54,9 +53,10 @@ pub struct SeedReport {
     /// The canary bug the nodes ran with, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub canary: Option<String>,
-    /// Timeline owners whose linearizability search ran past its bound (not violations).
+    /// Keys (`timeline 1500`, `edge 1000->2001`, `filter f1-0 key "k1-7"`) whose linearizability
+    /// search ran past its bound (not violations).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub unchecked_keys: Vec<u64>,
+    pub unchecked_keys: Vec<String>,
     /// Virtual time the run took.
     pub simulated_secs: f64,
     /// Real time the run took.
@@ -132,7 +132,7 @@ async fn simulate(seed: u64, options: &SimOptions) -> SeedReport {
         trace.event(format_args!("canary {canary}"));
     }
     let net = SimNet::new(seed ^ salt::NET, NetFaults::healthy(), trace.clone());
-    let applied = AppliedEntries::default();
+    let applied = AppliedEntries::new(params.shard_count, options.canary);
     let mut cluster = Cluster::new(&params, net.clone(), trace.clone(), options.canary, applied.clone());
     let mut violations = Vec::new();
     for id in cluster.ids() {
@@ -157,16 +157,11 @@ async fn simulate(seed: u64, options: &SimOptions) -> SeedReport {
     let mut clients = Vec::new();
     for c in 1..=params.workload.clients {
         let rng = StdRng::seed_from_u64(seed ^ (salt::CLIENT + c));
-        let sc = SimClient::new(
-            seed.wrapping_mul(1_000) + c,
-            net.clone(),
-            rng,
-            cluster.ids(),
-            params.shard_count,
-        );
         clients.push(tokio::spawn(workload::run_client(
             c,
-            sc,
+            net.clone(),
+            cluster.client_addrs(),
+            rng,
             params.workload.weights,
             params.workload.think_ms_max,
             universe.clone(),
@@ -243,9 +238,10 @@ async fn simulate(seed: u64, options: &SimOptions) -> SeedReport {
     violations.extend(labeled("panic", panicked));
     let ops_ok = history.iter().filter(|r| r.result.is_ok()).count() as u64;
     trace.event(format_args!(
-        "end ops={} ok={ops_ok} applied_reports={} lin_keys={} lin_unchecked={:?} violations={}",
+        "end ops={} ok={ops_ok} applied_reports={} snapshot_reports(built,installed,loaded)={:?} lin_keys={} lin_unchecked={:?} violations={}",
         history.len(),
         applied.reports(),
+        applied.snapshot_reports(),
         lin.keys_checked,
         lin.unchecked,
         violations.len()

@@ -1,9 +1,12 @@
 //! The workload: clients doing graph, timeline and filter operations, and the history they leave.
 //!
-//! What it is: each client owns some vertices, timeline owners and filters (it is their only
-//! writer, so a key's writes are sequential and its expected final state is exact), and reads
-//! anything. It picks operations by the seed's weights, with random think time, until told to
-//! stop, and records every operation with its virtual invoke and complete times and its answer.
+//! What it is: each simulated client is one real `plexus_client::Client` over the simulated
+//! network (`client`), its RNG seeded from the seed. It owns some vertices, timeline owners and
+//! filters (it is their only writer, so a key's writes are sequential and its expected final
+//! state is exact), and reads anything. It picks operations by the seed's weights, with random
+//! think time, until told to stop, and records every operation with its virtual invoke and
+//! complete times and its answer. A call the client gave up on (its time limit, its retries)
+//! is recorded as an error: the checkers treat every error as an unknown outcome.
 //!
 //! What it is not: a checker. Checkers read the history afterwards (`checkers`).
 
@@ -12,10 +15,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use plexus_proto::{Cursor, ReadOp, Reply, Response, WriteOp};
+use plexus_client::{Client, ClientError};
+use plexus_proto::{Consistency, Cursor, ErrorReply, Op, ReadOp, Reply, Request, Response, WriteOp};
+use rand::rngs::StdRng;
 use rand::Rng;
 
-use crate::client::SimClient;
+use crate::net::SimNet;
 use crate::trace::Trace;
 
 /// Vertices each client owns (it alone follows and unfollows from them).
@@ -28,10 +33,13 @@ pub const FILTERS_PER_CLIENT: u64 = 2;
 pub const APPENDS_PER_TIMELINE_MAX: u64 = 600;
 /// Entries asked for by one timeline read.
 pub const READ_PAGE_ENTRIES: u32 = 50;
-/// One read in this many starts with no cached leader (a client that just reconnected), so it
-/// lands on a random node: a correct node that does not lead redirects it, a node that served
-/// it from its own, possibly stale, state would be caught by the read checkers.
+/// One read in this many is first sent, raw (`Client::call_at`), to a random node, as by a
+/// client that just reconnected and knows no leader: a correct node that does not lead
+/// redirects it (the client then routes the read itself), a node that served it from its own,
+/// possibly stale, state would be caught by the read checkers.
 pub const FRESH_READ_ONE_IN: u32 = 5;
+/// Pause before a client that could not reach any seed tries again, in milliseconds.
+pub const CONNECT_RETRY_MS: u64 = 500;
 
 /// One operation as a client issued it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,7 +71,7 @@ pub struct Record {
     pub invoked_us: u64,
     /// Virtual microseconds at completion.
     pub completed_us: u64,
-    /// The answer (an error after the retries ran out).
+    /// The answer; an error when the call failed (see [`failure`]).
     pub result: Response,
 }
 
@@ -115,11 +123,76 @@ pub fn summary(r: &Response) -> String {
     }
 }
 
-/// Runs client number `client` until `stop` is set.
+/// The error a history records for a failed call: the node's own answer when one ended the
+/// call (the last one, when retries ran out), else a `Timeout` for the client's time limit or
+/// connection trouble, else `Internal`. Every one of them is an unknown outcome.
+pub fn failure(e: ClientError) -> ErrorReply {
+    match e {
+        ClientError::Server(e) => e,
+        ClientError::RetriesExhausted { last, .. } => failure(*last),
+        ClientError::Timeout => ErrorReply::Timeout("client: request timed out".into()),
+        e if e.is_transient() => ErrorReply::Timeout(format!("client: {e}")),
+        e => ErrorReply::Internal(format!("client: {e}")),
+    }
+}
+
+/// What a client call came to, as the history records it.
+fn outcome(r: Result<Reply, ClientError>) -> Response {
+    r.map_err(failure)
+}
+
+/// A read sent raw to the node at `addr`; when that node does not serve it (a redirect, no
+/// leader) or cannot be reached, the client routes it as usual, as a reconnected client would.
+/// The raw call is bounded by the transport's idle timeout; the routed one by the client's.
+async fn fresh_read(cl: &Client, addr: &str, op: Op) -> Response {
+    let req = Request {
+        shard: op.shard(cl.shard_map().shard_count).unwrap_or(0),
+        consistency: Consistency::Linearizable,
+        session: None,
+        op: op.clone(),
+    };
+    match cl.call_at(addr, req).await {
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(e)) if e.is_retryable() => outcome(cl.call(op, Consistency::Linearizable).await),
+        Ok(Err(e)) => Err(e),
+        Err(e) if e.is_transient() => outcome(cl.call(op, Consistency::Linearizable).await),
+        Err(e) => Err(failure(e)),
+    }
+}
+
+/// Connects client number `client`, trying again until it reaches a seed or `stop` is set.
+async fn connect(
+    client: u64,
+    net: &Arc<SimNet>,
+    nodes: &BTreeMap<String, u64>,
+    rng_seed: u64,
+    stop: &AtomicBool,
+    trace: &Trace,
+) -> Option<Client> {
+    loop {
+        match crate::client::connect(net.clone(), nodes.clone(), rng_seed).await {
+            Ok(cl) => {
+                trace.event(format_args!("client {client} connected id={:016x}", cl.client_id()));
+                return Some(cl);
+            }
+            Err(e) => trace.event(format_args!("client {client} connect failed: {e}")),
+        }
+        if stop.load(Ordering::Acquire) {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(CONNECT_RETRY_MS)).await;
+    }
+}
+
+/// Runs client number `client` until `stop` is set: a real client over `net` reaching `nodes`
+/// (client address → node id). `rng` picks the operations, and its first draw seeds the client
+/// library's own RNG (client id, backoff jitter), so the seed decides both.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_client(
     client: u64,
-    mut sc: SimClient,
+    net: Arc<SimNet>,
+    nodes: BTreeMap<String, u64>,
+    mut rng: StdRng,
     weights: [u32; 7],
     think_ms_max: u64,
     universe: Universe,
@@ -127,6 +200,10 @@ pub async fn run_client(
     stop: Arc<AtomicBool>,
     trace: Trace,
 ) {
+    let Some(cl) = connect(client, &net, &nodes, rng.gen::<u64>(), &stop, &trace).await else {
+        return;
+    };
+    let addrs: Vec<&String> = nodes.keys().collect();
     let vertices = own_vertices(client);
     let owners = own_owners(client);
     let filters = own_filters(client);
@@ -136,7 +213,6 @@ pub async fn run_client(
     let mut n = 0u64;
     while !stop.load(Ordering::Acquire) {
         n += 1;
-        let rng = sc.rng();
         let mut pick = rng.gen_range(0..total);
         let mut kind = 0;
         while pick >= weights[kind] {
@@ -168,25 +244,24 @@ pub async fn run_client(
             action,
             Action::HasEdge(..) | Action::ReadTimeline(_) | Action::FilterContains(..)
         );
-        if is_read && sc.rng().gen_range(0..FRESH_READ_ONE_IN) == 0 {
-            sc.forget_leaders();
-        }
+        let fresh = (is_read && rng.gen_range(0..FRESH_READ_ONE_IN) == 0).then(|| addrs[rng.gen_range(0..addrs.len())]);
+        let op = match action.clone() {
+            Action::Follow(src, dst) => Op::Write(WriteOp::Follow { src, dst }),
+            Action::Unfollow(src, dst) => Op::Write(WriteOp::Unfollow { src, dst }),
+            Action::HasEdge(src, dst) => Op::Read(ReadOp::HasEdge { src, dst }),
+            Action::Append(owner, item) => Op::Write(WriteOp::TimelineAppend { owner, item }),
+            Action::ReadTimeline(owner) => Op::Read(ReadOp::TimelineRead {
+                owner,
+                cursor: Cursor::Latest,
+                limit: READ_PAGE_ENTRIES,
+            }),
+            Action::FilterAdd(name, key) => Op::Write(WriteOp::FilterAdd { name, keys: vec![key] }),
+            Action::FilterContains(name, key) => Op::Read(ReadOp::FilterContains { name, keys: vec![key] }),
+        };
         let invoked_us = trace.now_us();
-        let result = match action.clone() {
-            Action::Follow(src, dst) => sc.write(WriteOp::Follow { src, dst }).await,
-            Action::Unfollow(src, dst) => sc.write(WriteOp::Unfollow { src, dst }).await,
-            Action::HasEdge(src, dst) => sc.read(ReadOp::HasEdge { src, dst }).await,
-            Action::Append(owner, item) => sc.write(WriteOp::TimelineAppend { owner, item }).await,
-            Action::ReadTimeline(owner) => {
-                sc.read(ReadOp::TimelineRead {
-                    owner,
-                    cursor: Cursor::Latest,
-                    limit: READ_PAGE_ENTRIES,
-                })
-                .await
-            }
-            Action::FilterAdd(name, key) => sc.write(WriteOp::FilterAdd { name, keys: vec![key] }).await,
-            Action::FilterContains(name, key) => sc.read(ReadOp::FilterContains { name, keys: vec![key] }).await,
+        let result = match fresh {
+            Some(addr) => fresh_read(&cl, addr, op).await,
+            None => outcome(cl.call(op, Consistency::Linearizable).await),
         };
         if let (Action::FilterAdd(name, key), Ok(_)) = (&action, &result) {
             acked_keys.push((name.clone(), key.clone()));
@@ -200,7 +275,8 @@ pub async fn run_client(
             result,
         };
         history.lock().unwrap_or_else(|p| p.into_inner()).push(record);
-        let think = sc.rng().gen_range(1..=think_ms_max.max(1));
+        let think = rng.gen_range(1..=think_ms_max.max(1));
         tokio::time::sleep(Duration::from_millis(think)).await;
     }
+    cl.close().await;
 }

@@ -1,8 +1,9 @@
-//! Per-key linearizability of timelines: a Wing–Gong–Lowe search (as Porcupine does it) over the
-//! history of one timeline's appends and reads, with their invoke and return times on the
-//! virtual clock.
+//! Per-key linearizability: the entry point that checks every key the workload touched —
+//! timelines here, edges (`linearizable_edges`) and filter keys (`linearizable_filters`) — each
+//! with a Wing–Gong–Lowe search (`wgl`, as Porcupine does it) over the key's history of writes
+//! and reads, with their invoke and return times on the virtual clock.
 //!
-//! The sequential model: a timeline is an ordered list of items; an append adds its item at the
+//! The timeline model: a timeline is an ordered list of items; an append adds its item at the
 //! end (it answers the item's id, which is checked separately: one item, one id everywhere); a
 //! `Latest` read with limit `L` answers the newest `min(L, len)` items, newest first. The final
 //! state read after healing is one more read that must see the whole list. An append that failed
@@ -13,14 +14,14 @@
 //!
 //! The search memoises `(linearized set, model state)` pairs and is bounded by
 //! `SEARCH_STEPS_MAX` per key: a key whose search runs past it is reported as unchecked, never as
-//! a violation. What it is not: a check of edges or filters (`read_your_writes` covers those) or
-//! of ids' order (`timeline_order`).
+//! a violation. What it is not: a check of ids' order (`timeline_order`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use plexus_proto::Reply;
 
-use super::FinalState;
+use super::wgl::{self, Model, Search, Timed, NEVER};
+use super::{linearizable_edges, linearizable_filters, FinalState};
 use crate::trace::fnv1a;
 use crate::workload::{Action, Record};
 
@@ -32,14 +33,20 @@ pub const SEARCH_STEPS_MAX: u64 = 2_000_000;
 pub struct Outcome {
     /// Keys with no linearization, as sentences.
     pub violations: Vec<String>,
-    /// Timeline owners whose search ran past `SEARCH_STEPS_MAX`.
-    pub unchecked: Vec<u64>,
-    /// Timeline owners checked.
+    /// Keys whose search ran past `SEARCH_STEPS_MAX` (`timeline 1500`, `edge 1000->2001`,
+    /// `filter f1-0 key "k1-7"`).
+    pub unchecked: Vec<String>,
+    /// Keys checked.
     pub keys_checked: u64,
 }
 
-/// Time of an operation that never returned.
-const NEVER: u64 = u64::MAX;
+impl Outcome {
+    fn merge(&mut self, other: Outcome) {
+        self.violations.extend(other.violations);
+        self.unchecked.extend(other.unchecked);
+        self.keys_checked += other.keys_checked;
+    }
+}
 
 #[derive(Clone, Debug)]
 enum Kind {
@@ -58,8 +65,16 @@ struct Op {
     what: String,
 }
 
-/// Checks every timeline in `history` against the model, with `end` as the final read.
+/// Checks every timeline, edge and filter key in `history`, with `end` as the final read.
 pub fn check(history: &[Record], end: &FinalState) -> Outcome {
+    let mut outcome = check_timelines(history, end);
+    outcome.merge(linearizable_edges::check(history, end));
+    outcome.merge(linearizable_filters::check(history, end));
+    outcome
+}
+
+/// Checks every timeline in `history` against the model, with `end` as the final read.
+pub fn check_timelines(history: &[Record], end: &FinalState) -> Outcome {
     let mut per_owner: BTreeMap<u64, Vec<&Record>> = BTreeMap::new();
     for r in history {
         match &r.action {
@@ -75,9 +90,17 @@ pub fn check(history: &[Record], end: &FinalState) -> Outcome {
             Err(v) => outcome.violations.push(v),
             Ok(ops) => {
                 outcome.keys_checked += 1;
-                match search(&ops) {
+                let timed: Vec<Timed<Kind>> = ops
+                    .iter()
+                    .map(|o| Timed {
+                        call: o.call,
+                        ret: o.ret,
+                        op: o.kind.clone(),
+                    })
+                    .collect();
+                match wgl::search(&Timeline, TimelineState::default(), &timed, SEARCH_STEPS_MAX) {
                     Search::Linearizable => {}
-                    Search::Unchecked => outcome.unchecked.push(owner),
+                    Search::Unchecked => outcome.unchecked.push(format!("timeline {owner}")),
                     Search::Stuck { depth, op } => outcome.violations.push(format!(
                         "timeline {owner}: its {} operations have no linearization; the longest \
                          explained prefix has {depth}, and then no order explains {}",
@@ -189,125 +212,58 @@ fn build(
     Ok(ops)
 }
 
-enum Search {
-    Linearizable,
-    Unchecked,
-    /// No linearization; `depth` ops were the most ever placed, and `op` is the operation whose
-    /// return forced the search back at that depth.
-    Stuck {
-        depth: usize,
-        op: usize,
-    },
+/// The timeline model for `wgl::search`.
+struct Timeline;
+
+/// The items appended so far, oldest first, with the running hash after each (the fingerprint).
+struct TimelineState {
+    items: Vec<u32>,
+    hashes: Vec<u64>,
 }
 
-/// Whether `kind` can take effect on `state` (the items appended so far, oldest first).
-fn allowed(kind: &Kind, state: &[u32]) -> bool {
-    match kind {
-        Kind::Append(_) => true,
-        Kind::Read { items, limit } => {
-            let want = limit.map_or(state.len(), |l| l.min(state.len()));
-            items.len() == want && items.iter().zip(state.iter().rev()).all(|(a, b)| a == b)
+impl Default for TimelineState {
+    fn default() -> Self {
+        Self {
+            items: Vec::new(),
+            hashes: vec![fnv1a(0xcbf2_9ce4_8422_2325, &[])],
         }
     }
 }
 
-/// The WGL search with Lowe's memoisation over a doubly linked list of call and return events.
-fn search(ops: &[Op]) -> Search {
-    // Events: (time, 0 = call / 1 = return, op). Calls sort before returns at one instant, so
-    // operations that touch at an instant count as concurrent (the permissive reading).
-    let mut events: Vec<(u64, u8, usize)> = Vec::with_capacity(2 * ops.len());
-    for (i, op) in ops.iter().enumerate() {
-        events.push((op.call, 0, i));
-        events.push((op.ret, 1, i));
-    }
-    events.sort_unstable();
-    // Node 0 is the head sentinel; event k is node k + 1; node n + 1 is the tail sentinel.
-    let n = events.len();
-    let tail = n + 1;
-    let mut next: Vec<usize> = (1..=n + 1).chain(std::iter::once(tail)).collect();
-    let mut prev: Vec<usize> = std::iter::once(0).chain(0..=n).collect();
-    let mut call_node = vec![0usize; ops.len()];
-    let mut ret_node = vec![0usize; ops.len()];
-    for (k, (_, is_ret, op)) in events.iter().enumerate() {
-        if *is_ret == 0 {
-            call_node[*op] = k + 1;
-        } else {
-            ret_node[*op] = k + 1;
-        }
-    }
-    let unlink = |next: &mut Vec<usize>, prev: &mut Vec<usize>, x: usize| {
-        let (p, q) = (prev[x], next[x]);
-        next[p] = q;
-        prev[q] = p;
-    };
-    let relink = |next: &mut Vec<usize>, prev: &mut Vec<usize>, x: usize| {
-        let (p, q) = (prev[x], next[x]);
-        next[p] = x;
-        prev[q] = x;
-    };
+impl Model for Timeline {
+    type Op = Kind;
+    type State = TimelineState;
+    /// Whether the step appended (and undoing it pops).
+    type Undo = bool;
 
-    let words = ops.len().div_ceil(64);
-    let mut linearized = vec![0u64; words];
-    let mut state: Vec<u32> = Vec::new();
-    let mut hash = fnv1a(0xcbf2_9ce4_8422_2325, &[]);
-    // (op, state hash before it).
-    let mut stack: Vec<(usize, u64)> = Vec::new();
-    let mut seen: BTreeSet<(Vec<u64>, u64)> = BTreeSet::new();
-    let mut steps = 0u64;
-    let (mut deepest, mut stuck_op) = (0usize, 0usize);
-    let mut node = next[0];
-    while next[0] != tail {
-        steps += 1;
-        if steps > SEARCH_STEPS_MAX {
-            return Search::Unchecked;
-        }
-        let (_, is_ret, op) = events[node - 1];
-        if is_ret == 0 {
-            let kind = &ops[op].kind;
-            if allowed(kind, &state) {
-                let before = hash;
-                if let Kind::Append(item) = kind {
-                    state.push(*item);
-                    hash = fnv1a(hash, &item.to_le_bytes());
-                }
-                linearized[op / 64] |= 1 << (op % 64);
-                if seen.insert((linearized.clone(), hash)) {
-                    stack.push((op, before));
-                    unlink(&mut next, &mut prev, call_node[op]);
-                    unlink(&mut next, &mut prev, ret_node[op]);
-                    node = next[0];
-                    continue;
-                }
-                linearized[op / 64] &= !(1 << (op % 64));
-                if matches!(kind, Kind::Append(_)) {
-                    state.pop();
-                }
-                hash = before;
+    fn step(&self, state: &mut TimelineState, op: &Kind) -> Option<bool> {
+        match op {
+            Kind::Append(item) => {
+                // The vector starts with the empty list's hash and only grows here.
+                let last = state.hashes.last().copied().unwrap_or_default();
+                state.items.push(*item);
+                state.hashes.push(fnv1a(last, &item.to_le_bytes()));
+                Some(true)
             }
-            node = next[node];
-        } else {
-            // An operation returned before it could be placed: undo the last placement.
-            if stack.len() >= deepest {
-                deepest = stack.len();
-                stuck_op = op;
+            Kind::Read { items, limit } => {
+                let len = state.items.len();
+                let want = limit.map_or(len, |l| l.min(len));
+                let seen = items.len() == want && items.iter().zip(state.items.iter().rev()).all(|(a, b)| a == b);
+                seen.then_some(false)
             }
-            let Some((last, before)) = stack.pop() else {
-                return Search::Stuck {
-                    depth: deepest,
-                    op: stuck_op,
-                };
-            };
-            if matches!(ops[last].kind, Kind::Append(_)) {
-                state.pop();
-            }
-            hash = before;
-            linearized[last / 64] &= !(1 << (last % 64));
-            relink(&mut next, &mut prev, ret_node[last]);
-            relink(&mut next, &mut prev, call_node[last]);
-            node = next[call_node[last]];
         }
     }
-    Search::Linearizable
+
+    fn undo(&self, state: &mut TimelineState, appended: bool) {
+        if appended {
+            state.items.pop();
+            state.hashes.pop();
+        }
+    }
+
+    fn fingerprint(&self, state: &TimelineState) -> u64 {
+        state.hashes.last().copied().unwrap_or_default()
+    }
 }
 
 #[cfg(test)]

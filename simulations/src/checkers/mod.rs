@@ -4,16 +4,19 @@
 //! - `acked_writes`: no acknowledged write is lost (timeline appends, filter keys, edges).
 //! - `exactly_once`: no write is applied twice (a timeline never holds one item twice).
 //! - `read_your_writes`: a client's linearizable reads see its own acknowledged writes.
-//! - `linearizable`: every timeline's history of appends and reads is linearizable (a bounded
-//!   WGL search; a key whose search runs too long is reported unchecked).
+//! - `linearizable`: every key's history is linearizable — timelines (appends and reads) there,
+//!   edges (follows, unfollows, `HasEdge`) in `linearizable_edges`, filter keys (adds and the
+//!   absence side of `contains`) in `linearizable_filters`; each a bounded WGL search (`wgl`); a
+//!   key whose search runs too long is reported unchecked.
 //! - `timeline_order`: timeline ids strictly ordered in every page and at the end.
 //! - `edges`: out-edges and in-edges agree after healing.
 //! - `convergence`: all replicas of a shard reach the same state hash after healing.
 //! - `raft_safety`: at most one leader per group and term.
-//! - `committed_entries`: an index of a group is never applied as two different entries.
+//! - `committed_entries`: an index of a group is never applied as two different entries, and
+//!   every snapshot a replica builds, installs or loads holds the state that applying the
+//!   group's committed entries up to its index gives.
 //!
-//! Not here: a linearizability search over edge and filter histories; their reads are checked
-//! only by their owner (`read_your_writes`), another client's edge or filter reads are not.
+//! `wgl` is not a property: it is the linearizability search the `linearizable*` checkers share.
 
 pub mod acked_writes;
 pub mod committed_entries;
@@ -21,9 +24,12 @@ pub mod convergence;
 pub mod edges;
 pub mod exactly_once;
 pub mod linearizable;
+pub mod linearizable_edges;
+pub mod linearizable_filters;
 pub mod raft_safety;
 pub mod read_your_writes;
 pub mod timeline_order;
+pub mod wgl;
 
 use std::collections::{BTreeMap, BTreeSet};
 
