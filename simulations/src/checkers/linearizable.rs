@@ -40,7 +40,34 @@ pub struct Outcome {
     pub keys_checked: u64,
 }
 
+/// One recorded operation as a sentence, for violation reports.
+pub(crate) fn describe(r: &Record) -> String {
+    format!(
+        "client {} {:?} in [{}us, {}us] -> {}",
+        r.client,
+        r.action,
+        r.invoked_us,
+        r.completed_us,
+        crate::workload::summary(&r.result)
+    )
+}
+
 impl Outcome {
+    /// Records one key's search result under `key` (`timeline 1500`, `edge 1000->2001`, ...);
+    /// `what` says, for a violation, which operation no order explains.
+    pub(crate) fn record(&mut self, key: String, result: Search, ops: usize, what: impl FnOnce(usize) -> String) {
+        self.keys_checked += 1;
+        match result {
+            Search::Linearizable => {}
+            Search::Unchecked => self.unchecked.push(key),
+            Search::Stuck { depth, op } => self.violations.push(format!(
+                "{key}: its {ops} operations have no linearization; the longest explained prefix \
+                 has {depth}, and then no order explains {}",
+                what(op)
+            )),
+        }
+    }
+
     fn merge(&mut self, other: Outcome) {
         self.violations.extend(other.violations);
         self.unchecked.extend(other.unchecked);
@@ -89,7 +116,6 @@ pub fn check_timelines(history: &[Record], end: &FinalState) -> Outcome {
         match build(owner, &records, final_items, last_us) {
             Err(v) => outcome.violations.push(v),
             Ok(ops) => {
-                outcome.keys_checked += 1;
                 let timed: Vec<Timed<Kind>> = ops
                     .iter()
                     .map(|o| Timed {
@@ -98,16 +124,8 @@ pub fn check_timelines(history: &[Record], end: &FinalState) -> Outcome {
                         op: o.kind.clone(),
                     })
                     .collect();
-                match wgl::search(&Timeline, TimelineState::default(), &timed, SEARCH_STEPS_MAX) {
-                    Search::Linearizable => {}
-                    Search::Unchecked => outcome.unchecked.push(format!("timeline {owner}")),
-                    Search::Stuck { depth, op } => outcome.violations.push(format!(
-                        "timeline {owner}: its {} operations have no linearization; the longest \
-                         explained prefix has {depth}, and then no order explains {}",
-                        ops.len(),
-                        ops[op].what
-                    )),
-                }
+                let result = wgl::search(&Timeline, TimelineState::default(), &timed, SEARCH_STEPS_MAX);
+                outcome.record(format!("timeline {owner}"), result, ops.len(), |i| ops[i].what.clone());
             }
         }
     }
@@ -148,14 +166,7 @@ fn build(
     let mut ops = Vec::new();
     let in_final: Option<BTreeSet<&[u8]>> = final_items.map(|f| f.iter().map(|(_, item)| item.as_slice()).collect());
     for r in records {
-        let what = format!(
-            "client {} {:?} in [{}us, {}us] -> {}",
-            r.client,
-            r.action,
-            r.invoked_us,
-            r.completed_us,
-            crate::workload::summary(&r.result)
-        );
+        let what = describe(r);
         match (&r.action, &r.result) {
             (Action::Append(_, item), Ok(Reply::Appended(id))) => {
                 let no = see(item, *id, "an acknowledged append")?;
@@ -271,16 +282,7 @@ mod tests {
     use plexus_proto::{ErrorReply, Page, Response, TimelineEntry};
 
     use super::*;
-
-    fn rec(client: u64, action: Action, at: (u64, u64), result: Response) -> Record {
-        Record {
-            client,
-            action,
-            invoked_us: at.0,
-            completed_us: at.1,
-            result,
-        }
-    }
+    use crate::checkers::test_support::rec;
 
     fn page(entries: &[(u64, &str)]) -> Response {
         Ok(Reply::Page(Page {

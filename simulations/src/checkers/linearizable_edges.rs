@@ -21,8 +21,8 @@ use std::collections::BTreeMap;
 
 use plexus_proto::Reply;
 
-use super::linearizable::{Outcome, SEARCH_STEPS_MAX};
-use super::wgl::{self, Register, RegisterOp, Search, Timed, NEVER};
+use super::linearizable::{describe, Outcome, SEARCH_STEPS_MAX};
+use super::wgl::{self, Register, RegisterOp, Timed, NEVER};
 use super::FinalState;
 use crate::workload::{Action, Record};
 
@@ -41,17 +41,8 @@ pub fn check(history: &[Record], end: &FinalState) -> Outcome {
     let mut outcome = Outcome::default();
     for ((src, dst), records) in per_edge {
         let (ops, what) = build(&records, end, (src, dst), last_us);
-        outcome.keys_checked += 1;
-        match wgl::search(&Register, false, &ops, SEARCH_STEPS_MAX) {
-            Search::Linearizable => {}
-            Search::Unchecked => outcome.unchecked.push(format!("edge {src}->{dst}")),
-            Search::Stuck { depth, op } => outcome.violations.push(format!(
-                "edge {src}->{dst}: its {} operations have no linearization; the longest explained \
-                 prefix has {depth}, and then no order explains {}",
-                ops.len(),
-                what[op]
-            )),
-        }
+        let result = wgl::search(&Register, false, &ops, SEARCH_STEPS_MAX);
+        outcome.record(format!("edge {src}->{dst}"), result, ops.len(), |i| what[i].clone());
     }
     outcome
 }
@@ -92,14 +83,7 @@ fn build(
             ret: if acked { r.completed_us } else { NEVER },
             op,
         });
-        what.push(format!(
-            "client {} {:?} in [{}us, {}us] -> {}",
-            r.client,
-            r.action,
-            r.invoked_us,
-            r.completed_us,
-            crate::workload::summary(&r.result)
-        ));
+        what.push(describe(r));
     }
     // The final state is read only for vertices the workload knows; an edge from elsewhere has
     // no final read.
@@ -125,16 +109,7 @@ mod tests {
     use plexus_proto::{ErrorReply, Response};
 
     use super::*;
-
-    fn rec(client: u64, action: Action, at: (u64, u64), result: Response) -> Record {
-        Record {
-            client,
-            action,
-            invoked_us: at.0,
-            completed_us: at.1,
-            result,
-        }
-    }
+    use crate::checkers::test_support::rec;
 
     fn end(present: bool) -> FinalState {
         let mut end = FinalState::default();

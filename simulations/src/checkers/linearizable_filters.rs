@@ -24,8 +24,8 @@ use std::collections::BTreeMap;
 
 use plexus_proto::Reply;
 
-use super::linearizable::{Outcome, SEARCH_STEPS_MAX};
-use super::wgl::{self, Register, RegisterOp, Search, Timed, NEVER};
+use super::linearizable::{describe, Outcome, SEARCH_STEPS_MAX};
+use super::wgl::{self, Register, RegisterOp, Timed, NEVER};
 use super::FinalState;
 use crate::workload::{Action, Record};
 
@@ -44,18 +44,11 @@ pub fn check(history: &[Record], end: &FinalState) -> Outcome {
     let mut outcome = Outcome::default();
     for ((name, key), records) in per_key {
         let (ops, what) = build(&records, end, (name, key), last_us);
-        outcome.keys_checked += 1;
         let key = String::from_utf8_lossy(key);
-        match wgl::search(&Register, false, &ops, SEARCH_STEPS_MAX) {
-            Search::Linearizable => {}
-            Search::Unchecked => outcome.unchecked.push(format!("filter {name} key {key:?}")),
-            Search::Stuck { depth, op } => outcome.violations.push(format!(
-                "filter {name} key {key:?}: its {} operations have no linearization; the longest \
-                 explained prefix has {depth}, and then no order explains {}",
-                ops.len(),
-                what[op]
-            )),
-        }
+        let result = wgl::search(&Register, false, &ops, SEARCH_STEPS_MAX);
+        outcome.record(format!("filter {name} key {key:?}"), result, ops.len(), |i| {
+            what[i].clone()
+        });
     }
     outcome
 }
@@ -97,14 +90,7 @@ fn build(
             ret,
             op,
         });
-        what.push(format!(
-            "client {} {:?} in [{}us, {}us] -> {}",
-            r.client,
-            r.action,
-            r.invoked_us,
-            r.completed_us,
-            crate::workload::summary(&r.result)
-        ));
+        what.push(describe(r));
     }
     if end.filter_hits.get(&(name.to_string(), key.to_vec())) == Some(&false) {
         ops.push(Timed {
@@ -122,16 +108,7 @@ mod tests {
     use plexus_proto::{ErrorReply, Response};
 
     use super::*;
-
-    fn rec(client: u64, action: Action, at: (u64, u64), result: Response) -> Record {
-        Record {
-            client,
-            action,
-            invoked_us: at.0,
-            completed_us: at.1,
-            result,
-        }
-    }
+    use crate::checkers::test_support::rec;
 
     fn add(at: (u64, u64), result: Response) -> Record {
         rec(1, Action::FilterAdd("f1-0".into(), b"k".to_vec()), at, result)

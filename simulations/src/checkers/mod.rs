@@ -48,3 +48,22 @@ pub struct FinalState {
 
 /// One replica's state at the end: `(node, last applied index, state hash)`.
 pub type ReplicaEnd = (u64, u64, u64);
+
+/// Helpers shared by the checkers' unit tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use plexus_proto::Response;
+
+    use crate::workload::{Action, Record};
+
+    /// A record of `client` doing `action` from `at.0` to `at.1` (microseconds) with `result`.
+    pub(crate) fn rec(client: u64, action: Action, at: (u64, u64), result: Response) -> Record {
+        Record {
+            client,
+            action,
+            invoked_us: at.0,
+            completed_us: at.1,
+            result,
+        }
+    }
+}
