@@ -202,11 +202,12 @@ impl Client {
     }
 
     /// Sends one raw request to the node at `addr`: no routing, no retries,
-    /// no session. For tools and tests that must ask one particular replica
-    /// (a stale read from a follower, say); applications use the typed calls.
+    /// no session, at most `attempt_timeout`. For tools and tests that must ask
+    /// one particular replica (a stale read from a follower, say); applications
+    /// use the typed calls.
     pub async fn call_at(&self, addr: &str, req: Request) -> Result<Response, ClientError> {
         self.inner.check_open()?;
-        self.inner.transport.request(addr, req).await
+        self.inner.attempt(addr, req).await
     }
 
     /// A handle sharing this client whose typed reads use `c`.
@@ -289,6 +290,17 @@ impl Inner {
             if let Some(p) = map.shards.iter_mut().find(|p| p.shard == shard) {
                 p.leader = None;
             }
+        }
+    }
+
+    /// One request to one node, bounded by `attempt_timeout`.
+    async fn attempt(&self, addr: &str, req: Request) -> Result<Response, ClientError> {
+        match tokio::time::timeout(self.cfg.attempt_timeout, self.transport.request(addr, req)).await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::AttemptTimeout {
+                addr: addr.to_string(),
+                after: self.cfg.attempt_timeout,
+            }),
         }
     }
 
@@ -428,14 +440,7 @@ impl Inner {
                 session: session.map(SeqGuard::session),
                 op: op.clone(),
             };
-            let result = match tokio::time::timeout(self.cfg.attempt_timeout, self.transport.request(&addr, req)).await
-            {
-                Ok(r) => r,
-                Err(_) => Err(ClientError::AttemptTimeout {
-                    addr: addr.clone(),
-                    after: self.cfg.attempt_timeout,
-                }),
-            };
+            let result = self.attempt(&addr, req).await;
             if !matches!(result, Ok(Err(ErrorReply::NotLeader { .. }))) {
                 redirects_in_row = 0;
             }
@@ -779,6 +784,26 @@ mod tests {
         // While node 1 counts as down, the next write goes to node 2 without waiting on node 1.
         assert!(client.follow(1, 3).await.unwrap());
         assert_eq!(fake.sent().last().map(|(a, _, _)| a.clone()), Some("b:1".to_string()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_raw_call_to_a_node_that_never_answers_ends_at_the_attempt_limit() {
+        let fake = two_nodes(Box::new(|_| None), Box::new(|_| None));
+        let client = Client::connect_with(cfg(), fake, 5).await.unwrap();
+        let start = tokio::time::Instant::now();
+        let req = Request {
+            shard: 0,
+            consistency: Consistency::Stale,
+            session: None,
+            op: Op::Admin(AdminOp::Status),
+        };
+        let err = client.call_at("b:1", req).await.unwrap_err();
+        assert!(
+            matches!(err, ClientError::AttemptTimeout { ref addr, .. } if addr == "b:1"),
+            "{err:?}"
+        );
+        let limit = client.inner.cfg.attempt_timeout;
+        assert!(start.elapsed() >= limit && start.elapsed() <= limit + Duration::from_millis(1));
     }
 
     #[tokio::test]
