@@ -53,7 +53,7 @@ async fn snapshots_purge_the_log_and_restart_recovers_everything() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
-        tmp.path().join("data/snapshots").read_dir().unwrap().count() > 0,
+        cfg.data_dir.join("snapshots").read_dir().unwrap().count() > 0,
         "no snapshot file on disk"
     );
     client.close().await;

@@ -15,7 +15,6 @@
 //! proposals from the start of the handover until [`Replica::cancel_handover`]), nor a handover
 //! for groups of more than three voters (their other followers' leases would refuse the vote).
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -76,9 +75,12 @@ impl Replica {
             .with_raft_state(|st| st.vote_last_modified())
             .await
             .map_err(|e| HandoverError::Stopped(self.group, e.to_string()))?;
+        // openraft's leader lease is its `election_timeout_max`: followers that heard from the
+        // leader this recently refuse to vote, and so does the leader itself after its election.
+        let lease = Duration::from_millis(self.raft.config().election_timeout_max);
         if let Some(at) = elected_at {
             // Until our own lease ends we would refuse the successor's vote request.
-            let lease_end = at + self.lease + Duration::from_millis(LEASE_MARGIN_MS);
+            let lease_end = at + lease + Duration::from_millis(LEASE_MARGIN_MS);
             tokio::time::sleep_until(lease_end.min(deadline)).await;
         }
         loop {
@@ -86,7 +88,7 @@ impl Replica {
             if !caught_up.is_empty() {
                 return Ok(Some(caught_up));
             }
-            if quorum_silent_ms > self.lease.as_millis() as u64 {
+            if quorum_silent_ms > self.raft.config().election_timeout_max {
                 return Err(HandoverError::NoQuorum(self.group, quorum_silent_ms));
             }
             if Instant::now() >= deadline {
@@ -104,17 +106,15 @@ impl Replica {
         let m = m.borrow();
         let last = m.last_log_index;
         let quorum_silent_ms = m.millis_since_quorum_ack.unwrap_or(u64::MAX);
-        let matched: BTreeMap<NodeId, Option<u64>> = m
-            .replication
-            .iter()
-            .flatten()
-            .map(|(id, log_id)| (*id, log_id.map(|l| l.index)))
-            .collect();
+        let matched = |id: &NodeId| {
+            let log_id = m.replication.as_ref().and_then(|r| r.get(id)).copied().flatten();
+            log_id.map(|l| l.index)
+        };
         let caught_up = m
             .membership_config
             .membership()
             .voter_ids()
-            .filter(|id| *id != self.node_id && matched.get(id).copied().flatten() == last)
+            .filter(|id| *id != self.node_id && matched(id) == last)
             .collect();
         (caught_up, quorum_silent_ms)
     }

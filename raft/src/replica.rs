@@ -83,9 +83,6 @@ pub struct Replica {
     canary: Option<Canary>,
     /// Set while this replica hands its leadership over (`handover.rs`): proposals are refused.
     pub(crate) handing_over: Arc<AtomicBool>,
-    /// openraft's leader lease (its `election_timeout_max`): followers that heard from the
-    /// leader this recently refuse to vote, and so does the leader itself after its election.
-    pub(crate) lease: Duration,
 }
 
 impl Replica {
@@ -131,7 +128,6 @@ impl Replica {
             state,
             canary: opts.sim_hooks.canary,
             handing_over: Arc::new(AtomicBool::new(false)),
-            lease: Duration::from_millis(opts.election_timeout_max_ms),
         })
     }
 

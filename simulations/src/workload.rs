@@ -143,7 +143,7 @@ fn outcome(r: Result<Reply, ClientError>) -> Response {
 
 /// A read sent raw to the node at `addr`; when that node does not serve it (a redirect, no
 /// leader) or cannot be reached, the client routes it as usual, as a reconnected client would.
-/// The raw call is bounded by the transport's idle timeout; the routed one by the client's.
+/// The raw call is bounded by the client's attempt limit; the routed one by its call limit.
 async fn fresh_read(cl: &Client, addr: &str, op: Op) -> Response {
     let req = Request {
         shard: op.shard(cl.shard_map().shard_count).unwrap_or(0),

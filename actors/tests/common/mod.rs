@@ -1,5 +1,5 @@
-//! Helpers for in-process node tests: a one-node cluster with real
-//! certificates, real QUIC and real fsync, and a real client.
+//! Helpers for in-process node tests: one-node and multi-node clusters with
+//! real certificates, real QUIC and real fsync, and a real client.
 
 #![allow(dead_code)]
 
@@ -12,19 +12,6 @@ use plexus_actors::{NodeConfig, NodeHandle};
 use plexus_client::{Client, ClientConfig};
 
 pub const TOKEN: &str = "test-token-0123456789";
-
-fn write_certs(dir: &Path) -> TlsPaths {
-    let ca = plexus_net::certs::make_ca("test").unwrap();
-    let node = plexus_net::certs::make_node_cert(&ca, 1, &[]).unwrap();
-    std::fs::write(dir.join("ca.pem"), &ca.cert_pem).unwrap();
-    std::fs::write(dir.join("node.pem"), &node.cert_pem).unwrap();
-    std::fs::write(dir.join("node-key.pem"), &node.key_pem).unwrap();
-    TlsPaths {
-        ca_cert: dir.join("ca.pem"),
-        node_cert: dir.join("node.pem"),
-        node_key: dir.join("node-key.pem"),
-    }
-}
 
 /// The CA and one certificate per node id, written under `dir`.
 pub fn write_cluster_certs(dir: &Path, ids: &[u64]) -> Vec<TlsPaths> {
@@ -99,37 +86,21 @@ fn free_addr() -> SocketAddr {
     s.local_addr().unwrap()
 }
 
-/// A one-node, `shards`-shard cluster config under `dir` (certificates written there).
+/// A one-node, `shards`-shard cluster config under `dir` (certificates written there), with
+/// short election timeouts.
 pub fn single_node_config(dir: &Path, shards: u32, raft: RaftTimings) -> NodeConfig {
-    let addr = free_addr();
-    NodeConfig {
-        node_id: 1,
-        listen: addr,
-        data_dir: dir.join("data"),
-        token: TOKEN.into(),
-        shard_count: shards,
-        replication: 1,
-        tls: write_certs(dir),
-        peers: vec![PeerConfig { id: 1, addr }],
-        raft: RaftTimings {
-            election_timeout_min_ms: 300,
-            election_timeout_max_ms: 600,
-            heartbeat_ms: 100,
-            ..raft
-        },
-        gateway: GatewayLimits::default(),
-        worker_threads: None,
-        wal_batch_linger_us: None,
-        fsync: true,
-    }
+    let raft = RaftTimings {
+        election_timeout_min_ms: 300,
+        election_timeout_max_ms: 600,
+        heartbeat_ms: 100,
+        ..raft
+    };
+    cluster_configs(dir, 1, shards, 1, raft, true).remove(0)
 }
 
+/// Waits (up to 60 s) until `node` knows a leader for each group it hosts.
 pub async fn wait_for_leaders(node: &NodeHandle) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !node.all_groups_have_leaders() {
-        assert!(Instant::now() < deadline, "no leaders after 30s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_cluster_leaders(std::slice::from_ref(node)).await;
 }
 
 pub async fn client(cfg: &NodeConfig) -> Client {
