@@ -364,6 +364,11 @@ impl NodeCore {
         self.gateway.handle(req).await
     }
 
+    /// Answers a client's `Hello` exactly as the endpoint would.
+    pub fn hello(&self) -> plexus_proto::HelloOk {
+        self.gateway.hello()
+    }
+
     /// Answers one peer message exactly as the endpoint would.
     pub async fn handle_peer(&self, from: u64, msg: Vec<u8>) -> Result<Vec<u8>, String> {
         self.peers.handle(from, msg).await

@@ -11,8 +11,8 @@
 //! shards, leaders, retries or sessions; `client.rs` decides where each attempt goes and whether
 //! to try again. A transport reports connection trouble as [`ClientError::Connect`] or
 //! [`ClientError::Connection`] (the client retries those, at another replica when it can); a
-//! request that is never answered simply never completes, and the client's own
-//! `request_timeout` ends the call.
+//! request that is never answered simply never completes, and the client's own per-attempt
+//! limit (`attempt_timeout`) ends that attempt.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -85,15 +85,9 @@ impl SimTransport {
             return Ok((*epoch, None));
         }
         let node = self.node(addr)?;
-        // What the node's endpoint answers a `Hello` with (`Gateway::hello`).
-        let hello = self.net.client_exchange(node, None, |core| {
-            Box::pin(async move {
-                HelloOk {
-                    node_id: core.registry.node_id,
-                    shard_map: core.registry.shard_map(),
-                }
-            })
-        });
+        let hello = self
+            .net
+            .client_exchange(node, None, |core| Box::pin(async move { core.hello() }));
         match tokio::time::timeout(self.connect_timeout, hello).await {
             Ok(Ok((ok, epoch))) => {
                 self.conns().insert(addr.to_string(), epoch);

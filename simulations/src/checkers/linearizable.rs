@@ -40,6 +40,31 @@ pub struct Outcome {
     pub keys_checked: u64,
 }
 
+/// The records of `history` grouped by the key `key_of` gives them (records it gives none are
+/// left out), each group in history order, and the last completion time of the whole history.
+pub(super) fn per_key<'a, K: Ord>(
+    history: &'a [Record],
+    key_of: impl Fn(&'a Record) -> Option<K>,
+) -> (BTreeMap<K, Vec<&'a Record>>, u64) {
+    let mut groups: BTreeMap<K, Vec<&Record>> = BTreeMap::new();
+    for r in history {
+        if let Some(key) = key_of(r) {
+            groups.entry(key).or_default().push(r);
+        }
+    }
+    let last_us = history.iter().map(|r| r.completed_us).max().unwrap_or(0);
+    (groups, last_us)
+}
+
+/// The final read after healing, as one more operation after everything up to `last_us`.
+pub(super) fn final_read<Op>(last_us: u64, op: Op) -> Timed<Op> {
+    Timed {
+        call: last_us.saturating_add(1),
+        ret: last_us.saturating_add(2),
+        op,
+    }
+}
+
 /// One recorded operation as a sentence, for violation reports.
 pub(crate) fn describe(r: &Record) -> String {
     format!(
@@ -102,15 +127,11 @@ pub fn check(history: &[Record], end: &FinalState) -> Outcome {
 
 /// Checks every timeline in `history` against the model, with `end` as the final read.
 pub fn check_timelines(history: &[Record], end: &FinalState) -> Outcome {
-    let mut per_owner: BTreeMap<u64, Vec<&Record>> = BTreeMap::new();
-    for r in history {
-        match &r.action {
-            Action::Append(owner, _) | Action::ReadTimeline(owner) => per_owner.entry(*owner).or_default().push(r),
-            _ => {}
-        }
-    }
+    let (per_owner, last_us) = per_key(history, |r| match &r.action {
+        Action::Append(owner, _) | Action::ReadTimeline(owner) => Some(*owner),
+        _ => None,
+    });
     let mut outcome = Outcome::default();
-    let last_us = history.iter().map(|r| r.completed_us).max().unwrap_or(0);
     for (owner, records) in per_owner {
         let final_items = end.timelines.get(&owner);
         match build(owner, &records, final_items, last_us) {

@@ -17,27 +17,19 @@
 //! What it is not: a check of the in-halves (`edges` compares out- and in-halves after healing);
 //! `HasEdge` reads the out-half on `src`'s shard, which a follow changes atomically.
 
-use std::collections::BTreeMap;
-
 use plexus_proto::Reply;
 
-use super::linearizable::{describe, Outcome, SEARCH_STEPS_MAX};
+use super::linearizable::{describe, final_read, per_key, Outcome, SEARCH_STEPS_MAX};
 use super::wgl::{self, Register, RegisterOp, Timed, NEVER};
 use super::FinalState;
 use crate::workload::{Action, Record};
 
 /// Checks every edge in `history` against the register model, with `end` as the final read.
 pub fn check(history: &[Record], end: &FinalState) -> Outcome {
-    let mut per_edge: BTreeMap<(u64, u64), Vec<&Record>> = BTreeMap::new();
-    for r in history {
-        match &r.action {
-            Action::Follow(s, d) | Action::Unfollow(s, d) | Action::HasEdge(s, d) => {
-                per_edge.entry((*s, *d)).or_default().push(r)
-            }
-            _ => {}
-        }
-    }
-    let last_us = history.iter().map(|r| r.completed_us).max().unwrap_or(0);
+    let (per_edge, last_us) = per_key(history, |r| match &r.action {
+        Action::Follow(s, d) | Action::Unfollow(s, d) | Action::HasEdge(s, d) => Some((*s, *d)),
+        _ => None,
+    });
     let mut outcome = Outcome::default();
     for ((src, dst), records) in per_edge {
         let (ops, what) = build(&records, end, (src, dst), last_us);
@@ -89,11 +81,7 @@ fn build(
     // no final read.
     if let Some(outs) = end.out_edges.get(&src) {
         let present = outs.contains(&dst);
-        ops.push(Timed {
-            call: last_us.saturating_add(1),
-            ret: last_us.saturating_add(2),
-            op: RegisterOp::Read(present),
-        });
+        ops.push(final_read(last_us, RegisterOp::Read(present)));
         what.push(format!(
             "the final read after healing (edge {})",
             if present { "present" } else { "absent" }

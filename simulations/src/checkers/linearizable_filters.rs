@@ -20,29 +20,21 @@
 //! What it is not: a check of the false-positive rate, or of sealed filters' contents beyond
 //! the absence side.
 
-use std::collections::BTreeMap;
-
 use plexus_proto::Reply;
 
-use super::linearizable::{describe, Outcome, SEARCH_STEPS_MAX};
+use super::linearizable::{describe, final_read, per_key, Outcome, SEARCH_STEPS_MAX};
 use super::wgl::{self, Register, RegisterOp, Timed, NEVER};
 use super::FinalState;
 use crate::workload::{Action, Record};
 
 /// Checks every filter key in `history` against the model, with `end` as the final read.
 pub fn check(history: &[Record], end: &FinalState) -> Outcome {
-    let mut per_key: BTreeMap<(&str, &[u8]), Vec<&Record>> = BTreeMap::new();
-    for r in history {
-        match &r.action {
-            Action::FilterAdd(name, key) | Action::FilterContains(name, key) => {
-                per_key.entry((name.as_str(), key.as_slice())).or_default().push(r)
-            }
-            _ => {}
-        }
-    }
-    let last_us = history.iter().map(|r| r.completed_us).max().unwrap_or(0);
+    let (per_filter_key, last_us) = per_key(history, |r| match &r.action {
+        Action::FilterAdd(name, key) | Action::FilterContains(name, key) => Some((name.as_str(), key.as_slice())),
+        _ => None,
+    });
     let mut outcome = Outcome::default();
-    for ((name, key), records) in per_key {
+    for ((name, key), records) in per_filter_key {
         let (ops, what) = build(&records, end, (name, key), last_us);
         let key = String::from_utf8_lossy(key);
         let result = wgl::search(&Register, false, &ops, SEARCH_STEPS_MAX);
@@ -93,11 +85,7 @@ fn build(
         what.push(describe(r));
     }
     if end.filter_hits.get(&(name.to_string(), key.to_vec())) == Some(&false) {
-        ops.push(Timed {
-            call: last_us.saturating_add(1),
-            ret: last_us.saturating_add(2),
-            op: RegisterOp::Read(false),
-        });
+        ops.push(final_read(last_us, RegisterOp::Read(false)));
         what.push("the final lookup after healing (absent)".to_string());
     }
     (ops, what)
