@@ -7,7 +7,7 @@
 //! `ready` once every shard has a leader, and on SIGINT/SIGTERM stops its
 //! nodes with SIGTERM (SIGKILL after a grace period).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use plexus_client::{Client, ClientConfig};
 use plexus_net::certs::{make_ca, make_node_cert};
+use plexus_proto::NodeStatus;
 use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -247,15 +248,33 @@ fn check_alive(procs: &mut [NodeProc]) -> CliResult {
     Ok(())
 }
 
-/// Shards (and the meta group) that some node reports a leader for.
-async fn groups_with_leader(client: &Client, cluster: &ClusterFile) -> BTreeSet<u32> {
-    let mut led = BTreeSet::new();
+/// Shards (and the meta group) that have a leader, or `None` while some
+/// node does not answer yet.
+async fn groups_with_leader(client: &Client, cluster: &ClusterFile) -> Option<BTreeSet<u32>> {
+    let mut statuses = Vec::with_capacity(cluster.nodes.len());
     for node in &cluster.nodes {
-        if let Ok(st) = client.node_status(&node.addr.to_string()).await {
-            led.extend(st.shards.iter().filter(|s| s.leader.is_some()).map(|s| s.shard));
-        }
+        statuses.push(client.node_status(&node.addr.to_string()).await.ok()?);
     }
-    led
+    Some(led_groups(&statuses))
+}
+
+/// The groups whose leader says so itself, at the highest term any replica
+/// reports. A follower's word is not enough: a node restarted from disk
+/// still names the leader of its last committed vote before any election
+/// has run, and a node restored as leader from its own vote is no leader
+/// once a peer has moved to a higher term.
+fn led_groups(statuses: &[NodeStatus]) -> BTreeSet<u32> {
+    let mut top_term: BTreeMap<u32, u64> = BTreeMap::new();
+    for s in statuses.iter().flat_map(|n| &n.shards) {
+        let t = top_term.entry(s.shard).or_insert(0);
+        *t = (*t).max(s.term);
+    }
+    statuses
+        .iter()
+        .flat_map(|n| n.shards.iter().map(move |s| (n.node_id, s)))
+        .filter(|(id, s)| s.leader == Some(*id) && top_term.get(&s.shard) == Some(&s.term))
+        .map(|(_, s)| s.shard)
+        .collect()
 }
 
 fn stop_all(procs: &mut [NodeProc]) {
@@ -323,9 +342,10 @@ async fn supervise(args: &UpArgs, cluster: &ClusterFile, procs: &mut [NodeProc])
             }
         }
         if let Some(c) = &client {
-            let led = groups_with_leader(c, cluster).await;
-            if led.len() >= expected {
-                break;
+            if let Some(led) = groups_with_leader(c, cluster).await {
+                if led.len() >= expected {
+                    break;
+                }
             }
         }
         if started.elapsed() > READY_TIMEOUT {
@@ -371,4 +391,49 @@ async fn supervise(args: &UpArgs, cluster: &ClusterFile, procs: &mut [NodeProc])
     }
     println!("stopping");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use plexus_proto::ReplicaStatus;
+
+    use super::*;
+
+    fn node(id: u64, shards: &[(u32, Option<u64>, u64)]) -> NodeStatus {
+        NodeStatus {
+            node_id: id,
+            pid: 1,
+            addr: String::new(),
+            scoring_backend: None,
+            shards: shards
+                .iter()
+                .map(|&(shard, leader, term)| ReplicaStatus {
+                    shard,
+                    leader,
+                    term,
+                    replicas: vec![1, 2, 3],
+                    applied_index: 0,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_group_is_led_only_when_its_leader_says_so_at_the_top_term() {
+        let statuses = [
+            // Shard 0: node 1 leads at term 3 and the others agree.
+            // Shard 1: the followers name node 1 from an old vote, but node 1 does not lead it.
+            // Shard 2: node 2 restored itself as leader at term 4, but node 3 is at term 5.
+            node(1, &[(0, Some(1), 3), (1, None, 2), (2, None, 4)]),
+            node(2, &[(0, Some(1), 3), (1, Some(1), 2), (2, Some(2), 4)]),
+            node(3, &[(0, Some(1), 3), (1, Some(1), 2), (2, None, 5)]),
+        ];
+        assert_eq!(led_groups(&statuses), BTreeSet::from([0]));
+    }
+
+    #[test]
+    fn no_status_no_leaders() {
+        assert!(led_groups(&[]).is_empty());
+        assert!(led_groups(&[node(1, &[(0, Some(2), 1)])]).is_empty());
+    }
 }

@@ -13,7 +13,7 @@
 //! request_timeout_ms = 5000  # optional, as are all the keys below
 //! attempt_timeout_ms = 2000
 //! connect_timeout_ms = 3000
-//! retries_max = 8
+//! retries_max = 16
 //! backoff_base_ms = 20
 //! backoff_max_ms = 1000
 //! in_flight_max = 1024
@@ -35,8 +35,11 @@ pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 pub const ATTEMPT_TIMEOUT_MS_DEFAULT: u64 = 2_000;
 /// Default limit on dialling one node (QUIC + TLS + Hello), in milliseconds.
 pub const CONNECT_TIMEOUT_MS_DEFAULT: u64 = 3_000;
-/// Default number of retries after the first attempt.
-pub const RETRIES_MAX_DEFAULT: u32 = 8;
+/// Default number of retries after the first attempt. The backoff delays of 16 retries add up to
+/// more than the request timeout, so a request keeps trying through a whole election (a 1-2 s
+/// election timeout, more after a split vote) and the timeout is what ends it; the count still
+/// stops a loop of instant failures.
+pub const RETRIES_MAX_DEFAULT: u32 = 16;
 /// Default first backoff delay, in milliseconds.
 pub const BACKOFF_BASE_MS_DEFAULT: u64 = 20;
 /// Default cap on one backoff delay, in milliseconds.
@@ -289,7 +292,7 @@ mod tests {
         assert_eq!(cfg.token, "t0k");
         assert_eq!(cfg.request_timeout, Duration::from_millis(5_000));
         assert_eq!(cfg.connect_timeout, Duration::from_millis(3_000));
-        assert_eq!(cfg.retries_max, 8);
+        assert_eq!(cfg.retries_max, 16);
         assert_eq!(cfg.backoff_base, Duration::from_millis(20));
         assert_eq!(cfg.backoff_max, Duration::from_millis(1_000));
         assert_eq!(cfg.in_flight_max, 1_024);
