@@ -40,6 +40,13 @@
 //! below their group's purge point are deleted (see `space`). The directory is fsynced after
 //! creating or deleting segment files.
 //!
+//! Deferred ops: `submit_deferred` is for ops whose loss in a crash is harmless (the committed
+//! pointer). The writer acknowledges them as soon as it takes them and holds them in memory; the
+//! next durable batch writes them first, in the same fdatasync (as a record of their own in front
+//! of the batch's when the two together would be too large for one). An idle WAL writes them
+//! after `deferred_idle_ms`, a full buffer after `DEFERRED_BYTES_MAX`, and `close` before it returns.
+//! Nothing unsynced is ever left on disk by them, so the torn-tail rule above is unchanged.
+//!
 //! Backpressure: at most `queue_requests_max` requests are queued or being written. `submit`
 //! never blocks: it returns `WalError::Busy` when the queue is full. `submit_async` and
 //! `submit_wait` wait for room without blocking the async runtime.
@@ -83,6 +90,9 @@ pub use snapshot::{SnapshotBytes, SnapshotStore};
 use format::{RECORD_PAYLOAD_BYTES_MAX, VARINT_BYTES_MAX};
 use space::OpNote;
 
+/// Deferred op bytes held in memory past which the writer writes them on their own.
+pub const DEFERRED_BYTES_MAX: usize = 1 << 20;
+
 /// Tuning of a `Wal`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WalOptions {
@@ -100,6 +110,9 @@ pub struct WalOptions {
     /// fsync, so one fsync covers more groups. 0 disables the wait; an idle
     /// WAL never waits.
     pub batch_linger_us: u64,
+    /// How long the writer holds deferred ops (`Wal::submit_deferred`) while nothing else is
+    /// written before it writes and syncs them on their own, in milliseconds.
+    pub deferred_idle_ms: u64,
 }
 
 impl Default for WalOptions {
@@ -112,6 +125,9 @@ impl Default for WalOptions {
             // Measured on the 3-node local cluster: waiting did not raise throughput
             // (fdatasync is cheap next to the rest of a write), so it is off by default.
             batch_linger_us: 0,
+            // Long enough that a busy WAL never pays for a pointer alone, short enough that an
+            // idle group's pointer reaches disk soon after its last write.
+            deferred_idle_ms: 100,
         }
     }
 }
@@ -306,6 +322,8 @@ pub(crate) struct Request {
     pub notes: Vec<OpNote>,
     /// Completion callback.
     pub done: Done,
+    /// Written with the next durable batch instead of being made durable itself (`submit_deferred`).
+    pub deferred: bool,
     /// The queue slot, released once the request is completed.
     pub permit: OwnedSemaphorePermit,
 }
@@ -441,7 +459,7 @@ impl Wal {
             TryAcquireError::NoPermits => WalError::Busy,
             TryAcquireError::Closed => WalError::Closed,
         })?;
-        self.enqueue(ops.len(), op_bytes, notes, done, permit)
+        self.enqueue(ops.len(), op_bytes, notes, done, permit, false)
     }
 
     /// Like `submit`, but waits (asynchronously) for room in the queue instead of returning
@@ -455,7 +473,30 @@ impl Wal {
             .acquire_owned()
             .await
             .map_err(|_| WalError::Closed)?;
-        self.enqueue(ops.len(), op_bytes, notes, done, permit)
+        self.enqueue(ops.len(), op_bytes, notes, done, permit, false)
+    }
+
+    /// Queues `ops` whose loss in a crash is harmless (openraft's committed pointer, a hint that
+    /// may lag) without paying an fdatasync for them: the writer keeps them in memory and writes
+    /// them in front of the next batch it makes durable anyway, on their own once the WAL has
+    /// been idle for `deferred_idle_ms`, or at close. They still go to disk in queue order, so any
+    /// op queued after them cannot become durable before them. Waits for room in the queue like
+    /// `submit_async`; returns once queued.
+    pub async fn submit_deferred(&self, ops: Vec<WalOp>) -> Result<(), WalError> {
+        let (op_bytes, notes) = encode(&ops)?;
+        let permit = self
+            .inner
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| WalError::Closed)?;
+        let done: Done = Box::new(|result| {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "wal: a deferred write was not taken");
+            }
+        });
+        self.enqueue(ops.len(), op_bytes, notes, done, permit, true)
     }
 
     /// Queues `ops` (waiting for room) and returns once they are durable.
@@ -516,6 +557,7 @@ impl Wal {
         notes: Vec<OpNote>,
         done: Done,
         permit: OwnedSemaphorePermit,
+        deferred: bool,
     ) -> Result<(), WalError> {
         let request = Request {
             op_bytes,
@@ -523,6 +565,7 @@ impl Wal {
             notes,
             done,
             permit,
+            deferred,
         };
         let tx = lock(&self.inner.tx);
         match tx.as_ref() {

@@ -1,6 +1,7 @@
 //! Model-based test: random op sequences of several groups, with tiny segments (so rolling,
 //! checkpoints and deletion happen constantly) and reopens at random points, must always
-//! recover exactly what a plain in-memory replay of every acknowledged op gives.
+//! recover exactly what a plain in-memory replay of every acknowledged op gives. Deferred
+//! committed pointers are mixed in: a clean close must write them too.
 
 use std::collections::BTreeMap;
 
@@ -68,11 +69,25 @@ fn op_strategy() -> impl Strategy<Value = WalOp> {
     ]
 }
 
-/// A step: a request of one to three ops, or (`None`) a close and reopen.
-fn step_strategy() -> impl Strategy<Value = Option<Vec<WalOp>>> {
+#[derive(Clone, Debug)]
+enum Step {
+    /// A durable request of one to three ops.
+    Ops(Vec<WalOp>),
+    /// A deferred request of committed pointers.
+    Deferred(Vec<WalOp>),
+    /// A clean close and reopen.
+    Reopen,
+}
+
+fn step_strategy() -> impl Strategy<Value = Step> {
+    let committed = (0u32..3, any::<u8>()).prop_map(|(group, tag)| WalOp::Committed {
+        group,
+        bytes: vec![tag, 1],
+    });
     prop_oneof![
-        12 => prop::collection::vec(op_strategy(), 1..4).prop_map(Some),
-        1 => Just(None),
+        12 => prop::collection::vec(op_strategy(), 1..4).prop_map(Step::Ops),
+        4 => prop::collection::vec(committed, 1..3).prop_map(Step::Deferred),
+        1 => Just(Step::Reopen),
     ]
 }
 
@@ -102,17 +117,24 @@ proptest! {
     #[test]
     fn recovery_matches_the_model(steps in prop::collection::vec(step_strategy(), 1..80)) {
         let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let (mut wal, _) = Wal::open(dir.path(), options()).unwrap();
         let mut model = BTreeMap::new();
         for step in steps {
             match step {
-                Some(ops) => {
+                Step::Ops(ops) => {
                     for op in &ops {
                         model_apply(&mut model, op);
                     }
                     submit_sync(&wal, ops);
                 }
-                None => {
+                Step::Deferred(ops) => {
+                    for op in &ops {
+                        model_apply(&mut model, op);
+                    }
+                    rt.block_on(wal.submit_deferred(ops)).unwrap();
+                }
+                Step::Reopen => {
                     wal.close();
                     let (reopened, recovered) = Wal::open(dir.path(), options()).unwrap();
                     prop_assert_eq!(&recovered.groups, &live(&model));

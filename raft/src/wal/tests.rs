@@ -342,6 +342,57 @@ async fn damage_before_the_last_record_is_corrupt() {
 }
 
 /// Options that roll a segment after a few small batches.
+#[tokio::test]
+async fn a_deferred_op_rides_on_the_next_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    // Held for as long as the test could take, so only the append can write them.
+    let held = WalOptions {
+        deferred_idle_ms: 600_000,
+        ..opts(true)
+    };
+    let (wal, _) = Wal::open(dir.path(), held).unwrap();
+    let committed = |tag: u8| WalOp::Committed {
+        group: 1,
+        bytes: vec![tag],
+    };
+    wal.submit_deferred(vec![committed(1)]).await.unwrap();
+    wal.submit_deferred(vec![committed(2)]).await.unwrap();
+    wal.submit_wait(vec![append(1, 1..=2, 0)]).await.unwrap();
+    let stats = wal.stats();
+    // Three requests, all written, and only the append paid for an fsync.
+    assert_eq!((stats.requests, stats.ops, stats.fsyncs), (3, 3, 1));
+    wal.close();
+    let recovered = reopen(dir.path(), opts(true));
+    assert_eq!(recovered.groups[&1].committed, Some(vec![2]));
+    assert_eq!(recovered.groups[&1].entries, entries(1, 1..=2, 0));
+}
+
+#[tokio::test]
+async fn a_lone_deferred_op_is_written_when_idle_and_at_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), opts(true)).unwrap();
+    let committed = |tag: u8| WalOp::Committed {
+        group: 4,
+        bytes: vec![tag],
+    };
+    wal.submit_deferred(vec![committed(1)]).await.unwrap();
+    // With nothing else to write, the writer syncs it on its own after `deferred_idle_ms`.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while wal.stats().fsyncs == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "an idle deferred op was never written"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(wal.stats().ops, 1);
+    // A second one is closed over at once: close writes it.
+    wal.submit_deferred(vec![committed(2)]).await.unwrap();
+    wal.close();
+    let recovered = reopen(dir.path(), opts(true));
+    assert_eq!(recovered.groups[&4].committed, Some(vec![2]));
+}
+
 fn small_segments() -> WalOptions {
     WalOptions {
         segment_bytes_max: 200,

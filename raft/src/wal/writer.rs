@@ -12,10 +12,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 
 use super::disk::{Disk, DiskFile};
-use super::format::{self, DiskOp, RECORD_HEADER_BYTES, VARINT_BYTES_MAX};
+use super::format::{self, DiskOp, RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX, VARINT_BYTES_MAX};
 use super::recovery::Active;
 use super::space::{OpNote, SegmentInfo, Space};
-use super::{sync_dir, Counters, Request, WalError, WalOptions};
+use super::{sync_dir, Counters, Request, WalError, WalOptions, DEFERRED_BYTES_MAX};
 
 /// Name of the lock file inside the WAL directory.
 const LOCK_FILE: &str = "LOCK";
@@ -63,6 +63,8 @@ pub(crate) struct Writer {
     poisoned: Option<String>,
     /// Reused record buffer.
     buf: Vec<u8>,
+    /// Ops of deferred requests taken but not yet written.
+    deferred: Deferred,
     #[cfg(test)]
     gate: Arc<Gate>,
 }
@@ -92,6 +94,7 @@ impl Writer {
             counters,
             poisoned: None,
             buf: Vec::new(),
+            deferred: Deferred::default(),
             #[cfg(test)]
             gate,
         }
@@ -104,9 +107,17 @@ impl Writer {
         loop {
             let first = match pending.take() {
                 Some(request) => request,
-                None => match rx.recv() {
+                None if self.deferred.is_empty() => match rx.recv() {
                     Ok(request) => request,
                     Err(mpsc::RecvError) => break,
+                },
+                None => match rx.recv_timeout(self.deferred_idle()) {
+                    Ok(request) => request,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        let _ = self.write_batch(&mut []);
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 },
             };
             #[cfg(test)]
@@ -124,8 +135,15 @@ impl Writer {
             });
             pending = carry;
             last_batch_len = batch.len();
+            if self.hold_deferred(&mut batch) {
+                continue;
+            }
             let result = self.write_batch(&mut batch);
             self.complete(batch, result);
+        }
+        // Close: what was deferred is written and synced before the directory is released.
+        if !self.deferred.is_empty() {
+            let _ = self.write_batch(&mut []);
         }
     }
 
@@ -142,24 +160,87 @@ impl Writer {
                 None => loop {
                     match rx.try_recv() {
                         Ok(request) => break request,
-                        Err(mpsc::TryRecvError::Empty) => wake.notified().await,
-                        Err(mpsc::TryRecvError::Disconnected) => return,
+                        Err(mpsc::TryRecvError::Empty) if self.deferred.is_empty() => wake.notified().await,
+                        Err(mpsc::TryRecvError::Empty) => {
+                            if tokio::time::timeout(self.deferred_idle(), wake.notified())
+                                .await
+                                .is_err()
+                            {
+                                let _ = self.write_batch_task(&mut []).await;
+                            }
+                        }
+                        Err(mpsc::TryRecvError::Disconnected) => {
+                            if !self.deferred.is_empty() {
+                                let _ = self.write_batch_task(&mut []).await;
+                            }
+                            return;
+                        }
                     }
                 },
             };
             let (mut batch, carry) = fill_batch(first, self.opts.batch_bytes_max, || rx.try_recv().ok());
             pending = carry;
-            // The record is written, then the disk takes its time, then the fsync: a crash in
-            // between finds the record unsynced, which is what a simulated crash must be able to
-            // lose or tear.
-            let appended = self.guarded(|w| w.append_batch(&mut batch));
-            let delay = self.disk.write_delay(batch.iter().map(|r| r.op_bytes.len()).sum());
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
+            if self.hold_deferred(&mut batch) {
+                continue;
             }
-            let result = appended.and_then(|written| self.guarded(|w| w.sync_batch(written)));
+            let result = self.write_batch_task(&mut batch).await;
             self.complete(batch, result);
         }
+    }
+
+    fn deferred_idle(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.opts.deferred_idle_ms)
+    }
+
+    /// `write_batch` for the task-mode writer: the record is written, then the disk takes its
+    /// time, then the fsync. A crash in between finds the record unsynced, which is what a
+    /// simulated crash must be able to lose or tear.
+    async fn write_batch_task(&mut self, batch: &mut [Request]) -> Result<(), WalError> {
+        let appended = self.guarded(|w| w.append_batch(batch));
+        let bytes = self.deferred.bytes.len() + batch.iter().map(|r| r.op_bytes.len()).sum::<usize>();
+        let delay = self.disk.write_delay(bytes);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        appended.and_then(|written| self.guarded(|w| w.sync_batch(written)))
+    }
+
+    /// If every request of `batch` is deferred, takes their ops into the in-memory buffer,
+    /// acknowledges them and returns true (writing the buffer at once if it has grown past
+    /// `DEFERRED_BYTES_MAX`). A batch with any durable request is left alone: its deferred
+    /// requests are written in place, in queue order, under the batch's fsync.
+    fn hold_deferred(&mut self, batch: &mut Vec<Request>) -> bool {
+        if !batch.iter().all(|r| r.deferred) {
+            return false;
+        }
+        for request in batch.drain(..) {
+            let Request {
+                op_bytes,
+                op_count,
+                notes,
+                done,
+                permit,
+                ..
+            } = request;
+            let result = match &self.poisoned {
+                Some(reason) => Err(WalError::Poisoned(reason.clone())),
+                None => {
+                    self.deferred.bytes.extend_from_slice(&op_bytes);
+                    self.deferred.op_count += op_count;
+                    self.deferred.notes.extend(notes);
+                    self.counters.requests.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }
+            };
+            drop(permit);
+            done(result);
+        }
+        if self.deferred.bytes.len() >= DEFERRED_BYTES_MAX {
+            // Written without waiting for an fsync of its own would leave an unsynced record on
+            // disk; this is rare enough (only a long run of pointer-only batches) to just sync.
+            let _ = self.write_batch(&mut []);
+        }
+        true
     }
 
     /// Completes every request of a written batch with `result`.
@@ -175,7 +256,8 @@ impl Writer {
         }
     }
 
-    /// Writes `batch` as one record and makes it durable, poisoning the writer on failure.
+    /// Writes the held deferred ops and `batch` as one record (two if together they would be too
+    /// large) and makes them durable, poisoning the writer on failure.
     fn write_batch(&mut self, batch: &mut [Request]) -> Result<(), WalError> {
         self.guarded(|w| {
             let written = w.append_batch(batch)?;
@@ -196,20 +278,37 @@ impl Writer {
         result
     }
 
-    /// Appends `batch` as one record (rolling the segment first if it would grow too large),
-    /// without syncing it.
+    /// Appends the held deferred ops and `batch` as one record, or as two when together they
+    /// would pass the record size limit (rolling the segment first if it would grow too large),
+    /// without syncing them.
     fn append_batch(&mut self, batch: &mut [Request]) -> Result<Written, WalError> {
-        let op_count: u64 = batch.iter().map(|r| r.op_count).sum();
-        let op_bytes: usize = batch.iter().map(|r| r.op_bytes.len()).sum();
-        let record_bytes = (RECORD_HEADER_BYTES + VARINT_BYTES_MAX + op_bytes) as u64;
+        let held = std::mem::take(&mut self.deferred);
+        let batch_ops: u64 = batch.iter().map(|r| r.op_count).sum();
+        let batch_bytes: usize = batch.iter().map(|r| r.op_bytes.len()).sum();
+        let op_count = held.op_count + batch_ops;
+        let op_bytes = held.bytes.len() + batch_bytes;
+        let split = !held.is_empty() && batch_ops > 0 && op_bytes > RECORD_PAYLOAD_BYTES_MAX - VARINT_BYTES_MAX;
+        let headers = if split { 2 } else { 1 };
+        let record_bytes = (headers * (RECORD_HEADER_BYTES + VARINT_BYTES_MAX) + op_bytes) as u64;
         let rolled = self.size + record_bytes > self.opts.segment_bytes_max && self.size > self.checkpoint_bytes;
         if rolled {
             self.roll()?;
         }
         self.buf.clear();
-        format::push_record(&mut self.buf, op_count, batch.iter().map(|r| r.op_bytes.as_slice()));
-        self.append_buf()?;
+        let held_bytes = (!held.is_empty()).then_some(held.bytes.as_slice());
+        let batch_slices = batch.iter().map(|r| r.op_bytes.as_slice());
+        if split {
+            format::push_record(&mut self.buf, held.op_count, held_bytes.into_iter());
+            format::push_record(&mut self.buf, batch_ops, batch_slices);
+        } else {
+            format::push_record(&mut self.buf, op_count, held_bytes.into_iter().chain(batch_slices));
+        }
+        self.append_buf(headers as u64)?;
         let mut purged = false;
+        for note in held.notes {
+            purged |= matches!(note, OpNote::Purge { .. });
+            self.space.note(note);
+        }
         for request in batch.iter_mut() {
             for note in std::mem::take(&mut request.notes) {
                 purged |= matches!(note, OpNote::Purge { .. });
@@ -245,8 +344,8 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes `buf` as one complete record at the end of the active segment.
-    fn append_buf(&mut self) -> Result<(), WalError> {
+    /// Writes `buf`, `records` complete records, at the end of the active segment.
+    fn append_buf(&mut self, records: u64) -> Result<(), WalError> {
         let path = self.active_path();
         self.file
             .append(&self.buf)
@@ -254,7 +353,7 @@ impl Writer {
         self.size += self.buf.len() as u64;
         self.counters.bytes.fetch_add(self.buf.len() as u64, Ordering::Relaxed);
         if let Some(active) = self.space.segments.back_mut() {
-            active.records += 1;
+            active.records += records;
         }
         Ok(())
     }
@@ -287,7 +386,7 @@ impl Writer {
             }
             self.buf.clear();
             format::push_record(&mut self.buf, chunks.len() as u64, chunks.iter().map(|c| c.as_slice()));
-            self.append_buf()?;
+            self.append_buf(1)?;
             self.checkpoint_bytes = self.size;
         }
         Ok(())
@@ -327,6 +426,20 @@ impl Writer {
             .segments
             .back()
             .map_or_else(|| self.dir.clone(), |segment| segment.path.clone())
+    }
+}
+
+/// Ops of deferred requests, encoded back to back, waiting to be written in front of a batch.
+#[derive(Default)]
+struct Deferred {
+    bytes: Vec<u8>,
+    op_count: u64,
+    notes: Vec<OpNote>,
+}
+
+impl Deferred {
+    fn is_empty(&self) -> bool {
+        self.op_count == 0
     }
 }
 
