@@ -64,6 +64,27 @@ async fn full_restart_keeps_all_data() {
         .await
         .unwrap();
     assert_eq!(found, vec![true, true]);
+
+    // Whoever the restart left leading what, the leader balancer spreads the 5 groups (4 shards
+    // and the meta group) to 2/2/1.
+    let addrs: Vec<String> = c.shard_map().nodes.iter().map(|n| n.client_addr.clone()).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut counts = Vec::new();
+        for addr in &addrs {
+            let st = c.node_status(addr).await.unwrap();
+            counts.push(st.shards.iter().filter(|s| s.leader == Some(st.node_id)).count());
+        }
+        let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+        if max - min <= 1 && counts.iter().sum::<usize>() == 5 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "leaders not spread a minute after the restart: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     c.close().await;
     up.stop();
 }

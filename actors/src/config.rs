@@ -70,6 +70,9 @@ pub struct RaftTimings {
     /// On a graceful stop, how long the node may spend handing the groups it leads to caught-up
     /// followers before it stops anyway, ms (0: no handover; followers elect after a timeout).
     pub handover_timeout_ms: u64,
+    /// How often the node hands groups it leads to followers that lead fewer, to keep leaders
+    /// spread over the nodes, ms (0: never; see `balance`).
+    pub leader_balance_interval_ms: u64,
 }
 
 impl Default for RaftTimings {
@@ -82,6 +85,7 @@ impl Default for RaftTimings {
             logs_kept_behind_snapshot: 1_000,
             // The leader's own lease (election_timeout_max) plus time for a follower to catch up.
             handover_timeout_ms: 3_000,
+            leader_balance_interval_ms: 2_000,
         }
     }
 }

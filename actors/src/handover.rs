@@ -38,7 +38,7 @@ pub async fn hand_over_all(registry: &Arc<Registry>, timeout: Duration) -> Hando
         .filter_map(|g| registry.get(g))
         .filter(Replica::is_leader)
         .collect();
-    let outcomes = join_all(led.iter().map(|r| hand_over(registry, r, deadline))).await;
+    let outcomes = join_all(led.iter().map(|r| hand_over(registry, r, None, deadline))).await;
     let mut report = HandoverReport::default();
     for (replica, outcome) in led.iter().zip(outcomes) {
         match outcome {
@@ -50,11 +50,36 @@ pub async fn hand_over_all(registry: &Arc<Registry>, timeout: Duration) -> Hando
     report
 }
 
-/// Hands over one group; `Ok(None)` when there was nothing to hand over.
-async fn hand_over(registry: &Registry, replica: &Replica, deadline: Instant) -> Result<Option<NodeId>, String> {
+/// Hands the leadership of `group` to node `to`, waiting at most `timeout`; `Ok(None)` when this
+/// node does not lead the group or `to` did not catch up in time.
+pub async fn hand_over_to(
+    registry: &Arc<Registry>,
+    group: u32,
+    to: NodeId,
+    timeout: Duration,
+) -> Result<Option<NodeId>, String> {
+    let Some(replica) = registry.get(group) else {
+        return Ok(None);
+    };
+    hand_over(registry, &replica, Some(&[to]), Instant::now() + timeout).await
+}
+
+/// Hands over one group, to a caught-up follower among `to` (in that order of preference) or,
+/// with `to` of `None`, to any caught-up follower. `Ok(None)` when there was nothing to hand
+/// over or no acceptable follower had caught up.
+pub(crate) async fn hand_over(
+    registry: &Registry,
+    replica: &Replica,
+    to: Option<&[NodeId]>,
+    deadline: Instant,
+) -> Result<Option<NodeId>, String> {
     let outcome = async {
-        let Some(targets) = replica.begin_handover(deadline).await.map_err(|e| e.to_string())? else {
+        let Some(caught_up) = replica.begin_handover(deadline).await.map_err(|e| e.to_string())? else {
             return Ok(None);
+        };
+        let targets: Vec<NodeId> = match to {
+            Some(to) => to.iter().copied().filter(|t| caught_up.contains(t)).collect(),
+            None => caught_up,
         };
         let mut why = Vec::new();
         // A follower that was caught up may have died since; the next one may still stand.
@@ -70,13 +95,16 @@ async fn hand_over(registry: &Registry, replica: &Replica, deadline: Instant) ->
                 Err(e) => why.push(e),
             }
         }
+        if why.is_empty() {
+            return Ok(None);
+        }
         Err(format!("group {}: {}", replica.group, why.join("; ")))
     }
     .await;
-    if outcome.is_err() {
-        // Keep serving writes for whatever time the node has left; the group re-elects normally.
-        replica.cancel_handover();
-    }
+    // Moved or not, the replica takes proposals again whenever it leads: after a failure it keeps
+    // serving for whatever time the node has left (the group re-elects normally if the node
+    // stops), and after a success it must serve if it is ever elected again.
+    replica.end_handover();
     outcome
 }
 

@@ -8,6 +8,7 @@
 //! This crate does not parse command lines or manage processes (that is the
 //! `plexus` binary) and holds no replicated state of its own.
 
+pub mod balance;
 pub mod clock;
 pub mod config;
 pub mod gateway;

@@ -225,6 +225,8 @@ pub struct NodeHandle {
     core: NodeCore,
     /// How long [`NodeHandle::shutdown`] may spend handing leadership over.
     handover_timeout: Duration,
+    /// The leader balancer (`crate::balance`), when `leader_balance_interval_ms` is not 0.
+    balancer: Option<tokio::task::JoinHandle<()>>,
     _lock: std::fs::File,
 }
 
@@ -281,11 +283,18 @@ pub async fn start_node_with_clock(cfg: NodeConfig, clock: Arc<dyn Clock>) -> Re
     let core = start_core(&cfg, endpoint.local_addr().to_string(), seams).await?;
     endpoint.serve(core.peers.clone(), core.gateway.clone());
     tracing::info!(node = cfg.node_id, addr = %endpoint.local_addr(), groups = core.registry.hosted_groups().len(), "node started");
+    let balancer = (cfg.raft.leader_balance_interval_ms > 0).then(|| {
+        crate::balance::spawn(
+            core.registry.clone(),
+            Duration::from_millis(cfg.raft.leader_balance_interval_ms),
+        )
+    });
     Ok(NodeHandle {
         registry: core.registry.clone(),
         endpoint,
         core,
         handover_timeout: Duration::from_millis(cfg.raft.handover_timeout_ms),
+        balancer,
         _lock: lock,
     })
 }
@@ -434,7 +443,12 @@ impl NodeHandle {
     }
 
     /// Stops gracefully: hand leadership over, stop serving, stop every replica, flush the WAL.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
+        // A balancing move must not race the handover of everything.
+        if let Some(balancer) = self.balancer.take() {
+            balancer.abort();
+            let _ = balancer.await;
+        }
         self.hand_over_leadership().await;
         self.endpoint.shutdown().await;
         self.core.shutdown().await;

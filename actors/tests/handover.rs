@@ -36,6 +36,8 @@ async fn a_stopping_leader_hands_its_groups_to_caught_up_followers() {
         election_timeout_min_ms: 1_500,
         election_timeout_max_ms: 2_000,
         handover_timeout_ms: 10_000,
+        // Balancing would hand groups back to the node that just handed them over.
+        leader_balance_interval_ms: 0,
         ..Default::default()
     };
     let cfgs = common::cluster_configs(tmp.path(), 3, SHARDS, 3, raft, true);

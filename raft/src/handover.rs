@@ -11,9 +11,14 @@
 //! down; the two are a quorum of a group of two or three voters. No Raft voting rule is bypassed:
 //! if any step fails, the group elects a leader after the usual timeout, as after a crash.
 //!
-//! What it is not: a way to move leadership off a node that keeps serving (the replica refuses
-//! proposals from the start of the handover until [`Replica::cancel_handover`]), nor a handover
-//! for groups of more than three voters (their other followers' leases would refuse the vote).
+//! The same protocol moves single groups off a node that keeps serving, to balance leadership
+//! (`plexus_actors::balance`): the replica refuses proposals only from the start of the handover
+//! until [`Replica::end_handover`], and the balancer starts one only once the leader's own lease
+//! is over ([`Replica::lease_over`]), so the pause is the time a follower needs to catch up and
+//! win one vote.
+//!
+//! What it is not: a handover for groups of more than three voters (their other followers'
+//! leases would refuse the vote).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -119,9 +124,25 @@ impl Replica {
         (caught_up, quorum_silent_ms)
     }
 
-    /// Ends a handover that will not happen: the replica takes proposals again.
-    pub fn cancel_handover(&self) {
+    /// Ends a handover, whether or not leadership moved: the replica takes proposals again
+    /// whenever it leads (a replica that handed over and is elected again later must serve).
+    pub fn end_handover(&self) {
         self.handing_over.store(false, Ordering::Release);
+    }
+
+    /// Whether this replica leads its group and its own lease from its election is over, so a
+    /// handover could start without first refusing proposals for up to `election_timeout_max`.
+    pub async fn lease_over(&self) -> bool {
+        if !self.is_leader() {
+            return false;
+        }
+        let lease = Duration::from_millis(self.raft.config().election_timeout_max + LEASE_MARGIN_MS);
+        match self.raft.with_raft_state(|st| st.vote_last_modified()).await {
+            Ok(Some(at)) => at + lease <= Instant::now(),
+            // Restored from disk as leader: no election happened in this process.
+            Ok(None) => true,
+            Err(_) => false,
+        }
     }
 
     /// Waits until `deadline` for another node to lead the group; returns it.

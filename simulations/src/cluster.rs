@@ -115,6 +115,8 @@ impl Cluster {
                     logs_kept_behind_snapshot: params.logs_kept_behind_snapshot,
                     // Crashes are abrupt here; the handover runs only in `NodeHandle::shutdown`.
                     handover_timeout_ms: 0,
+                    // The balancer runs only under `start_node`; the simulator starts cores.
+                    leader_balance_interval_ms: 0,
                 },
                 gateway: GatewayLimits {
                     requests_in_flight_max: 1_024,
