@@ -449,6 +449,9 @@ impl NodeHandle {
             balancer.abort();
             let _ = balancer.await;
         }
+        // Refuse to be made leader from now on: in a whole-cluster stop the peers are stopping
+        // too, and a group handed to one of them would only have to be handed on again.
+        self.registry.set_stopping();
         self.hand_over_leadership().await;
         self.endpoint.shutdown().await;
         self.core.shutdown().await;

@@ -78,6 +78,12 @@ impl PeerHandler for PeerService {
                 | PeerRequest::TimeoutNow(g) => *g,
                 PeerRequest::ShardMap => return encode(&PeerResponse::ShardMap(Box::new(registry.shard_map()))),
             };
+            if matches!(req, PeerRequest::TimeoutNow(_)) && registry.is_stopping() {
+                return encode(&PeerResponse::TimeoutNow(Err(format!(
+                    "node {} is stopping",
+                    registry.node_id
+                ))));
+            }
             let resp = match registry.get(group) {
                 Some(replica) => replica.handle_peer(req, registry.request_timeout).await,
                 None => {

@@ -6,6 +6,7 @@
 //! mailbox, so the hot path has no extra hop.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -46,6 +47,8 @@ pub struct Registry {
     starts: RwLock<BTreeMap<u32, u64>>,
     /// The node's scoring pool, once started.
     scoring: OnceLock<Arc<ScoringPool>>,
+    /// Set once a graceful stop has begun: the node no longer stands for elections on request.
+    stopping: AtomicBool,
 }
 
 /// Meta-group replicas: at most this many of the lowest node ids.
@@ -69,7 +72,21 @@ impl Registry {
             replicas: RwLock::new(BTreeMap::new()),
             starts: RwLock::new(BTreeMap::new()),
             scoring: OnceLock::new(),
+            stopping: AtomicBool::new(false),
         }
+    }
+
+    /// Marks the node as stopping: from now on it refuses `TimeoutNow`, so a peer handing a
+    /// group over tries another follower (or gives up at once) instead of making a node that
+    /// is about to go away the leader. That is what keeps a whole-cluster stop from waiting out
+    /// the handover deadline for groups handed back and forth between stopping nodes.
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    /// Whether a graceful stop has begun.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 
     /// Installs the node's scoring pool; a second pool is refused (returned).

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use plexus_actors::config::RaftTimings;
+use plexus_actors::handover::hand_over_to;
 use plexus_actors::{start_node, NodeHandle};
 use plexus_client::{Client, ClientConfig, Cursor};
 use plexus_proto::{shard_for_key, ShardKey};
@@ -114,6 +115,61 @@ async fn a_stopping_leader_hands_its_groups_to_caught_up_followers() {
         assert_eq!(page.entries.len(), ENTRIES_BEFORE + 1, "timeline {owner}");
     }
     client.close().await;
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_node_refuses_to_be_made_leader() {
+    let tmp = tempfile::tempdir().unwrap();
+    let raft = RaftTimings {
+        heartbeat_ms: 100,
+        election_timeout_min_ms: 400,
+        election_timeout_max_ms: 600,
+        leader_balance_interval_ms: 0,
+        ..Default::default()
+    };
+    let cfgs = common::cluster_configs(tmp.path(), 3, 2, 3, raft, true);
+    let mut nodes = Vec::new();
+    for cfg in cfgs {
+        nodes.push(start_node(cfg).await.unwrap());
+    }
+    common::wait_for_cluster_leaders(&nodes).await;
+    let leader = (0..nodes.len()).find(|i| !led_groups(&nodes[*i]).is_empty()).unwrap();
+    let group = *led_groups(&nodes[leader]).iter().next().unwrap();
+    let others: Vec<usize> = (0..nodes.len()).filter(|i| *i != leader).collect();
+    let (stopping, willing) = (&nodes[others[0]], &nodes[others[1]]);
+
+    // A follower that has begun to stop answers TimeoutNow with a refusal: the handover ends
+    // at once with that reason, and the group keeps its leader and takes proposals again.
+    stopping.registry.set_stopping();
+    let started = Instant::now();
+    let refused = hand_over_to(
+        &nodes[leader].registry,
+        group,
+        stopping.registry.node_id,
+        Duration::from_secs(20),
+    )
+    .await;
+    let why = refused.expect_err("a stopping node was made leader");
+    assert!(why.contains("is stopping"), "{why}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the refusal waited out the deadline"
+    );
+    assert!(led_groups(&nodes[leader]).contains(&group));
+
+    // A follower that is not stopping takes the group.
+    let moved = hand_over_to(
+        &nodes[leader].registry,
+        group,
+        willing.registry.node_id,
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+    assert_eq!(moved, Some(willing.registry.node_id));
     for node in nodes {
         node.shutdown().await;
     }
