@@ -2,12 +2,14 @@
 # Replicated-write throughput of plexus against etcd, measured on this machine in
 # one run, printed as a ratio (see README.md beside this file).
 #
-#   benches/etcd/run.sh [--concurrency C] [--duration SECS] [--etcd-only] [--keep]
+#   benches/etcd/run.sh [--concurrency C] [--duration SECS] [--rounds N] [--etcd-only] [--keep]
 #
 # Both systems run 3 members on 127.0.0.1 with fsync on: etcd fsyncs its WAL on
 # every commit by default and this script does not pass --unsafe-no-fsync; plexus
 # nodes fsync their Raft logs. Each side gets C concurrent writers of 64-byte
-# values for SECS seconds, then is stopped before the other starts.
+# values for SECS seconds, then is stopped before the other starts. With --rounds N
+# (default 1) the pair is measured N times, alternating, each time on fresh
+# clusters, and the median of the N ratios is reported (shared machines are noisy).
 #
 # Environment: CARGO_TARGET_DIR (driver build dir only; default benches/etcd/driver/target),
 # PLEXUS_BIN (use this plexus binary instead of building target/release/plexus).
@@ -15,20 +17,23 @@ set -euo pipefail
 
 concurrency=64
 duration=10
+rounds=1
 etcd_only=0
 keep=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --concurrency) concurrency="${2:?--concurrency needs a value}"; shift 2 ;;
         --duration) duration="${2:?--duration needs a value}"; shift 2 ;;
+        --rounds) rounds="${2:?--rounds needs a value}"; shift 2 ;;
         --etcd-only) etcd_only=1; shift ;;
         --keep) keep=1; shift ;;
-        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
 [[ "$concurrency" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: --concurrency must be a positive integer" >&2; exit 2; }
 [[ "$duration" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: --duration must be a positive integer" >&2; exit 2; }
+[[ "$rounds" =~ ^[1-9][0-9]*$ && "$rounds" -le 20 ]] || { echo "run.sh: --rounds must be an integer from 1 to 20" >&2; exit 2; }
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -152,75 +157,98 @@ for i in 0 1 2; do
     endpoints+="${endpoints:+,}http://127.0.0.1:${client_ports[$i]}"
 done
 
-log "etcd $(etcd --version | sed -n 's/^etcd Version: //p'): starting 3 members, clients on ${client_ports[*]}"
-for i in 0 1 2; do
-    # No --unsafe-no-fsync: every committed entry is fsynced to each member's WAL.
-    setsid etcd --name "m$i" --data-dir "$tmp/etcd/m$i" \
-        --listen-client-urls "http://127.0.0.1:${client_ports[$i]}" \
-        --advertise-client-urls "http://127.0.0.1:${client_ports[$i]}" \
-        --listen-peer-urls "http://127.0.0.1:${peer_ports[$i]}" \
-        --initial-advertise-peer-urls "http://127.0.0.1:${peer_ports[$i]}" \
-        --initial-cluster "$initial_cluster" --initial-cluster-state new \
-        --initial-cluster-token "plexus-bench-$$" \
-        --logger zap --log-level warn \
-        >"$tmp/etcd-m$i.log" 2>&1 </dev/null &
-    pids+=("$!")
-done
-
-deadline=$((SECONDS + etcd_ready_secs))
-until ETCDCTL_API=3 etcdctl --endpoints="$endpoints" --command-timeout=2s endpoint health >/dev/null 2>&1; do
-    if ((SECONDS >= deadline)); then
-        log "etcd not healthy after ${etcd_ready_secs}s"; tail -n 20 "$tmp"/etcd-m*.log >&2; exit 1
-    fi
-    sleep 0.3
-done
-log "etcd healthy; measuring writes: concurrency $concurrency, ${duration}s"
-bounded "$((duration + bench_slack_secs))" "$tmp/etcd.json" "$driver" --endpoints "$endpoints" \
-    --concurrency "$concurrency" --duration "$duration"
-etcd_json="$(cat "$tmp/etcd.json")"
-echo "etcd:   $etcd_json"
-for pid in "${pids[@]}"; do stop_group "$pid"; done
-pids=()
+measure_etcd() { # round: a fresh 3-member etcd, one measurement; sets etcd_json
+    local r="$1" i
+    log "round $r: etcd $(etcd --version | sed -n 's/^etcd Version: //p'): starting 3 members, clients on ${client_ports[*]}"
+    for i in 0 1 2; do
+        # No --unsafe-no-fsync: every committed entry is fsynced to each member's WAL.
+        setsid etcd --name "m$i" --data-dir "$tmp/etcd-r$r/m$i" \
+            --listen-client-urls "http://127.0.0.1:${client_ports[$i]}" \
+            --advertise-client-urls "http://127.0.0.1:${client_ports[$i]}" \
+            --listen-peer-urls "http://127.0.0.1:${peer_ports[$i]}" \
+            --initial-advertise-peer-urls "http://127.0.0.1:${peer_ports[$i]}" \
+            --initial-cluster "$initial_cluster" --initial-cluster-state new \
+            --initial-cluster-token "plexus-bench-$$-$r" \
+            --logger zap --log-level warn \
+            >"$tmp/etcd-r$r-m$i.log" 2>&1 </dev/null &
+        pids+=("$!")
+    done
+    local deadline=$((SECONDS + etcd_ready_secs))
+    until ETCDCTL_API=3 etcdctl --endpoints="$endpoints" --command-timeout=2s endpoint health >/dev/null 2>&1; do
+        if ((SECONDS >= deadline)); then
+            log "etcd not healthy after ${etcd_ready_secs}s"; tail -n 20 "$tmp"/etcd-r"$r"-m*.log >&2; exit 1
+        fi
+        sleep 0.3
+    done
+    log "etcd healthy; measuring writes: concurrency $concurrency, ${duration}s"
+    bounded "$((duration + bench_slack_secs))" "$tmp/etcd-r$r.json" "$driver" --endpoints "$endpoints" \
+        --concurrency "$concurrency" --duration "$duration"
+    etcd_json="$(cat "$tmp/etcd-r$r.json")"
+    echo "etcd:   $etcd_json"
+    for i in "${pids[@]}"; do stop_group "$i"; done
+    pids=()
+}
 
 # ---- plexus: 3 nodes on loopback ---------------------------------------------
-plexus_json=""
-if [[ $etcd_only -eq 0 ]]; then
+measure_plexus() { # round: a fresh 3-node plexus cluster, one measurement; sets plexus_json
+    local r="$1"
     # plexus nodes listen on UDP (QUIC); `up` itself skips ports already taken.
-    base_port=$((27400 + RANDOM % 2000))
-    log "plexus: starting 3 nodes (base port $base_port)"
-    setsid "$plexus" up --nodes 3 --dir "$tmp/plexus" --base-port "$base_port" \
-        >"$tmp/plexus-up.log" 2>&1 </dev/null &
-    up_pid=$!
+    local base_port=$((27400 + RANDOM % 2000))
+    log "round $r: plexus: starting 3 nodes (base port $base_port)"
+    setsid "$plexus" up --nodes 3 --dir "$tmp/plexus-r$r" --base-port "$base_port" \
+        >"$tmp/plexus-r$r-up.log" 2>&1 </dev/null &
+    local up_pid=$!
     pids+=("$up_pid")
-    deadline=$((SECONDS + plexus_ready_secs))
-    until grep -v "not ready" "$tmp/plexus-up.log" | grep -q ready; do
+    local deadline=$((SECONDS + plexus_ready_secs))
+    until grep -v "not ready" "$tmp/plexus-r$r-up.log" | grep -q ready; do
         if ! kill -0 "$up_pid" 2>/dev/null; then
-            log "plexus up exited before ready"; tail -n 20 "$tmp/plexus-up.log" >&2; exit 1
+            log "plexus up exited before ready"; tail -n 20 "$tmp/plexus-r$r-up.log" >&2; exit 1
         fi
         if ((SECONDS >= deadline)); then
-            log "plexus not ready after ${plexus_ready_secs}s"; tail -n 20 "$tmp/plexus-up.log" >&2; exit 1
+            log "plexus not ready after ${plexus_ready_secs}s"; tail -n 20 "$tmp/plexus-r$r-up.log" >&2; exit 1
         fi
         sleep 0.3
     done
     log "plexus ready; measuring writes: concurrency $concurrency, ${duration}s"
-    bounded "$((duration + bench_slack_secs))" "$tmp/plexus.json" "$plexus" bench \
-        --config "$tmp/plexus/client.toml" --workload write --concurrency "$concurrency" --duration "$duration" --json
-    plexus_json="$(cat "$tmp/plexus.json")"
+    bounded "$((duration + bench_slack_secs))" "$tmp/plexus-r$r.json" "$plexus" bench \
+        --config "$tmp/plexus-r$r/client.toml" --workload write --concurrency "$concurrency" --duration "$duration" --json
+    plexus_json="$(cat "$tmp/plexus-r$r.json")"
     echo "plexus: $plexus_json"
     stop_group "$up_pid"
     pids=()
-fi
+}
+
+etcd_json=""
+plexus_json=""
+ratios=()
+for ((r = 1; r <= rounds; r++)); do
+    measure_etcd "$r"
+    if [[ $etcd_only -eq 1 ]]; then
+        echo "etcd write throughput $(printf '%.0f' "$(json_field "$etcd_json" ops_per_sec)") ops/s;" \
+            "p99 $(json_field "$etcd_json" p99_us) us (plexus half skipped: --etcd-only)"
+        continue
+    fi
+    measure_plexus "$r"
+    ratio="$(awk -v p="$(json_field "$plexus_json" ops_per_sec)" -v e="$(json_field "$etcd_json" ops_per_sec)" \
+        -v pp="$(json_field "$plexus_json" p99_us)" -v ep="$(json_field "$etcd_json" p99_us)" \
+        -v perr="$(json_field "$plexus_json" errors)" -v eerr="$(json_field "$etcd_json" errors)" \
+        'BEGIN { if (e + 0 <= 0) { print "etcd measured no successful writes" > "/dev/stderr"; exit 1 }
+                 printf "%.2f %d %d %d %d", p / e, pp, ep, perr, eerr }')"
+    ratios+=("$ratio")
+    read -r q pp ep perr eerr <<<"$ratio"
+    line="round $r: write throughput ratio plexus/etcd = $q; p99 plexus $pp us vs etcd $ep us"
+    if ((perr + eerr > 0)); then line+="; errors plexus $perr, etcd $eerr"; fi
+    echo "$line"
+done
 
 # ---- report ------------------------------------------------------------------
-if [[ $etcd_only -eq 1 ]]; then
-    echo "etcd write throughput $(printf '%.0f' "$(json_field "$etcd_json" ops_per_sec)") ops/s;" \
-        "p99 $(json_field "$etcd_json" p99_us) us (plexus half skipped: --etcd-only)"
-    exit 0
+if [[ $etcd_only -eq 1 ]]; then exit 0; fi
+# The median round by ratio (the lower middle one for an even count), with its p99s.
+median="$(printf '%s\n' "${ratios[@]}" | sort -n -k1,1 | sed -n "$(((${#ratios[@]} + 1) / 2))p")"
+read -r q pp ep perr eerr <<<"$median"
+line="write throughput ratio plexus/etcd = $q; p99 plexus $pp us vs etcd $ep us"
+if ((rounds > 1)); then
+    line+=" (median of $rounds rounds: $(printf '%s\n' "${ratios[@]}" | awk '{print $1}' | paste -sd' '))"
 fi
-awk -v p="$(json_field "$plexus_json" ops_per_sec)" -v e="$(json_field "$etcd_json" ops_per_sec)" \
-    -v pp="$(json_field "$plexus_json" p99_us)" -v ep="$(json_field "$etcd_json" p99_us)" \
-    -v perr="$(json_field "$plexus_json" errors)" -v eerr="$(json_field "$etcd_json" errors)" \
-    'BEGIN { if (e + 0 <= 0) { print "etcd measured no successful writes"; exit 1 }
-             printf "write throughput ratio plexus/etcd = %.2f; p99 plexus %d us vs etcd %d us", p / e, pp, ep
-             if (perr + eerr > 0) printf "; errors plexus %d, etcd %d", perr, eerr
-             printf "\n" }'
+if ((perr + eerr > 0)); then line+="; errors plexus $perr, etcd $eerr"; fi
+echo "$line"
