@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use plexus_actors::balance::{balance_once, MOVES_PER_ROUND_MAX};
 use plexus_actors::config::RaftTimings;
 use plexus_actors::handover::hand_over_to;
-use plexus_actors::{start_node, NodeHandle};
-use plexus_client::{Client, ClientConfig};
+use plexus_actors::NodeHandle;
 use plexus_proto::NodeId;
 
 const SHARDS: u32 = 6;
@@ -19,15 +18,7 @@ const SHARDS: u32 = 6;
 fn leader_counts(nodes: &[NodeHandle]) -> BTreeMap<NodeId, usize> {
     nodes
         .iter()
-        .map(|n| {
-            let led = n
-                .registry
-                .hosted_groups()
-                .into_iter()
-                .filter(|g| n.registry.get(*g).is_some_and(|r| r.is_leader()))
-                .count();
-            (n.registry.node_id, led)
-        })
+        .map(|n| (n.registry.node_id, common::led_groups(n).len()))
         .collect()
 }
 
@@ -42,20 +33,14 @@ async fn a_node_leading_everything_hands_groups_to_the_others() {
         leader_balance_interval_ms: 0,
         ..Default::default()
     };
-    let cfgs = common::cluster_configs(tmp.path(), 3, SHARDS, 3, raft, true);
-    let ca_pem = std::fs::read_to_string(&cfgs[0].tls.ca_cert).unwrap();
-    let seeds = cfgs.iter().map(|c| c.listen.to_string()).collect();
-    let mut nodes = Vec::new();
-    for cfg in cfgs {
-        nodes.push(start_node(cfg).await.unwrap());
-    }
-    common::wait_for_cluster_leaders(&nodes).await;
+    let cluster = common::TestCluster::start(tmp.path(), 3, SHARDS, raft).await;
+    let nodes = &cluster.nodes;
     let groups = nodes[0].registry.hosted_groups();
     assert_eq!(groups.len(), SHARDS as usize + 1);
 
     // Move every group to node 3.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while leader_counts(&nodes)[&3] < groups.len() {
+    while leader_counts(nodes)[&3] < groups.len() {
         assert!(Instant::now() < deadline, "could not move every group to node 3");
         for node in &nodes[..2] {
             for g in &groups {
@@ -69,7 +54,7 @@ async fn a_node_leading_everything_hands_groups_to_the_others() {
     let mut rounds = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let counts = leader_counts(&nodes);
+        let counts = leader_counts(nodes);
         let (min, max) = (counts.values().min().unwrap(), counts.values().max().unwrap());
         if max - min <= 1 && counts.values().sum::<usize>() == groups.len() {
             break;
@@ -92,14 +77,10 @@ async fn a_node_leading_everything_hands_groups_to_the_others() {
     eprintln!("balanced after {rounds} rounds");
 
     // Every group still takes writes.
-    let client = Client::connect(ClientConfig::new(seeds, ca_pem, common::TOKEN.into()))
-        .await
-        .unwrap();
+    let client = cluster.client().await;
     for owner in 0..24u64 {
         client.timeline_append(owner, b"x".to_vec()).await.unwrap();
     }
     client.close().await;
-    for node in nodes {
-        node.shutdown().await;
-    }
+    cluster.shutdown().await;
 }

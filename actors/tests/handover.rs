@@ -9,22 +9,12 @@ use std::time::{Duration, Instant};
 
 use plexus_actors::config::RaftTimings;
 use plexus_actors::handover::hand_over_to;
-use plexus_actors::{start_node, NodeHandle};
-use plexus_client::{Client, ClientConfig, Cursor};
+use plexus_client::Cursor;
 use plexus_proto::{shard_for_key, ShardKey};
 
 const SHARDS: u32 = 6;
 /// Entries appended to each timeline before the handover.
 const ENTRIES_BEFORE: usize = 20;
-
-/// Groups `node` leads right now.
-fn led_groups(node: &NodeHandle) -> BTreeSet<u32> {
-    node.registry
-        .hosted_groups()
-        .into_iter()
-        .filter(|g| node.registry.get(*g).is_some_and(|r| r.is_leader()))
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_leader_hands_its_groups_to_caught_up_followers() {
@@ -41,22 +31,16 @@ async fn a_stopping_leader_hands_its_groups_to_caught_up_followers() {
         leader_balance_interval_ms: 0,
         ..Default::default()
     };
-    let cfgs = common::cluster_configs(tmp.path(), 3, SHARDS, 3, raft, true);
-    let ca_pem = std::fs::read_to_string(&cfgs[0].tls.ca_cert).unwrap();
-    let seeds = cfgs.iter().map(|c| c.listen.to_string()).collect();
-    let mut nodes = Vec::new();
-    for cfg in cfgs {
-        nodes.push(start_node(cfg).await.unwrap());
-    }
-    common::wait_for_cluster_leaders(&nodes).await;
-    let client = Client::connect(ClientConfig::new(seeds, ca_pem, common::TOKEN.into()))
-        .await
-        .unwrap();
+    let cluster = common::TestCluster::start(tmp.path(), 3, SHARDS, raft).await;
+    let client = cluster.client().await;
+    let mut nodes = cluster.nodes;
 
     // The node that leads the most groups stops; leadership was spread at founding, so it leads some.
-    let idx = (0..nodes.len()).max_by_key(|i| led_groups(&nodes[*i]).len()).unwrap();
+    let idx = (0..nodes.len())
+        .max_by_key(|i| common::led_groups(&nodes[*i]).len())
+        .unwrap();
     let stopping_id = nodes[idx].registry.node_id;
-    let led = led_groups(&nodes[idx]);
+    let led = common::led_groups(&nodes[idx]);
     assert!(!led.is_empty(), "node {stopping_id} leads nothing");
 
     // Acknowledged writes on timelines whose shards the stopping node leads.
@@ -82,7 +66,7 @@ async fn a_stopping_leader_hands_its_groups_to_caught_up_followers() {
         assert_ne!(*leader, stopping_id, "group {group} still led by the stopping node");
     }
     assert!(
-        led_groups(&nodes[idx]).is_empty(),
+        common::led_groups(&nodes[idx]).is_empty(),
         "the stopping node still leads some group"
     );
 
@@ -130,14 +114,12 @@ async fn a_stopping_node_refuses_to_be_made_leader() {
         leader_balance_interval_ms: 0,
         ..Default::default()
     };
-    let cfgs = common::cluster_configs(tmp.path(), 3, 2, 3, raft, true);
-    let mut nodes = Vec::new();
-    for cfg in cfgs {
-        nodes.push(start_node(cfg).await.unwrap());
-    }
-    common::wait_for_cluster_leaders(&nodes).await;
-    let leader = (0..nodes.len()).find(|i| !led_groups(&nodes[*i]).is_empty()).unwrap();
-    let group = *led_groups(&nodes[leader]).iter().next().unwrap();
+    let cluster = common::TestCluster::start(tmp.path(), 3, 2, raft).await;
+    let nodes = &cluster.nodes;
+    let leader = (0..nodes.len())
+        .find(|i| !common::led_groups(&nodes[*i]).is_empty())
+        .unwrap();
+    let group = *common::led_groups(&nodes[leader]).iter().next().unwrap();
     let others: Vec<usize> = (0..nodes.len()).filter(|i| *i != leader).collect();
     let (stopping, willing) = (&nodes[others[0]], &nodes[others[1]]);
 
@@ -158,7 +140,7 @@ async fn a_stopping_node_refuses_to_be_made_leader() {
         started.elapsed() < Duration::from_secs(10),
         "the refusal waited out the deadline"
     );
-    assert!(led_groups(&nodes[leader]).contains(&group));
+    assert!(common::led_groups(&nodes[leader]).contains(&group));
 
     // A follower that is not stopping takes the group.
     let moved = hand_over_to(
@@ -170,7 +152,5 @@ async fn a_stopping_node_refuses_to_be_made_leader() {
     .await
     .unwrap();
     assert_eq!(moved, Some(willing.registry.node_id));
-    for node in nodes {
-        node.shutdown().await;
-    }
+    cluster.shutdown().await;
 }

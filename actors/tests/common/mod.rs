@@ -109,3 +109,52 @@ pub async fn client(cfg: &NodeConfig) -> Client {
         .await
         .unwrap()
 }
+
+/// A running in-process cluster of 3-way replicated shards with fsync on.
+pub struct TestCluster {
+    pub nodes: Vec<NodeHandle>,
+    seeds: Vec<String>,
+    ca_pem: String,
+}
+
+impl TestCluster {
+    /// Starts nodes 1..=`nodes` under `dir` and waits until every group has a leader.
+    pub async fn start(dir: &Path, nodes: u64, shards: u32, raft: RaftTimings) -> Self {
+        let cfgs = cluster_configs(dir, nodes, shards, 3, raft, true);
+        let ca_pem = std::fs::read_to_string(&cfgs[0].tls.ca_cert).unwrap();
+        let seeds = cfgs.iter().map(|c| c.listen.to_string()).collect();
+        let mut started = Vec::new();
+        for cfg in cfgs {
+            started.push(plexus_actors::start_node(cfg).await.unwrap());
+        }
+        wait_for_cluster_leaders(&started).await;
+        Self {
+            nodes: started,
+            seeds,
+            ca_pem,
+        }
+    }
+
+    /// A client seeded with every node.
+    pub async fn client(&self) -> Client {
+        Client::connect(ClientConfig::new(self.seeds.clone(), self.ca_pem.clone(), TOKEN.into()))
+            .await
+            .unwrap()
+    }
+
+    /// Stops every node gracefully.
+    pub async fn shutdown(self) {
+        for node in self.nodes {
+            node.shutdown().await;
+        }
+    }
+}
+
+/// Groups `node` leads right now.
+pub fn led_groups(node: &NodeHandle) -> std::collections::BTreeSet<u32> {
+    node.registry
+        .hosted_groups()
+        .into_iter()
+        .filter(|g| node.registry.get(*g).is_some_and(|r| r.is_leader()))
+        .collect()
+}

@@ -465,15 +465,7 @@ impl Wal {
     /// Like `submit`, but waits (asynchronously) for room in the queue instead of returning
     /// `Busy`. Returns once queued; `done` reports durability.
     pub async fn submit_async(&self, ops: Vec<WalOp>, done: Done) -> Result<(), WalError> {
-        let (op_bytes, notes) = encode(&ops)?;
-        let permit = self
-            .inner
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| WalError::Closed)?;
-        self.enqueue(ops.len(), op_bytes, notes, done, permit, false)
+        self.submit_waiting(ops, done, false).await
     }
 
     /// Queues `ops` whose loss in a crash is harmless (openraft's committed pointer, a hint that
@@ -483,6 +475,16 @@ impl Wal {
     /// op queued after them cannot become durable before them. Waits for room in the queue like
     /// `submit_async`; returns once queued.
     pub async fn submit_deferred(&self, ops: Vec<WalOp>) -> Result<(), WalError> {
+        let done: Done = Box::new(|result| {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "wal: a deferred write was not taken");
+            }
+        });
+        self.submit_waiting(ops, done, true).await
+    }
+
+    /// Encodes `ops`, waits for a queue slot and queues them.
+    async fn submit_waiting(&self, ops: Vec<WalOp>, done: Done, deferred: bool) -> Result<(), WalError> {
         let (op_bytes, notes) = encode(&ops)?;
         let permit = self
             .inner
@@ -491,12 +493,7 @@ impl Wal {
             .acquire_owned()
             .await
             .map_err(|_| WalError::Closed)?;
-        let done: Done = Box::new(|result| {
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "wal: a deferred write was not taken");
-            }
-        });
-        self.enqueue(ops.len(), op_bytes, notes, done, permit, true)
+        self.enqueue(ops.len(), op_bytes, notes, done, permit, deferred)
     }
 
     /// Queues `ops` (waiting for room) and returns once they are durable.
