@@ -7,12 +7,14 @@
 //! first, and a crash leaves its groups to whoever wins the election: after a full restart of
 //! a 3-node local cluster one node led 42 of 65 groups and another none.
 //!
-//! The decision ([`plan`]) is a pure function of what this node sees: for every group it
-//! hosts, the leader it knows of and the voters. It moves a group only from itself, only to a
-//! voter leading at least two fewer of those groups, and only while every group it hosts has a
-//! leader (not during elections). Each move lowers the sum of squared leader counts, so the
-//! moves stop. With more nodes than replicas a node sees only the groups it hosts; the rule
-//! still only moves a group towards a node that leads fewer of them.
+//! The decision ([`plan`]) is a pure function of a view of the cluster's groups: for each, the
+//! leader and the voters. Each round a node asks every peer for its shard map (leaders of the
+//! groups that peer hosts) and merges them with what it knows itself ([`merge_views`]), so
+//! with more nodes than replicas it still counts every node's leaders; if a peer does not
+//! answer, the round uses only the groups this node hosts. It moves a group only from itself,
+//! only to a voter leading at least two fewer groups, and only while every group in the view
+//! has a leader (not during elections). Each move lowers the sum of squared leader counts, so
+//! the moves stop.
 //!
 //! A move is a handover (`crate::handover`), started only once the leader's own lease is over,
 //! so the group refuses proposals for the few milliseconds a follower takes to catch up and win
@@ -24,7 +26,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
-use plexus_proto::NodeId;
+use plexus_proto::{NodeId, ShardMap};
+use plexus_raft::network::{decode, encode, PeerRequest, PeerResponse};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -35,6 +38,8 @@ use crate::registry::Registry;
 pub const MOVES_PER_ROUND_MAX: usize = 4;
 /// How long one balancing handover may take before the group goes back to serving here.
 const MOVE_TIMEOUT: Duration = Duration::from_millis(1_000);
+/// How long a peer gets to send its shard map for a round.
+const PEER_MAP_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// One hosted group as this node sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,6 +109,44 @@ pub fn plan(me: NodeId, groups: &[GroupView], moves_max: usize) -> Vec<Move> {
     moves
 }
 
+/// The groups this node hosts as it sees them, completed with the shards it does not host as
+/// `peers` (their shard maps) report them: a shard's leader is the one named by a node that
+/// hosts it (peers know leaders only of the shards they host). `None` if some shard that is not
+/// hosted here has no peer naming its leader.
+pub fn merge_views(local: Vec<GroupView>, placement: &[Vec<NodeId>], peers: &[ShardMap]) -> Option<Vec<GroupView>> {
+    let mut out = local;
+    for (shard, voters) in placement.iter().enumerate() {
+        let shard = shard as u32;
+        if out.iter().any(|g| g.group == shard) {
+            continue;
+        }
+        let leader = peers
+            .iter()
+            .filter_map(|m| m.shards.iter().find(|p| p.shard == shard))
+            .find_map(|p| p.leader)?;
+        out.push(GroupView {
+            group: shard,
+            leader: Some(leader),
+            voters: voters.clone(),
+        });
+    }
+    Some(out)
+}
+
+/// Every other member's shard map, or `None` if one does not answer.
+async fn peer_maps(registry: &Registry) -> Option<Vec<ShardMap>> {
+    let msg = encode(&PeerRequest::ShardMap).ok()?;
+    let others = registry.members.keys().copied().filter(|id| *id != registry.node_id);
+    let answers = join_all(others.map(|id| registry.transport.call(id, msg.clone(), PEER_MAP_TIMEOUT))).await;
+    answers
+        .into_iter()
+        .map(|a| match decode::<PeerResponse>(&a.ok()?) {
+            Ok(PeerResponse::ShardMap(map)) => Some(*map),
+            _ => None,
+        })
+        .collect()
+}
+
 /// What this node sees of the groups it hosts.
 fn views(registry: &Registry) -> Vec<GroupView> {
     registry
@@ -123,7 +166,12 @@ fn views(registry: &Registry) -> Vec<GroupView> {
 /// One balancing round: plans and runs this node's moves; returns the groups that moved, with
 /// their new leaders.
 pub async fn balance_once(registry: &Arc<Registry>) -> Vec<(u32, NodeId)> {
-    let mut moves = plan(registry.node_id, &views(registry), MOVES_PER_ROUND_MAX);
+    let local = views(registry);
+    let view = match peer_maps(registry).await {
+        Some(maps) => merge_views(local.clone(), &registry.placement, &maps).unwrap_or(local),
+        None => local,
+    };
+    let mut moves = plan(registry.node_id, &view, MOVES_PER_ROUND_MAX);
     // Only groups whose lease is over: the others would refuse proposals while it runs out.
     let mut ready = Vec::with_capacity(moves.len());
     for m in moves.drain(..) {
@@ -226,6 +274,29 @@ mod tests {
                 "node {me} moved a group of a level cluster"
             );
         }
+    }
+
+    #[test]
+    fn peers_fill_in_the_shards_not_hosted_here() {
+        use plexus_proto::ShardPlacement;
+        // 4 nodes; this node (1) hosts shards 0 and 1 and leads both; shard 2 lives on 2, 3, 4.
+        let placement = vec![vec![1, 2, 3], vec![1, 3, 4], vec![2, 3, 4]];
+        let local = vec![view(0, 1), view(1, 1)];
+        let map = |node: NodeId, leader: Option<NodeId>| ShardMap {
+            shard_count: 3,
+            nodes: Vec::new(),
+            shards: vec![ShardPlacement {
+                shard: 2,
+                replicas: vec![2, 3, 4],
+                leader: if node == 1 { None } else { leader },
+            }],
+        };
+        let merged = merge_views(local.clone(), &placement, &[map(2, None), map(3, Some(4))]).unwrap();
+        assert_eq!(merged.len(), 3);
+        assert_eq!(merged[2].leader, Some(4));
+        assert_eq!(merged[2].voters, vec![2, 3, 4]);
+        // No peer names shard 2's leader: no global view.
+        assert!(merge_views(local, &placement, &[map(2, None)]).is_none());
     }
 
     #[test]
