@@ -37,8 +37,11 @@ pub const CLOSE_WRONG_PEER: u32 = 4;
 pub const CLOSE_TOO_MANY_CONNS: u32 = 5;
 /// Application close code: no supported ALPN was negotiated.
 pub const CLOSE_UNKNOWN_ALPN: u32 = 6;
-/// How long `shutdown` waits for connections to drain, in milliseconds.
-pub const SHUTDOWN_WAIT_MS: u64 = 2_000;
+/// How long `shutdown` waits for connections to drain, in milliseconds. Every connection's
+/// CONNECTION_CLOSE goes out on the driver's next poll, so the wait only lets closing periods
+/// (3 PTOs) run out. A dial still in its handshake to a peer that is already gone has a backed-off
+/// PTO of seconds and never drains; in a whole-cluster stop that cost the last node 2 s.
+pub const SHUTDOWN_WAIT_MS: u64 = 500;
 
 /// Every limit of the transport; `Default` gives the production values.
 #[derive(Clone, Debug, PartialEq, Eq)]
