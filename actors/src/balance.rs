@@ -67,20 +67,17 @@ pub fn plan(me: NodeId, groups: &[GroupView], moves_max: usize) -> Vec<Move> {
     if groups.iter().any(|g| g.leader.is_none()) {
         return Vec::new();
     }
-    let mut led: BTreeMap<NodeId, usize> = BTreeMap::new();
-    for g in groups {
-        for v in &g.voters {
-            led.entry(*v).or_insert(0);
-        }
-        if let Some(l) = g.leader {
-            *led.entry(l).or_insert(0) += 1;
-        }
+    // Every voter counts, leading or not; a node's count is the groups it leads.
+    let mut led: BTreeMap<NodeId, usize> = groups.iter().flat_map(|g| g.voters.iter().map(|v| (*v, 0))).collect();
+    for l in groups.iter().filter_map(|g| g.leader) {
+        *led.entry(l).or_insert(0) += 1;
     }
     let mut mine: Vec<&GroupView> = groups.iter().filter(|g| g.leader == Some(me)).collect();
     mine.sort_by_key(|g| g.group);
     let mut moves = Vec::new();
     while moves.len() < moves_max {
-        let my_count = led.get(&me).copied().unwrap_or(0);
+        let count = |n: &NodeId| led.get(n).copied().unwrap_or(0);
+        let my_count = count(&me);
         // The group whose best successor leads the fewest groups.
         let best = mine
             .iter()
@@ -90,13 +87,12 @@ pub fn plan(me: NodeId, groups: &[GroupView], moves_max: usize) -> Vec<Move> {
                     .voters
                     .iter()
                     .copied()
-                    .filter(|v| *v != me && led.get(v).copied().unwrap_or(0) + 1 < my_count)
+                    .filter(|v| *v != me && count(v) + 1 < my_count)
                     .collect();
-                to.sort_by_key(|v| (led.get(v).copied().unwrap_or(0), *v));
-                let first = *to.first()?;
-                Some((led.get(&first).copied().unwrap_or(0), i, to))
+                to.sort_by_key(|v| (count(v), *v));
+                Some((count(to.first()?), i, to))
             })
-            .min_by_key(|(count, i, _)| (*count, mine[*i].group));
+            .min_by_key(|(successor_count, i, _)| (*successor_count, mine[*i].group));
         let Some((_, i, to)) = best else {
             break;
         };
@@ -171,10 +167,9 @@ pub async fn balance_once(registry: &Arc<Registry>) -> Vec<(u32, NodeId)> {
         Some(maps) => merge_views(local.clone(), &registry.placement, &maps).unwrap_or(local),
         None => local,
     };
-    let mut moves = plan(registry.node_id, &view, MOVES_PER_ROUND_MAX);
     // Only groups whose lease is over: the others would refuse proposals while it runs out.
-    let mut ready = Vec::with_capacity(moves.len());
-    for m in moves.drain(..) {
+    let mut ready = Vec::new();
+    for m in plan(registry.node_id, &view, MOVES_PER_ROUND_MAX) {
         if let Some(replica) = registry.get(m.group) {
             if replica.lease_over().await {
                 ready.push((replica, m.to));
@@ -225,10 +220,14 @@ mod tests {
     use super::*;
 
     fn view(group: u32, leader: NodeId) -> GroupView {
+        view_of(group, leader, &[1, 2, 3])
+    }
+
+    fn view_of(group: u32, leader: NodeId, voters: &[NodeId]) -> GroupView {
         GroupView {
             group,
             leader: Some(leader),
-            voters: vec![1, 2, 3],
+            voters: voters.to_vec(),
         }
     }
 
@@ -304,26 +303,10 @@ mod tests {
         // Node 1 leads three groups whose only other voter is node 2, which leads one; node 3
         // leads nothing but is no voter of node 1's groups.
         let groups = vec![
-            GroupView {
-                group: 0,
-                leader: Some(1),
-                voters: vec![1, 2],
-            },
-            GroupView {
-                group: 1,
-                leader: Some(1),
-                voters: vec![1, 2],
-            },
-            GroupView {
-                group: 2,
-                leader: Some(1),
-                voters: vec![1, 2],
-            },
-            GroupView {
-                group: 3,
-                leader: Some(2),
-                voters: vec![2, 3],
-            },
+            view_of(0, 1, &[1, 2]),
+            view_of(1, 1, &[1, 2]),
+            view_of(2, 1, &[1, 2]),
+            view_of(3, 2, &[2, 3]),
         ];
         assert_eq!(plan(1, &groups, 4), vec![Move { group: 0, to: vec![2] }]);
     }

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use plexus_actors::balance::{balance_once, MOVES_PER_ROUND_MAX};
-use plexus_actors::config::RaftTimings;
 use plexus_actors::handover::hand_over_to;
 use plexus_actors::NodeHandle;
 use plexus_proto::NodeId;
@@ -26,14 +25,7 @@ fn leader_counts(nodes: &[NodeHandle]) -> BTreeMap<NodeId, usize> {
 async fn a_node_leading_everything_hands_groups_to_the_others() {
     let tmp = tempfile::tempdir().unwrap();
     // The rounds are driven by hand, so the periodic balancer is off on every node.
-    let raft = RaftTimings {
-        heartbeat_ms: 100,
-        election_timeout_min_ms: 400,
-        election_timeout_max_ms: 600,
-        leader_balance_interval_ms: 0,
-        ..Default::default()
-    };
-    let cluster = common::TestCluster::start(tmp.path(), 3, SHARDS, raft).await;
+    let cluster = common::TestCluster::start(tmp.path(), 3, SHARDS, common::quick_timings()).await;
     let nodes = &cluster.nodes;
     let groups = nodes[0].registry.hosted_groups();
     assert_eq!(groups.len(), SHARDS as usize + 1);

@@ -107,14 +107,7 @@ async fn a_stopping_leader_hands_its_groups_to_caught_up_followers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_node_refuses_to_be_made_leader() {
     let tmp = tempfile::tempdir().unwrap();
-    let raft = RaftTimings {
-        heartbeat_ms: 100,
-        election_timeout_min_ms: 400,
-        election_timeout_max_ms: 600,
-        leader_balance_interval_ms: 0,
-        ..Default::default()
-    };
-    let cluster = common::TestCluster::start(tmp.path(), 3, 2, raft).await;
+    let cluster = common::TestCluster::start(tmp.path(), 3, 2, common::quick_timings()).await;
     let nodes = &cluster.nodes;
     let leader = (0..nodes.len())
         .find(|i| !common::led_groups(&nodes[*i]).is_empty())

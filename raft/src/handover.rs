@@ -75,17 +75,8 @@ impl Replica {
             return Ok(None);
         }
         self.handing_over.store(true, Ordering::Release);
-        let elected_at = self
-            .raft
-            .with_raft_state(|st| st.vote_last_modified())
-            .await
-            .map_err(|e| HandoverError::Stopped(self.group, e.to_string()))?;
-        // openraft's leader lease is its `election_timeout_max`: followers that heard from the
-        // leader this recently refuse to vote, and so does the leader itself after its election.
-        let lease = Duration::from_millis(self.raft.config().election_timeout_max);
-        if let Some(at) = elected_at {
+        if let Some(lease_end) = self.own_lease_end().await? {
             // Until our own lease ends we would refuse the successor's vote request.
-            let lease_end = at + lease + Duration::from_millis(LEASE_MARGIN_MS);
             tokio::time::sleep_until(lease_end.min(deadline)).await;
         }
         loop {
@@ -136,13 +127,24 @@ impl Replica {
         if !self.is_leader() {
             return false;
         }
-        let lease = Duration::from_millis(self.raft.config().election_timeout_max + LEASE_MARGIN_MS);
-        match self.raft.with_raft_state(|st| st.vote_last_modified()).await {
-            Ok(Some(at)) => at + lease <= Instant::now(),
-            // Restored from disk as leader: no election happened in this process.
-            Ok(None) => true,
+        match self.own_lease_end().await {
+            Ok(end) => end.is_none_or(|end| end <= Instant::now()),
             Err(_) => false,
         }
+    }
+
+    /// When the lease this replica holds since its own election ends, margin included; `None`
+    /// when no election happened in this process (restored from disk as leader). openraft's
+    /// leader lease is its `election_timeout_max`: followers that heard from the leader this
+    /// recently refuse to vote, and so does the leader itself after its election.
+    async fn own_lease_end(&self) -> Result<Option<Instant>, HandoverError> {
+        let lease = Duration::from_millis(self.raft.config().election_timeout_max + LEASE_MARGIN_MS);
+        let elected_at = self
+            .raft
+            .with_raft_state(|st| st.vote_last_modified())
+            .await
+            .map_err(|e| HandoverError::Stopped(self.group, e.to_string()))?;
+        Ok(elected_at.map(|at| at + lease))
     }
 
     /// Waits until `deadline` for another node to lead the group; returns it.

@@ -110,6 +110,18 @@ pub async fn client(cfg: &NodeConfig) -> Client {
         .unwrap()
 }
 
+/// Short election timeouts for tests that move leadership by hand, with the periodic leader
+/// balancer off so that it cannot move groups behind the test's back.
+pub fn quick_timings() -> RaftTimings {
+    RaftTimings {
+        heartbeat_ms: 100,
+        election_timeout_min_ms: 400,
+        election_timeout_max_ms: 600,
+        leader_balance_interval_ms: 0,
+        ..Default::default()
+    }
+}
+
 /// A running in-process cluster of 3-way replicated shards with fsync on.
 pub struct TestCluster {
     pub nodes: Vec<NodeHandle>,
