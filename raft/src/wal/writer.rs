@@ -136,6 +136,9 @@ impl Writer {
             pending = carry;
             last_batch_len = batch.len();
             if self.hold_deferred(&mut batch) {
+                if self.deferred_full() {
+                    let _ = self.write_batch(&mut []);
+                }
                 continue;
             }
             let result = self.write_batch(&mut batch);
@@ -181,6 +184,9 @@ impl Writer {
             let (mut batch, carry) = fill_batch(first, self.opts.batch_bytes_max, || rx.try_recv().ok());
             pending = carry;
             if self.hold_deferred(&mut batch) {
+                if self.deferred_full() {
+                    let _ = self.write_batch_task(&mut []).await;
+                }
                 continue;
             }
             let result = self.write_batch_task(&mut batch).await;
@@ -196,8 +202,9 @@ impl Writer {
     /// time, then the fsync. A crash in between finds the record unsynced, which is what a
     /// simulated crash must be able to lose or tear.
     async fn write_batch_task(&mut self, batch: &mut [Request]) -> Result<(), WalError> {
-        let appended = self.guarded(|w| w.append_batch(batch));
+        // Counted before `append_batch` takes the held deferred ops, which it writes too.
         let bytes = self.deferred.bytes.len() + batch.iter().map(|r| r.op_bytes.len()).sum::<usize>();
+        let appended = self.guarded(|w| w.append_batch(batch));
         let delay = self.disk.write_delay(bytes);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -206,9 +213,9 @@ impl Writer {
     }
 
     /// If every request of `batch` is deferred, takes their ops into the in-memory buffer,
-    /// acknowledges them and returns true (writing the buffer at once if it has grown past
-    /// `DEFERRED_BYTES_MAX`). A batch with any durable request is left alone: its deferred
-    /// requests are written in place, in queue order, under the batch's fsync.
+    /// acknowledges them and returns true; the caller writes the buffer at once if it has grown
+    /// past `DEFERRED_BYTES_MAX` (`deferred_full`). A batch with any durable request is left
+    /// alone: its deferred requests are written in place, in queue order, under the batch's fsync.
     fn hold_deferred(&mut self, batch: &mut Vec<Request>) -> bool {
         if !batch.iter().all(|r| r.deferred) {
             return false;
@@ -235,12 +242,14 @@ impl Writer {
             drop(permit);
             done(result);
         }
-        if self.deferred.bytes.len() >= DEFERRED_BYTES_MAX {
-            // Written without waiting for an fsync of its own would leave an unsynced record on
-            // disk; this is rare enough (only a long run of pointer-only batches) to just sync.
-            let _ = self.write_batch(&mut []);
-        }
         true
+    }
+
+    /// Whether the held deferred ops have grown past `DEFERRED_BYTES_MAX` and must be written
+    /// (and synced, so no unsynced record is left on disk) on their own. Rare: it takes a long
+    /// run of pointer-only batches.
+    fn deferred_full(&self) -> bool {
+        self.deferred.bytes.len() >= DEFERRED_BYTES_MAX
     }
 
     /// Completes every request of a written batch with `result`.
