@@ -145,6 +145,10 @@ pub struct NodeConfig {
     /// fsync, in microseconds (0: never wait). Unset = the WAL's default.
     #[serde(default)]
     pub wal_batch_linger_us: Option<u64>,
+    /// Zeros the WAL keeps written ahead of its data, in bytes (0: none), so that an fdatasync
+    /// rarely also has to write the file's size. Unset = the WAL's default (1 MiB).
+    #[serde(default)]
+    pub wal_zero_ahead_bytes: Option<u64>,
     /// fsync the WAL (never turn off outside benchmarks of the fsync cost itself).
     #[serde(default = "default_true")]
     pub fsync: bool,

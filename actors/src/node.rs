@@ -274,6 +274,9 @@ pub async fn start_node_with_clock(cfg: NodeConfig, clock: Arc<dyn Clock>) -> Re
         wal_options: WalOptions {
             fsync: cfg.fsync,
             batch_linger_us: cfg.wal_batch_linger_us.unwrap_or(WalOptions::default().batch_linger_us),
+            zero_ahead_bytes: cfg
+                .wal_zero_ahead_bytes
+                .unwrap_or(WalOptions::default().zero_ahead_bytes),
             ..WalOptions::default()
         },
         scoring: true,

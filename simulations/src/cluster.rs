@@ -124,6 +124,7 @@ impl Cluster {
                 },
                 worker_threads: None,
                 wal_batch_linger_us: None,
+                wal_zero_ahead_bytes: None,
                 fsync: true,
             };
             let disk = SimDisk::new(params.seed ^ (salt::DISK + id), params.disk.clone());

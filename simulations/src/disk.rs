@@ -289,18 +289,23 @@ impl Disk for DiskHandle {
         }))
     }
 
-    fn open_append(&self, path: &Path) -> std::io::Result<(Box<dyn DiskFile>, u64)> {
+    fn open_append(&self, path: &Path, at: u64) -> std::io::Result<Box<dyn DiskFile>> {
         let st = self.live()?;
         let id = *st.names.get(path).ok_or_else(|| not_found(path))?;
         let len = st.files.get(&id).map_or(0, |f| f.data.len() as u64);
-        Ok((
-            Box::new(SimFile {
-                state: self.state.clone(),
-                generation: self.generation,
-                id,
-            }),
-            len,
-        ))
+        // Simulated files never keep zeros ahead (`set_zero_ahead` is ignored), so their data
+        // always ends at their end.
+        if at != len {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("{}: append position {at} is not the end ({len} bytes)", path.display()),
+            ));
+        }
+        Ok(Box::new(SimFile {
+            state: self.state.clone(),
+            generation: self.generation,
+            id,
+        }))
     }
 
     fn truncate(&self, path: &Path, len: u64, _sync: bool) -> std::io::Result<()> {

@@ -67,6 +67,7 @@ pub fn cluster_configs(
             gateway: GatewayLimits::default(),
             worker_threads: None,
             wal_batch_linger_us: None,
+            wal_zero_ahead_bytes: None,
             fsync,
         })
         .collect()

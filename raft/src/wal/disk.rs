@@ -7,9 +7,16 @@
 //!
 //! What it is not: a general filesystem abstraction. It offers only what the WAL needs: files are
 //! written by appending (never at an offset), and a directory is flat.
+//!
+//! Zero-ahead: a WAL segment asks its file to keep zeros written ahead of its end
+//! (`DiskFile::set_zero_ahead`). An fdatasync that grows a file must also write the inode (its
+//! size) in a second, serial IO; one that only overwrites zeros already on disk writes the data
+//! alone. `OsFile` therefore writes zeros a chunk at a time ahead of its appends, and recovery
+//! knows that the last segment may end in zeros (`recovery::scan`).
 
 use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -23,6 +30,12 @@ pub trait DiskFile: Send {
     fn sync_data(&mut self) -> std::io::Result<()>;
     /// Makes the file's data and metadata durable (fsync).
     fn sync_all(&mut self) -> std::io::Result<()>;
+    /// Asks the file to keep up to `bytes` of zeros written past its end, so that syncing later
+    /// appends rarely changes its size (0: never). Files that gain nothing from it ignore it;
+    /// whoever reads such a file back must accept a tail of zeros.
+    fn set_zero_ahead(&mut self, bytes: u64) {
+        let _ = bytes;
+    }
 }
 
 /// The file system as the WAL and snapshot store use it.
@@ -36,8 +49,9 @@ pub trait Disk: Send + Sync + 'static {
     /// Creates `path` empty for appending; with `exclusive` it must not exist yet
     /// (`ErrorKind::AlreadyExists`), otherwise an existing file is truncated.
     fn create(&self, path: &Path, exclusive: bool) -> std::io::Result<Box<dyn DiskFile>>;
-    /// Opens an existing `path` for appending and returns it with its length in bytes.
-    fn open_append(&self, path: &Path) -> std::io::Result<(Box<dyn DiskFile>, u64)>;
+    /// Opens an existing `path` for appending at byte `at`, its end of data: the bytes from `at`
+    /// on are zeros written ahead (`DiskFile::set_zero_ahead`), which appends overwrite.
+    fn open_append(&self, path: &Path, at: u64) -> std::io::Result<Box<dyn DiskFile>>;
     /// Cuts `path` to `len` bytes, fsyncing it when `sync` is set.
     fn truncate(&self, path: &Path, len: u64, sync: bool) -> std::io::Result<()>;
     /// Removes `path` (`ErrorKind::NotFound` when it does not exist).
@@ -62,13 +76,49 @@ pub trait Disk: Send + Sync + 'static {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct OsDisk;
 
+/// Zeros are written ahead in pieces of at most this many bytes (one allocation each).
+const ZERO_PIECE_BYTES: usize = 1 << 20;
+
 struct OsFile {
     file: File,
+    /// Where the next append goes: the end of the data.
+    pos: u64,
+    /// The file's length: `pos` plus the zeros written ahead of it.
+    len: u64,
+    /// Zeros to keep written past `pos` (0: append by growing the file).
+    zero_ahead_bytes: u64,
+}
+
+impl OsFile {
+    /// Makes sure zeros cover `[pos, end)`, writing a whole `zero_ahead_bytes` more when they do
+    /// not, so the file grows once per `zero_ahead_bytes` rather than on every append.
+    fn zero_fill_to(&mut self, end: u64) -> std::io::Result<()> {
+        if self.zero_ahead_bytes == 0 || end <= self.len {
+            return Ok(());
+        }
+        let target = end.saturating_add(self.zero_ahead_bytes);
+        let zeros = vec![0u8; ZERO_PIECE_BYTES.min((target - self.len) as usize)];
+        while self.len < target {
+            let n = zeros.len().min((target - self.len) as usize);
+            self.file.write_all_at(&zeros[..n], self.len)?;
+            self.len += n as u64;
+        }
+        Ok(())
+    }
 }
 
 impl DiskFile for OsFile {
     fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.file.write_all(bytes)
+        let end = self.pos + bytes.len() as u64;
+        self.zero_fill_to(end)?;
+        self.file.write_all_at(bytes, self.pos)?;
+        self.pos = end;
+        self.len = self.len.max(end);
+        Ok(())
+    }
+
+    fn set_zero_ahead(&mut self, bytes: u64) {
+        self.zero_ahead_bytes = bytes;
     }
 
     fn sync_data(&mut self) -> std::io::Result<()> {
@@ -105,13 +155,29 @@ impl Disk for OsDisk {
         } else {
             File::create(path)?
         };
-        Ok(Box::new(OsFile { file }))
+        Ok(Box::new(OsFile {
+            file,
+            pos: 0,
+            len: 0,
+            zero_ahead_bytes: 0,
+        }))
     }
 
-    fn open_append(&self, path: &Path) -> std::io::Result<(Box<dyn DiskFile>, u64)> {
+    fn open_append(&self, path: &Path, at: u64) -> std::io::Result<Box<dyn DiskFile>> {
         let mut file = OpenOptions::new().write(true).open(path)?;
-        let size = file.seek(SeekFrom::End(0))?;
-        Ok((Box::new(OsFile { file }), size))
+        let len = file.seek(SeekFrom::End(0))?;
+        if at > len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{}: append position {at} is past the end ({len} bytes)", path.display()),
+            ));
+        }
+        Ok(Box::new(OsFile {
+            file,
+            pos: at,
+            len,
+            zero_ahead_bytes: 0,
+        }))
     }
 
     fn truncate(&self, path: &Path, len: u64, sync: bool) -> std::io::Result<()> {

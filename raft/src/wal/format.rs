@@ -215,11 +215,11 @@ pub(crate) fn read_header(bytes: &[u8]) -> Header {
     }
 }
 
-/// The offset of the first complete, fully checksummed record starting in `data[from..]`, if any.
-/// Recovery uses it to tell a damaged header at the tail (nothing valid follows: torn) from a
+/// The offset of the first complete, fully checksummed record starting in `data[from..until]`, if
+/// any. Recovery uses it to tell a damaged header at the tail (nothing valid follows: torn) from a
 /// damaged header with acknowledged records after it (corruption).
-pub(crate) fn find_valid_record(data: &[u8], from: usize) -> Option<usize> {
-    (from..data.len()).find(|&at| match read_header(&data[at..]) {
+pub(crate) fn find_valid_record(data: &[u8], from: usize, until: usize) -> Option<usize> {
+    (from..until.min(data.len())).find(|&at| match read_header(&data[at..]) {
         Header::Valid { len, crc } => {
             (1..=RECORD_PAYLOAD_BYTES_MAX).contains(&len)
                 && data
@@ -276,11 +276,16 @@ mod tests {
         let mut damaged = record.clone();
         damaged[1] ^= 0x80;
         assert_eq!(read_header(&damaged), Header::Damaged);
-        assert_eq!(find_valid_record(&damaged, 0), None);
+        assert_eq!(find_valid_record(&damaged, 0, damaged.len()), None);
         let mut two = vec![0u8; 5];
         two.extend_from_slice(&record);
-        assert_eq!(find_valid_record(&two, 0), Some(5));
-        assert_eq!(find_valid_record(&two, 6), None);
+        assert_eq!(find_valid_record(&two, 0, two.len()), Some(5));
+        assert_eq!(find_valid_record(&two, 6, two.len()), None);
+        assert_eq!(
+            find_valid_record(&two, 0, 5),
+            None,
+            "no record may start at or after `until`"
+        );
         let decoded = decode_payload(&record[RECORD_HEADER_BYTES..]).unwrap();
         let expected: Vec<DiskOp> = ops.into_iter().map(DiskOp::from).collect();
         assert_eq!(decoded, expected);

@@ -24,9 +24,11 @@ pub(crate) struct Active {
 /// How scanning one segment ended.
 #[derive(Debug, PartialEq, Eq)]
 enum ScanEnd {
-    /// Every byte belongs to a valid record.
-    Clean,
-    /// The bytes from this offset to EOF are a torn, never-acknowledged record.
+    /// Every byte before this offset belongs to a valid record; the bytes from it to EOF (none,
+    /// except in the last segment) are zeros written ahead of the data.
+    Clean(usize),
+    /// The bytes from this offset to EOF are a torn, never-acknowledged record (possibly followed
+    /// by zeros written ahead of it).
     Torn(usize),
 }
 
@@ -35,6 +37,8 @@ pub(crate) fn recover(disk: &dyn Disk, dir: &Path, fsync: bool) -> Result<(Space
     let segments = list_segments(disk, dir)?;
     let mut space = Space::default();
     let mut recovered = Recovered::default();
+    // Where the data of the last and the one-before-last segments scanned end.
+    let (mut active_size, mut previous_size) = (0, 0);
     let last = segments.len().saturating_sub(1);
     for (i, (first_seq, path)) in segments.into_iter().enumerate() {
         if let Some(prev) = space.segments.back() {
@@ -57,6 +61,11 @@ pub(crate) fn recover(disk: &dyn Disk, dir: &Path, fsync: bool) -> Result<(Space
                 segment.records += 1;
             }
         })?;
+        previous_size = active_size;
+        active_size = match end {
+            ScanEnd::Clean(offset) => offset as u64,
+            ScanEnd::Torn(offset) => offset as u64,
+        };
         if let ScanEnd::Torn(offset) = end {
             let torn = data.len() - offset;
             tracing::warn!(
@@ -74,6 +83,7 @@ pub(crate) fn recover(disk: &dyn Disk, dir: &Path, fsync: bool) -> Result<(Space
     // the previous segment is intact, so continue that one instead.
     if space.segments.len() > 1 && space.segments.back().is_some_and(|s| s.records == 0) {
         if let Some(empty) = space.segments.pop_back() {
+            active_size = previous_size;
             disk.remove(&empty.path)
                 .map_err(|e| WalError::io("remove empty segment", &empty.path, e))?;
             if fsync {
@@ -89,8 +99,9 @@ pub(crate) fn recover(disk: &dyn Disk, dir: &Path, fsync: bool) -> Result<(Space
             sync_dir(disk, dir)?;
         }
         space.segments.push_back(SegmentInfo::new(0, path));
+        active_size = 0;
     }
-    let active = open_active(disk, &space)?;
+    let active = open_active(disk, &space, active_size)?;
     // A group with no vote, no commit point, no purge point and no entries
     // holds no state; whether its emptied records survive depends on segment
     // deletion, so recovery reports such a group as absent, always.
@@ -98,14 +109,14 @@ pub(crate) fn recover(disk: &dyn Disk, dir: &Path, fsync: bool) -> Result<(Space
     Ok((space, active, recovered))
 }
 
-/// Opens the last segment for appending.
-fn open_active(disk: &dyn Disk, space: &Space) -> Result<Active, WalError> {
+/// Opens the last segment for appending at `size`, the end of its data.
+fn open_active(disk: &dyn Disk, space: &Space, size: u64) -> Result<Active, WalError> {
     let Some(segment) = space.segments.back() else {
         return Err(WalError::InvalidOptions("no active segment".into()));
     };
     let path = &segment.path;
-    let (file, size) = disk
-        .open_append(path)
+    let file = disk
+        .open_append(path, size)
         .map_err(|e| WalError::io("open segment", path, e))?;
     Ok(Active { file, size })
 }
@@ -128,17 +139,28 @@ fn list_segments(disk: &dyn Disk, dir: &Path) -> Result<Vec<(u64, PathBuf)>, Wal
 }
 
 /// Checks every record of one segment and hands each decoded record to `apply`, in order.
-/// Only in the last segment may a damaged record at the very end be reported as torn.
+/// Only in the last segment may a damaged record at the very end be reported as torn, and only
+/// the last segment may end in zeros written ahead of its data (the writer cuts a segment to its
+/// data before it starts the next one).
 fn scan(path: &Path, data: &[u8], last_segment: bool, mut apply: impl FnMut(Vec<DiskOp>)) -> Result<ScanEnd, WalError> {
+    // Every record starts with a nonzero length, so none starts at or after `zeros_from`.
+    let zeros_from = if last_segment {
+        data.iter().rposition(|&b| b != 0).map_or(0, |at| at + 1)
+    } else {
+        data.len()
+    };
     let mut offset = 0usize;
     while offset < data.len() {
+        if offset >= zeros_from {
+            return Ok(ScanEnd::Clean(offset));
+        }
         let (len, crc) = match format::read_header(&data[offset..]) {
             Header::Valid { len, crc } => (len, crc),
             Header::Short if last_segment => return Ok(ScanEnd::Torn(offset)),
             Header::Short => return Err(corrupt(path, offset, "record header runs past end of segment".into())),
             // The length cannot be trusted, so the record's end is unknown. It can only be a torn
             // write if nothing valid was written after it.
-            Header::Damaged if last_segment && format::find_valid_record(data, offset + 1).is_none() => {
+            Header::Damaged if last_segment && format::find_valid_record(data, offset + 1, zeros_from).is_none() => {
                 return Ok(ScanEnd::Torn(offset));
             }
             Header::Damaged => return Err(corrupt(path, offset, "record header checksum mismatch".into())),
@@ -159,7 +181,8 @@ fn scan(path: &Path, data: &[u8], last_segment: bool, mut apply: impl FnMut(Vec<
         }
         let payload = &data[offset + RECORD_HEADER_BYTES..end];
         if crc32c::crc32c(payload) != crc {
-            if last_segment && end == data.len() {
+            // Torn: the record was the last thing written (only zeros, if anything, follow it).
+            if last_segment && end >= zeros_from {
                 return Ok(ScanEnd::Torn(offset));
             }
             return Err(corrupt(path, offset, "record checksum mismatch".into()));
@@ -170,7 +193,7 @@ fn scan(path: &Path, data: &[u8], last_segment: bool, mut apply: impl FnMut(Vec<
         apply(ops);
         offset = end;
     }
-    Ok(ScanEnd::Clean)
+    Ok(ScanEnd::Clean(offset))
 }
 
 /// Applies one replayed op to the group state and the space bookkeeping.

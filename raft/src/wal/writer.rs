@@ -82,12 +82,14 @@ impl Writer {
         counters: Arc<Counters>,
         #[cfg(test)] gate: Arc<Gate>,
     ) -> Self {
+        let mut file = active.file;
+        file.set_zero_ahead(opts.zero_ahead_bytes);
         Self {
             disk,
             dir,
             opts,
             space,
-            file: active.file,
+            file,
             size: active.size,
             checkpoint_bytes: 0,
             _lock: lock,
@@ -374,11 +376,18 @@ impl Writer {
             .segments
             .back()
             .map_or(0, |active| active.first_seq + active.records);
+        // Recovery accepts zeros written ahead only at the end of the last segment: cut this one
+        // to its data (made durable before the next segment can exist).
+        let old = self.active_path();
+        self.disk
+            .truncate(&old, self.size, self.opts.fsync)
+            .map_err(|e| WalError::io("truncate segment", &old, e))?;
         let path = self.dir.join(format::segment_file_name(next_seq));
-        let file = self
+        let mut file = self
             .disk
             .create(&path, true)
             .map_err(|e| WalError::io("create segment", &path, e))?;
+        file.set_zero_ahead(self.opts.zero_ahead_bytes);
         if self.opts.fsync {
             sync_dir(self.disk.as_ref(), &self.dir)?;
         }
