@@ -18,6 +18,12 @@ mod up;
 
 use clap::Parser;
 
+/// mimalloc instead of glibc's malloc: a node allocates and frees many small buffers per request
+/// on several threads (frames, Raft entries, futures), where glibc's arenas spent about 7% of
+/// the CPU of a loaded local cluster.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     // Behave like other Unix tools when stdout is a closed pipe (`| head`):
     // exit quietly instead of panicking on the failed write.
