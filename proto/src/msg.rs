@@ -58,7 +58,8 @@ pub enum Consistency {
     /// Served by the leader after a read-index round: linearizable.
     #[default]
     Linearizable,
-    /// Served by any replica from its applied state: may be stale.
+    /// Served by any replica from its applied state: may be stale (a follower of a group
+    /// that just went idle learns the last commits within one Raft heartbeat, 250 ms by default).
     Stale,
 }
 
