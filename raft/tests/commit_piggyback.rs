@@ -27,7 +27,8 @@ const WRITES: u64 = 60;
 struct LoopbackTransport {
     replicas: Mutex<BTreeMap<NodeId, Replica>>,
     empty_appends: AtomicU64,
-    appends: AtomicU64,
+    /// Entries carried by all AppendEntries (a busy stream may carry two writes in one).
+    entries_sent: AtomicU64,
 }
 
 impl RaftTransport for LoopbackTransport {
@@ -35,7 +36,7 @@ impl RaftTransport for LoopbackTransport {
         let target = self.replicas.lock().unwrap().get(&to).cloned();
         let req: Result<PeerRequest, String> = decode(&msg);
         if let Ok(PeerRequest::Append(_, rpc)) = &req {
-            self.appends.fetch_add(1, Ordering::Relaxed);
+            self.entries_sent.fetch_add(rpc.entries.len() as u64, Ordering::Relaxed);
             if rpc.entries.is_empty() {
                 self.empty_appends.fetch_add(1, Ordering::Relaxed);
             }
@@ -91,7 +92,7 @@ async fn commits_ride_on_entries_and_heartbeats_not_on_extra_appends() {
     wait_until("node 1 leads", || replicas[0].is_leader()).await;
 
     let before = transport.empty_appends.load(Ordering::Relaxed);
-    let appends_before = transport.appends.load(Ordering::Relaxed);
+    let entries_before = transport.entries_sent.load(Ordering::Relaxed);
     let started = Instant::now();
     for i in 0..WRITES {
         let cmd = Command::Client {
@@ -107,17 +108,12 @@ async fn commits_ride_on_entries_and_heartbeats_not_on_extra_appends() {
     }
     let elapsed = started.elapsed();
     let empty = transport.empty_appends.load(Ordering::Relaxed) - before;
-    let appends = transport.appends.load(Ordering::Relaxed) - appends_before;
     // Two followers get one heartbeat per period each (plus one period of slack for the ends).
     let heartbeats_max = 2 * (elapsed.as_millis() as u64 / HEARTBEAT_MS + 2);
     assert!(
         empty <= heartbeats_max,
-        "{empty} empty AppendEntries for {WRITES} writes in {elapsed:?} ({appends} in all): \
+        "{empty} empty AppendEntries for {WRITES} writes in {elapsed:?}: \
          more than the {heartbeats_max} heartbeats of that time"
-    );
-    assert!(
-        appends >= 2 * WRITES,
-        "each write reached both followers: {appends} appends"
     );
 
     // With no commit-only message, followers still learn the last commit: from the heartbeat.
@@ -128,6 +124,13 @@ async fn commits_ride_on_entries_and_heartbeats_not_on_extra_appends() {
         })
         .await;
     }
+    // A write commits with one follower's answer, so the other may get the last entry only
+    // now; by the time both applied it, each write went to each follower at least once.
+    let entries = transport.entries_sent.load(Ordering::Relaxed) - entries_before;
+    assert!(
+        entries >= 2 * WRITES,
+        "every write is carried to both followers, but only {entries} entries were sent"
+    );
 
     for replica in &replicas {
         replica.shutdown().await;
