@@ -222,13 +222,16 @@ etcd_json=""
 plexus_json=""
 ratios=()
 for ((r = 1; r <= rounds; r++)); do
+    # Even rounds measure plexus first, so a machine that speeds up or slows down over the run
+    # favours neither side.
+    if [[ $etcd_only -eq 0 && $((r % 2)) -eq 0 ]]; then measure_plexus "$r"; fi
     measure_etcd "$r"
     if [[ $etcd_only -eq 1 ]]; then
         echo "etcd write throughput $(printf '%.0f' "$(json_field "$etcd_json" ops_per_sec)") ops/s;" \
             "p99 $(json_field "$etcd_json" p99_us) us (plexus half skipped: --etcd-only)"
         continue
     fi
-    measure_plexus "$r"
+    if [[ $((r % 2)) -eq 1 ]]; then measure_plexus "$r"; fi
     ratio="$(awk -v p="$(json_field "$plexus_json" ops_per_sec)" -v e="$(json_field "$etcd_json" ops_per_sec)" \
         -v pp="$(json_field "$plexus_json" p99_us)" -v ep="$(json_field "$etcd_json" p99_us)" \
         -v perr="$(json_field "$plexus_json" errors)" -v eerr="$(json_field "$etcd_json" errors)" \
