@@ -20,10 +20,11 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use futures::future::join_all;
 use plexus_net::{ClientHandler, NetLimits, NodeEndpoint, PeerHandler, TlsMaterial};
 use plexus_proto::{Request, Response};
 use plexus_raft::network::RaftTransport;
-use plexus_raft::replica::{open_log, ReplicaOptions};
+use plexus_raft::replica::{open_log, Replica, ReplicaOptions};
 use plexus_raft::sim_hooks::SimHooks;
 use plexus_raft::state::StateLimits;
 use plexus_raft::wal::{Disk, GroupLog, OsDisk, SnapshotStore, Wal, WalOptions, WriterMode};
@@ -439,10 +440,36 @@ impl NodeHandle {
             ms = started.elapsed().as_millis() as u64,
             "leadership handed over"
         );
+        // One line for all failures: in a whole-cluster stop every group fails the same way
+        // (its followers are stopping too), and a line per group only buries that.
+        if let Some((group, why)) = report.failed.first() {
+            let groups: Vec<u32> = report.failed.iter().map(|(g, _)| *g).collect();
+            tracing::warn!(
+                failed = groups.len(),
+                ?groups,
+                first_group = group,
+                first_reason = %why,
+                "handover failed; followers will elect after a timeout"
+            );
+        }
         for (group, why) in &report.failed {
-            tracing::warn!(group, reason = %why, "handover failed; followers will elect after a timeout");
+            tracing::debug!(group, reason = %why, "handover failed");
         }
         report
+    }
+
+    /// Stops the Raft instance of every group this node still leads: a leader left running
+    /// after the endpoint closes would only keep failing to reach its followers until the core
+    /// stops it. Its followers elect a new leader after their timeout either way.
+    async fn stop_led_groups(&self) {
+        let led: Vec<Replica> = self
+            .registry
+            .hosted_groups()
+            .into_iter()
+            .filter_map(|g| self.registry.get(g))
+            .filter(Replica::is_leader)
+            .collect();
+        join_all(led.iter().map(Replica::shutdown)).await;
     }
 
     /// Stops gracefully: hand leadership over, stop serving, stop every replica, flush the WAL.
@@ -456,6 +483,7 @@ impl NodeHandle {
         // too, and a group handed to one of them would only have to be handed on again.
         self.registry.set_stopping();
         self.hand_over_leadership().await;
+        self.stop_led_groups().await;
         self.endpoint.shutdown().await;
         self.core.shutdown().await;
     }

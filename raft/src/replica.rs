@@ -83,6 +83,8 @@ pub struct Replica {
     canary: Option<Canary>,
     /// Set while this replica hands its leadership over (`handover.rs`): proposals are refused.
     pub(crate) handing_over: Arc<AtomicBool>,
+    /// Set by the first `shutdown`; openraft warns about a second call.
+    stopped: Arc<AtomicBool>,
 }
 
 impl Replica {
@@ -128,6 +130,7 @@ impl Replica {
             state,
             canary: opts.sim_hooks.canary,
             handing_over: Arc::new(AtomicBool::new(false)),
+            stopped: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -262,8 +265,12 @@ impl Replica {
         }
     }
 
-    /// Stops the replica's Raft tasks (its stores stay on disk).
+    /// Stops the replica's Raft tasks (its stores stay on disk). Only the first call does
+    /// anything: a stopping node stops the groups it still leads before the rest.
     pub async fn shutdown(&self) {
+        if self.stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let _ = self.raft.shutdown().await;
     }
 }
