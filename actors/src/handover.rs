@@ -32,12 +32,7 @@ pub struct HandoverReport {
 /// Hands over every group this node leads, waiting at most `timeout` in all.
 pub async fn hand_over_all(registry: &Arc<Registry>, timeout: Duration) -> HandoverReport {
     let deadline = Instant::now() + timeout;
-    let led: Vec<Replica> = registry
-        .hosted_groups()
-        .into_iter()
-        .filter_map(|g| registry.get(g))
-        .filter(Replica::is_leader)
-        .collect();
+    let led = registry.led_replicas();
     let outcomes = join_all(led.iter().map(|r| hand_over(registry, r, None, deadline))).await;
     let mut report = HandoverReport::default();
     for (replica, outcome) in led.iter().zip(outcomes) {

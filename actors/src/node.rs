@@ -462,13 +462,7 @@ impl NodeHandle {
     /// after the endpoint closes would only keep failing to reach its followers until the core
     /// stops it. Its followers elect a new leader after their timeout either way.
     async fn stop_led_groups(&self) {
-        let led: Vec<Replica> = self
-            .registry
-            .hosted_groups()
-            .into_iter()
-            .filter_map(|g| self.registry.get(g))
-            .filter(Replica::is_leader)
-            .collect();
+        let led = self.registry.led_replicas();
         join_all(led.iter().map(Replica::shutdown)).await;
     }
 

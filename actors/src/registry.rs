@@ -124,6 +124,15 @@ impl Registry {
         self.replicas.read().ok()?.get(&group).cloned()
     }
 
+    /// The running replicas of hosted groups that this node leads now.
+    pub fn led_replicas(&self) -> Vec<Replica> {
+        self.hosted_groups()
+            .into_iter()
+            .filter_map(|g| self.get(g))
+            .filter(Replica::is_leader)
+            .collect()
+    }
+
     /// Registers a started replica.
     pub fn insert(&self, replica: Replica) {
         if let Ok(mut s) = self.starts.write() {

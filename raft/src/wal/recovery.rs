@@ -32,6 +32,15 @@ enum ScanEnd {
     Torn(usize),
 }
 
+impl ScanEnd {
+    /// Where the segment's data ends: appends resume here.
+    fn data_end(&self) -> u64 {
+        match *self {
+            ScanEnd::Clean(offset) | ScanEnd::Torn(offset) => offset as u64,
+        }
+    }
+}
+
 /// Recovers the WAL in `dir` (which exists and is locked by the caller).
 pub(crate) fn recover(disk: &dyn Disk, dir: &Path, fsync: bool) -> Result<(Space, Active, Recovered), WalError> {
     let segments = list_segments(disk, dir)?;
@@ -62,10 +71,7 @@ pub(crate) fn recover(disk: &dyn Disk, dir: &Path, fsync: bool) -> Result<(Space
             }
         })?;
         previous_size = active_size;
-        active_size = match end {
-            ScanEnd::Clean(offset) => offset as u64,
-            ScanEnd::Torn(offset) => offset as u64,
-        };
+        active_size = end.data_end();
         if let ScanEnd::Torn(offset) = end {
             let torn = data.len() - offset;
             tracing::warn!(

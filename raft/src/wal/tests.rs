@@ -47,6 +47,23 @@ pub(super) fn segment_files(dir: &Path) -> Vec<String> {
     names
 }
 
+/// Opens `dir` expecting the WAL to refuse it as corrupt; returns the segment, offset and reason.
+/// `what` names the damage in the panic message when it is accepted or fails otherwise.
+pub(super) fn open_corrupt(dir: &Path, options: WalOptions, what: &str) -> (std::path::PathBuf, u64, String) {
+    match Wal::open(dir, options) {
+        Err(WalError::Corrupt {
+            segment,
+            offset,
+            reason,
+        }) => (segment, offset, reason),
+        Ok((wal, recovered)) => {
+            wal.close();
+            panic!("{what} was accepted: {recovered:?}");
+        }
+        Err(other) => panic!("{what}: unexpected {other}"),
+    }
+}
+
 pub(super) fn reopen(dir: &Path, options: WalOptions) -> Recovered {
     let (wal, recovered) = Wal::open(dir, options).unwrap();
     wal.close();
@@ -320,26 +337,15 @@ async fn damage_before_the_last_record_is_corrupt() {
         let mut damaged = bytes.clone();
         damaged[at] ^= 0x01;
         std::fs::write(&segment, &damaged).unwrap();
-        match Wal::open(dir.path(), opts(false)) {
-            Err(WalError::Corrupt { segment: path, .. }) => assert_eq!(path, segment),
-            Ok((wal, recovered)) => {
-                wal.close();
-                panic!("flip at {at} was accepted: {recovered:?}");
-            }
-            Err(other) => panic!("flip at {at}: unexpected {other}"),
-        }
+        let (path, _, _) = open_corrupt(dir.path(), opts(false), &format!("flip at {at}"));
+        assert_eq!(path, segment);
     }
     std::fs::write(&segment, &bytes).unwrap();
     let mut damaged = bytes.clone();
     damaged[12] ^= 0x01;
     std::fs::write(&segment, &damaged).unwrap();
-    match Wal::open(dir.path(), opts(false)) {
-        Err(WalError::Corrupt { offset, reason, .. }) => {
-            assert_eq!((offset, reason.as_str()), (0, "record checksum mismatch"));
-        }
-        Err(other) => panic!("unexpected {other}"),
-        Ok(_) => panic!("corruption accepted"),
-    }
+    let (_, offset, reason) = open_corrupt(dir.path(), opts(false), "a flip in the first payload");
+    assert_eq!((offset, reason.as_str()), (0, "record checksum mismatch"));
 }
 
 /// Options that roll a segment after a few small batches.
