@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use plexus_proto::NodeId;
+use plexus_raft::handover::HandoverError;
 use plexus_raft::network::{decode, encode, PeerRequest, PeerResponse};
 use plexus_raft::replica::Replica;
 use tokio::time::Instant;
@@ -27,6 +28,20 @@ pub struct HandoverReport {
     pub moved: Vec<(u32, NodeId)>,
     /// Groups led here whose handover failed, with why.
     pub failed: Vec<(u32, String)>,
+    /// Groups led here that were not handed over because every voter they could go to is
+    /// stopping too (a whole-cluster stop): no failure, nobody could take them.
+    pub peers_stopping: Vec<u32>,
+}
+
+/// Why one group's handover did not move it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandoverFailure {
+    /// Every voter the group could go to is stopping too (said so, or refused for that reason).
+    #[error("group {0}: every voter it could go to is stopping")]
+    PeersStopping(u32),
+    /// The handover was tried and failed (see the message).
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// Hands over every group this node leads, waiting at most `timeout` in all.
@@ -39,7 +54,8 @@ pub async fn hand_over_all(registry: &Arc<Registry>, timeout: Duration) -> Hando
         match outcome {
             Ok(Some(leader)) => report.moved.push((replica.group, leader)),
             Ok(None) => {}
-            Err(e) => report.failed.push((replica.group, e)),
+            Err(HandoverFailure::PeersStopping(group)) => report.peers_stopping.push(group),
+            Err(HandoverFailure::Failed(e)) => report.failed.push((replica.group, e)),
         }
     }
     report
@@ -56,44 +72,75 @@ pub async fn hand_over_to(
     let Some(replica) = registry.get(group) else {
         return Ok(None);
     };
-    hand_over(registry, &replica, Some(&[to]), Instant::now() + timeout).await
+    hand_over(registry, &replica, Some(&[to]), Instant::now() + timeout)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Hands over one group, to a caught-up follower among `to` (in that order of preference) or,
 /// with `to` of `None`, to any caught-up follower. `Ok(None)` when there was nothing to hand
-/// over or no acceptable follower had caught up.
+/// over or no acceptable follower had caught up. A peer that is stopping (it said so, or it
+/// refused `TimeoutNow` for that reason) is never a target, and when every target left is
+/// stopping the handover ends at once with [`HandoverFailure::PeersStopping`].
 pub(crate) async fn hand_over(
     registry: &Registry,
     replica: &Replica,
     to: Option<&[NodeId]>,
     deadline: Instant,
-) -> Result<Option<NodeId>, String> {
+) -> Result<Option<NodeId>, HandoverFailure> {
+    let group = replica.group;
+    let eligible = |peer: NodeId| !registry.peer_is_stopping(peer);
+    if to.is_some_and(|to| !to.iter().any(|t| eligible(*t))) && replica.is_leader() {
+        return Err(HandoverFailure::PeersStopping(group));
+    }
     let outcome = async {
-        let Some(caught_up) = replica.begin_handover(deadline).await.map_err(|e| e.to_string())? else {
-            return Ok(None);
+        let caught_up = match replica.begin_handover(deadline, &eligible).await {
+            Ok(Some(caught_up)) => caught_up,
+            Ok(None) => return Ok(None),
+            Err(HandoverError::PeersStopping(group)) => return Err(HandoverFailure::PeersStopping(group)),
+            Err(e) => return Err(HandoverFailure::Failed(e.to_string())),
         };
         let targets: Vec<NodeId> = match to {
             Some(to) => to.iter().copied().filter(|t| caught_up.contains(t)).collect(),
             None => caught_up,
         };
         let mut why = Vec::new();
-        // A follower that was caught up may have died since; the next one may still stand.
-        for target in targets {
-            match timeout_now(registry, replica.group, target, deadline).await {
-                Ok(()) => {
-                    return replica
-                        .await_new_leader(deadline)
-                        .await
-                        .map(Some)
-                        .map_err(|e| e.to_string())
-                }
-                Err(e) => why.push(e),
+        let mut stopping = 0;
+        // A follower that was caught up may have died or begun to stop since; the next one may
+        // still stand.
+        for target in &targets {
+            if !eligible(*target) {
+                stopping += 1;
+                continue;
             }
+            match timeout_now(registry, group, *target, deadline).await {
+                Ok(()) => {}
+                Err(TimeoutNowError::Stopping) => {
+                    stopping += 1;
+                    continue;
+                }
+                Err(TimeoutNowError::Failed(e)) => {
+                    why.push(e);
+                    continue;
+                }
+            }
+            // The target stands. If it announces its own stop before it wins (a whole-cluster
+            // stop, where it took the request just before its own signal), waiting for it is
+            // pointless: it will not keep the group.
+            let target_stopping = || !eligible(*target);
+            return match replica.await_new_leader(deadline, &target_stopping).await {
+                Ok(leader) => Ok(Some(leader)),
+                Err(HandoverError::PeersStopping(_)) => Err(HandoverFailure::PeersStopping(group)),
+                Err(e) => Err(HandoverFailure::Failed(e.to_string())),
+            };
+        }
+        if stopping > 0 && stopping == targets.len() {
+            return Err(HandoverFailure::PeersStopping(group));
         }
         if why.is_empty() {
             return Ok(None);
         }
-        Err(format!("group {}: {}", replica.group, why.join("; ")))
+        Err(HandoverFailure::Failed(format!("group {group}: {}", why.join("; "))))
     }
     .await;
     // Moved or not, the replica takes proposals again whenever it leads: after a failure it keeps
@@ -103,10 +150,25 @@ pub(crate) async fn hand_over(
     outcome
 }
 
+/// Why a follower did not stand when asked.
+enum TimeoutNowError {
+    /// It has begun a graceful stop (noted in the registry).
+    Stopping,
+    /// Anything else: unreachable, no answer in time, an error of its own.
+    Failed(String),
+}
+
 /// Asks `target` to stand for election in `group` now; a bounded wait per target, so one dead
-/// follower cannot use up the whole handover.
-async fn timeout_now(registry: &Registry, group: u32, target: NodeId, deadline: Instant) -> Result<(), String> {
-    let msg = encode(&PeerRequest::TimeoutNow(group))?;
+/// follower cannot use up the whole handover. A target that answers that it is stopping is
+/// noted as such, as if it had sent its stop notice.
+async fn timeout_now(
+    registry: &Registry,
+    group: u32,
+    target: NodeId,
+    deadline: Instant,
+) -> Result<(), TimeoutNowError> {
+    let failed = TimeoutNowError::Failed;
+    let msg = encode(&PeerRequest::TimeoutNow(group)).map_err(failed)?;
     let wait = deadline
         .saturating_duration_since(Instant::now())
         .min(Duration::from_millis(TIMEOUT_NOW_WAIT_MS));
@@ -114,10 +176,16 @@ async fn timeout_now(registry: &Registry, group: u32, target: NodeId, deadline: 
         .transport
         .call_consensus(target, msg, wait)
         .await
-        .map_err(|e| format!("timeout-now to node {target}: {e}"))?;
-    match decode::<PeerResponse>(&answer)? {
+        .map_err(|e| failed(format!("timeout-now to node {target}: {e}")))?;
+    match decode::<PeerResponse>(&answer).map_err(failed)? {
         PeerResponse::TimeoutNow(Ok(())) => Ok(()),
-        PeerResponse::TimeoutNow(Err(e)) => Err(format!("node {target} did not stand: {e}")),
-        other => Err(format!("node {target}: unexpected answer to timeout-now: {other:?}")),
+        PeerResponse::TimeoutNow(Err(e)) => Err(failed(format!("node {target} did not stand: {e}"))),
+        PeerResponse::NodeStopping(for_ms) => {
+            registry.note_peer_stopping(target, for_ms);
+            Err(TimeoutNowError::Stopping)
+        }
+        other => Err(failed(format!(
+            "node {target}: unexpected answer to timeout-now: {other:?}"
+        ))),
     }
 }

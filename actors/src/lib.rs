@@ -21,6 +21,7 @@ pub mod score;
 pub mod score_batch;
 pub mod scoring;
 pub mod shard;
+pub mod stopping;
 
 pub use config::NodeConfig;
 pub use node::{start_core, start_node, NodeCore, NodeError, NodeHandle, NodeSeams};

@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use plexus_net::{ClientHandler, NetLimits, NodeEndpoint, PeerHandler, TlsMaterial};
-use plexus_proto::{Request, Response};
-use plexus_raft::network::RaftTransport;
+use plexus_proto::{NodeId, Request, Response};
+use plexus_raft::network::{encode, PeerRequest, RaftTransport};
 use plexus_raft::replica::{open_log, Replica, ReplicaOptions};
 use plexus_raft::sim_hooks::SimHooks;
 use plexus_raft::state::StateLimits;
@@ -32,6 +32,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 /// How long a supervisor waits for its children to stop.
 const CHILD_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a stopping node waits for its peers to acknowledge its stop notice, in milliseconds.
+const STOP_NOTICE_WAIT_MS: u64 = 300;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::NodeConfig;
@@ -455,7 +457,37 @@ impl NodeHandle {
         for (group, why) in &report.failed {
             tracing::debug!(group, reason = %why, "handover failed");
         }
+        if !report.peers_stopping.is_empty() {
+            tracing::info!(
+                groups = ?report.peers_stopping,
+                "not handed over: every other voter is stopping too"
+            );
+        }
         report
+    }
+
+    /// Tells every peer that this node has begun a graceful stop, so that none hands it a group
+    /// from now on (`stopping.rs`), and waits at most `STOP_NOTICE_WAIT_MS` for their answers. A
+    /// peer that does not answer is left alone: the notice only spares time, and a peer that
+    /// misses it still has this node refuse `TimeoutNow`.
+    pub async fn announce_stopping(&self) {
+        let Ok(msg) = encode(&PeerRequest::Stopping(self.registry.stop_notice_ms)) else {
+            return;
+        };
+        let wait = Duration::from_millis(STOP_NOTICE_WAIT_MS);
+        let me = self.registry.node_id;
+        let peers: Vec<NodeId> = self.registry.members.keys().copied().filter(|id| *id != me).collect();
+        let answers = join_all(
+            peers
+                .iter()
+                .map(|peer| self.registry.transport.call(*peer, msg.clone(), wait)),
+        )
+        .await;
+        for (peer, answer) in peers.iter().zip(answers) {
+            if let Err(e) = answer {
+                tracing::debug!(peer, error = %e, "stop notice not delivered");
+            }
+        }
     }
 
     /// Stops the Raft instance of every group this node still leads: a leader left running
@@ -476,7 +508,9 @@ impl NodeHandle {
         // Refuse to be made leader from now on: in a whole-cluster stop the peers are stopping
         // too, and a group handed to one of them would only have to be handed on again.
         self.registry.set_stopping();
-        self.hand_over_leadership().await;
+        // Peers learn of the stop while the handover runs; in a whole-cluster stop that is what
+        // lets each node give up at once on groups that no other voter may take.
+        futures::join!(self.announce_stopping(), self.hand_over_leadership());
         self.stop_led_groups().await;
         self.endpoint.shutdown().await;
         self.core.shutdown().await;

@@ -77,12 +77,14 @@ impl PeerHandler for PeerService {
                 | PeerRequest::Read(g, _)
                 | PeerRequest::TimeoutNow(g) => *g,
                 PeerRequest::ShardMap => return encode(&PeerResponse::ShardMap(Box::new(registry.shard_map()))),
+                PeerRequest::Stopping(for_ms) => {
+                    tracing::info!(peer = from, for_ms, "peer is stopping: it is handed no groups");
+                    registry.note_peer_stopping(from, *for_ms);
+                    return encode(&PeerResponse::Stopping);
+                }
             };
             if matches!(req, PeerRequest::TimeoutNow(_)) && registry.is_stopping() {
-                return encode(&PeerResponse::TimeoutNow(Err(format!(
-                    "node {} is stopping",
-                    registry.node_id
-                ))));
+                return encode(&PeerResponse::NodeStopping(registry.stop_notice_ms));
             }
             let resp = match registry.get(group) {
                 Some(replica) => replica.handle_peer(req, registry.request_timeout).await,

@@ -18,6 +18,7 @@ use plexus_raft::{Command, META_GROUP};
 use crate::clock::Clock;
 use crate::config::NodeConfig;
 use crate::scoring::ScoringPool;
+use crate::stopping::StoppingPeers;
 
 /// Forwarding hops a proposal may take while chasing a moving leader.
 pub const FORWARD_HOPS_MAX: usize = 3;
@@ -49,7 +50,15 @@ pub struct Registry {
     scoring: OnceLock<Arc<ScoringPool>>,
     /// Set once a graceful stop has begun: the node no longer stands for elections on request.
     stopping: AtomicBool,
+    /// Peers that announced a graceful stop (`stopping.rs`): not handed any group.
+    peers_stopping: StoppingPeers,
+    /// How long peers should believe this node's stop notice, ms: the whole graceful stop (the
+    /// handover and the rest of the shutdown), after which the node is gone or restarting.
+    pub stop_notice_ms: u64,
 }
+
+/// What a stop notice covers beyond the handover: stopping the endpoint, the tree and the WAL.
+const STOP_NOTICE_SLACK_MS: u64 = 5_000;
 
 /// Meta-group replicas: at most this many of the lowest node ids.
 pub const META_REPLICAS_MAX: usize = 5;
@@ -73,6 +82,8 @@ impl Registry {
             starts: RwLock::new(BTreeMap::new()),
             scoring: OnceLock::new(),
             stopping: AtomicBool::new(false),
+            peers_stopping: StoppingPeers::default(),
+            stop_notice_ms: cfg.raft.handover_timeout_ms.saturating_add(STOP_NOTICE_SLACK_MS),
         }
     }
 
@@ -87,6 +98,19 @@ impl Registry {
     /// Whether a graceful stop has begun.
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Notes a peer's stop notice (`PeerRequest::Stopping`); a sender that is not another member
+    /// of the cluster is ignored, so the table stays bounded by the membership.
+    pub fn note_peer_stopping(&self, peer: NodeId, for_ms: u64) {
+        if peer != self.node_id && self.members.contains_key(&peer) {
+            self.peers_stopping.note(peer, for_ms, tokio::time::Instant::now());
+        }
+    }
+
+    /// Whether `peer` announced a graceful stop whose notice has not run out.
+    pub fn peer_is_stopping(&self, peer: NodeId) -> bool {
+        self.peers_stopping.is_stopping(peer, tokio::time::Instant::now())
     }
 
     /// Installs the node's scoring pool; a second pool is refused (returned).

@@ -11,6 +11,7 @@ use plexus_actors::config::RaftTimings;
 use plexus_actors::handover::hand_over_to;
 use plexus_client::Cursor;
 use plexus_proto::{shard_for_key, ShardKey};
+use plexus_raft::handover::HandoverError;
 
 const SHARDS: u32 = 6;
 /// Entries appended to each timeline before the handover.
@@ -134,6 +135,8 @@ async fn a_stopping_node_refuses_to_be_made_leader() {
         "the refusal waited out the deadline"
     );
     assert!(common::led_groups(&nodes[leader]).contains(&group));
+    // The refusal counts as the follower's stop notice.
+    assert!(nodes[leader].registry.peer_is_stopping(stopping.registry.node_id));
 
     // A follower that is not stopping takes the group.
     let moved = hand_over_to(
@@ -145,5 +148,79 @@ async fn a_stopping_node_refuses_to_be_made_leader() {
     .await
     .unwrap();
     assert_eq!(moved, Some(willing.registry.node_id));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_announced_its_stop_is_handed_no_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = common::TestCluster::start(tmp.path(), 3, 4, common::quick_timings()).await;
+    let client = cluster.client().await;
+    let nodes = &cluster.nodes;
+    let leader = (0..nodes.len())
+        .max_by_key(|i| common::led_groups(&nodes[*i]).len())
+        .unwrap();
+    let led = common::led_groups(&nodes[leader]);
+    let group = *led.iter().next().unwrap();
+    let others: Vec<usize> = (0..nodes.len()).filter(|i| *i != leader).collect();
+    let (first, second) = (&nodes[others[0]], &nodes[others[1]]);
+
+    // The first follower announces its stop over QUIC. It has not itself begun to stop, so it
+    // would still stand if asked: only the notice keeps the leader from asking it.
+    first.announce_stopping().await;
+    assert!(nodes[leader].registry.peer_is_stopping(first.registry.node_id));
+    assert!(!nodes[leader].registry.peer_is_stopping(second.registry.node_id));
+    let to_first = hand_over_to(
+        &nodes[leader].registry,
+        group,
+        first.registry.node_id,
+        Duration::from_secs(5),
+    )
+    .await;
+    let why = to_first.expect_err("a group was handed to a peer that announced its stop");
+    assert!(why.contains("is stopping"), "{why}");
+    assert!(common::led_groups(&nodes[leader]).contains(&group));
+
+    // With every other voter stopping, the node hands nothing over and says why, at once
+    // instead of after failed attempts, and keeps serving the groups it leads.
+    second.announce_stopping().await;
+    let report = nodes[leader].hand_over_leadership().await;
+    assert!(report.moved.is_empty(), "moved: {:?}", report.moved);
+    assert!(report.failed.is_empty(), "failed: {:?}", report.failed);
+    let skipped: BTreeSet<u32> = report.peers_stopping.iter().copied().collect();
+    assert_eq!(skipped, led);
+    assert_eq!(common::led_groups(&nodes[leader]), led);
+    let owner = (0..10_000u64)
+        .find(|o| led.contains(&shard_for_key(&ShardKey::Id(*o), 4)))
+        .unwrap();
+    client.timeline_append(owner, b"still served".to_vec()).await.unwrap();
+    client.close().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_a_new_leader_ends_when_the_target_stops() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = common::TestCluster::start(tmp.path(), 3, 2, common::quick_timings()).await;
+    let nodes = &cluster.nodes;
+    let leader = (0..nodes.len())
+        .find(|i| !common::led_groups(&nodes[*i]).is_empty())
+        .unwrap();
+    let group = *common::led_groups(&nodes[leader]).iter().next().unwrap();
+    let replica = nodes[leader].registry.get(group).unwrap();
+
+    // Nobody stands, so leadership never moves: a target that is stopping ends the wait with
+    // that reason long before the deadline; one that is not runs into the deadline.
+    let far = tokio::time::Instant::now() + Duration::from_secs(30);
+    let started = Instant::now();
+    let stopping = replica.await_new_leader(far, &|| true).await;
+    assert_eq!(stopping, Err(HandoverError::PeersStopping(group)));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the wait ran towards its deadline"
+    );
+    let near = tokio::time::Instant::now() + Duration::from_millis(100);
+    let not_moved = replica.await_new_leader(near, &|| false).await;
+    assert_eq!(not_moved, Err(HandoverError::NotMoved(group)));
     cluster.shutdown().await;
 }

@@ -34,6 +34,11 @@ use crate::replica::Replica;
 pub const HANDOVER_VOTERS_MAX: usize = 3;
 /// How often a handover re-reads the replication progress while a follower catches up.
 const CATCH_UP_POLL_MS: u64 = 5;
+/// How often a handover waiting out the leader's own lease checks that a voter may still take
+/// the group.
+const LEASE_POLL_MS: u64 = 20;
+/// How often a handover waiting for the new leader checks that its target is not stopping.
+const LEADER_POLL_MS: u64 = 10;
 /// Margin added to the leader's own lease before the successor may stand.
 const LEASE_MARGIN_MS: u64 = 20;
 
@@ -50,6 +55,9 @@ pub enum HandoverError {
     /// No other node became leader before the deadline.
     #[error("group {0}: leadership did not move before the deadline")]
     NotMoved(u32),
+    /// Every voter the group could go to is stopping: none may be handed the group.
+    #[error("group {0}: every other voter is stopping")]
+    PeersStopping(u32),
     /// The Raft instance has stopped.
     #[error("group {0}: raft stopped: {1}")]
     Stopped(u32, String),
@@ -61,8 +69,14 @@ impl Replica {
     /// leader's. Returns them in id order (a caught-up voter may since have died: the caller
     /// tries them in turn), or `None` when there is nothing to hand over (not the leader, the
     /// only voter, or more voters than [`HANDOVER_VOTERS_MAX`]); then the replica keeps taking
-    /// proposals.
-    pub async fn begin_handover(&self, deadline: Instant) -> Result<Option<Vec<NodeId>>, HandoverError> {
+    /// proposals. Only voters for which `eligible` holds are returned (it is asked again on
+    /// every poll, so a voter that becomes ineligible meanwhile is dropped); when no other voter
+    /// is eligible the handover fails at once, before proposals are refused.
+    pub async fn begin_handover(
+        &self,
+        deadline: Instant,
+        eligible: &(dyn Fn(NodeId) -> bool + Send + Sync),
+    ) -> Result<Option<Vec<NodeId>>, HandoverError> {
         let voters: Vec<NodeId> = {
             let m = self.raft.metrics();
             let m = m.borrow();
@@ -74,15 +88,31 @@ impl Replica {
         if voters.len() < 2 || voters.len() > HANDOVER_VOTERS_MAX {
             return Ok(None);
         }
+        let any_eligible = || voters.iter().any(|v| *v != self.node_id && eligible(*v));
+        if !any_eligible() {
+            return Err(HandoverError::PeersStopping(self.group));
+        }
         self.handing_over.store(true, Ordering::Release);
         if let Some(lease_end) = self.own_lease_end().await? {
-            // Until our own lease ends we would refuse the successor's vote request.
-            tokio::time::sleep_until(lease_end.min(deadline)).await;
+            // Until our own lease ends we would refuse the successor's vote request. Waited out
+            // in steps, so that a handover whose other voters all begin to stop meanwhile ends.
+            let lease_end = lease_end.min(deadline);
+            while Instant::now() < lease_end {
+                if !any_eligible() {
+                    return Err(HandoverError::PeersStopping(self.group));
+                }
+                let step = Instant::now() + Duration::from_millis(LEASE_POLL_MS);
+                tokio::time::sleep_until(step.min(lease_end)).await;
+            }
         }
         loop {
             let (caught_up, quorum_silent_ms) = self.caught_up_followers();
+            let caught_up: Vec<NodeId> = caught_up.into_iter().filter(|v| eligible(*v)).collect();
             if !caught_up.is_empty() {
                 return Ok(Some(caught_up));
+            }
+            if !any_eligible() {
+                return Err(HandoverError::PeersStopping(self.group));
             }
             if quorum_silent_ms > self.raft.config().election_timeout_max {
                 return Err(HandoverError::NoQuorum(self.group, quorum_silent_ms));
@@ -147,22 +177,36 @@ impl Replica {
         Ok(elected_at.map(|at| at + lease))
     }
 
-    /// Waits until `deadline` for another node to lead the group; returns it.
-    pub async fn await_new_leader(&self, deadline: Instant) -> Result<NodeId, HandoverError> {
+    /// Waits until `deadline` for another node to lead the group; returns it. Gives up early,
+    /// with [`HandoverError::PeersStopping`], once `target_stopping` says the node asked to stand
+    /// has begun to stop (checked every `LEADER_POLL_MS`).
+    pub async fn await_new_leader(
+        &self,
+        deadline: Instant,
+        target_stopping: &(dyn Fn() -> bool + Send + Sync),
+    ) -> Result<NodeId, HandoverError> {
         let me = self.node_id;
-        let left = deadline.saturating_duration_since(Instant::now());
-        let moved = self
-            .raft
-            .wait(Some(left))
-            .metrics(
-                |m| m.current_leader.is_some_and(|l| l != me),
-                "leadership moved to another node",
-            )
-            .await;
-        match moved {
-            Ok(m) => m.current_leader.ok_or(HandoverError::NotMoved(self.group)),
-            Err(openraft::metrics::WaitError::Timeout(..)) => Err(HandoverError::NotMoved(self.group)),
-            Err(e) => Err(HandoverError::Stopped(self.group, e.to_string())),
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let step = left.min(Duration::from_millis(LEADER_POLL_MS));
+            let moved = self
+                .raft
+                .wait(Some(step))
+                .metrics(
+                    |m| m.current_leader.is_some_and(|l| l != me),
+                    "leadership moved to another node",
+                )
+                .await;
+            match moved {
+                Ok(m) => return m.current_leader.ok_or(HandoverError::NotMoved(self.group)),
+                Err(openraft::metrics::WaitError::Timeout(..)) if left > step => {
+                    if target_stopping() {
+                        return Err(HandoverError::PeersStopping(self.group));
+                    }
+                }
+                Err(openraft::metrics::WaitError::Timeout(..)) => return Err(HandoverError::NotMoved(self.group)),
+                Err(e) => return Err(HandoverError::Stopped(self.group, e.to_string())),
+            }
         }
     }
 

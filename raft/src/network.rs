@@ -75,6 +75,9 @@ pub enum PeerRequest {
     /// The leader of `group` is handing leadership over and this node's log is
     /// caught up with it: start an election now instead of after the timeout.
     TimeoutNow(u32),
+    /// The sending node has begun a graceful stop: for this many milliseconds, do not hand it
+    /// the leadership of any group (it would only have to hand it on again).
+    Stopping(u64),
 }
 
 /// The answer to a `PeerRequest`.
@@ -96,6 +99,11 @@ pub enum PeerResponse {
     Read(Response),
     /// Answer to `TimeoutNow`: the election started, or why not.
     TimeoutNow(Result<(), String>),
+    /// Answer to `Stopping`: noted.
+    Stopping,
+    /// The receiving node has begun a graceful stop and did not act on the request (it answers
+    /// `TimeoutNow` so); the sender should treat it as stopping for this many milliseconds.
+    NodeStopping(u64),
 }
 
 /// Encodes a peer message.

@@ -246,7 +246,8 @@ impl Replica {
             PeerRequest::Vote(_, rpc) => PeerResponse::Vote(self.raft.vote(rpc).await),
             PeerRequest::Snapshot(_, rpc) => PeerResponse::Snapshot(self.raft.install_snapshot(rpc).await),
             PeerRequest::Propose(_, cmd) => PeerResponse::Propose(self.propose(cmd, timeout).await),
-            PeerRequest::ShardMap => PeerResponse::NoSuchGroup(self.group),
+            // Node-wide messages, answered by the node before any replica sees them.
+            PeerRequest::ShardMap | PeerRequest::Stopping(_) => PeerResponse::NoSuchGroup(self.group),
             PeerRequest::Read(_, op) => PeerResponse::Read(self.read(&op, Consistency::Stale, timeout).await),
             PeerRequest::TimeoutNow(_) => PeerResponse::TimeoutNow(self.elect_now().await),
         }
