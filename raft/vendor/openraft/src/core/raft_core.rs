@@ -1550,7 +1550,9 @@ where
         };
 
         if Some(sender_vote) != my_vote.as_ref() {
-            tracing::warn!(
+            // plexus patch: debug, not warn. A late answer to a finished election or to an earlier
+            // leadership is expected after every election; it is dropped and harms nothing.
+            tracing::debug!(
                 "A message will be ignored because vote changed: msg sent by vote: {}; current my vote: {}; when ({})",
                 sender_vote,
                 my_vote.display(),
