@@ -16,9 +16,9 @@
 //! has a leader (not during elections). Each move lowers the sum of squared leader counts, so
 //! the moves stop.
 //!
-//! A move is a handover (`crate::handover`), started only once the leader's own lease is over,
-//! so the group refuses proposals for the few milliseconds a follower takes to catch up and win
-//! one vote; clients retry them. What it is not: placement. Which nodes hold a group's replicas
+//! A move is a handover (`crate::handover`): the group refuses proposals for the few
+//! milliseconds a follower takes to catch up and win one vote; clients retry them. Only leaders
+//! that have led for a lease period are moved, so balancing never chases a fresh election. What it is not: placement. Which nodes hold a group's replicas
 //! is the shard map's business; this only chooses which replica leads.
 
 use std::collections::BTreeMap;
@@ -167,7 +167,7 @@ pub async fn balance_once(registry: &Arc<Registry>) -> Vec<(u32, NodeId)> {
         Some(maps) => merge_views(local.clone(), &registry.placement, &maps).unwrap_or(local),
         None => local,
     };
-    // Only groups whose lease is over: the others would refuse proposals while it runs out.
+    // Only settled leaders (led for a lease period): a group just elected is left alone.
     let mut ready = Vec::new();
     for m in plan(registry.node_id, &view, MOVES_PER_ROUND_MAX) {
         if let Some(replica) = registry.get(m.group) {

@@ -83,7 +83,7 @@ impl Default for RaftTimings {
             election_timeout_max_ms: 2_000,
             snapshot_logs_since_last: 10_000,
             logs_kept_behind_snapshot: 1_000,
-            // The leader's own lease (election_timeout_max) plus time for a follower to catch up.
+            // Time for a follower to catch up and win one vote, with room for a slow disk.
             handover_timeout_ms: 3_000,
             leader_balance_interval_ms: 2_000,
         }

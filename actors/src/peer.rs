@@ -72,6 +72,7 @@ impl PeerHandler for PeerService {
             let group = match &req {
                 PeerRequest::Append(g, _)
                 | PeerRequest::Vote(g, _)
+                | PeerRequest::TransferVote(g, _)
                 | PeerRequest::Snapshot(g, _)
                 | PeerRequest::Propose(g, _)
                 | PeerRequest::Read(g, _)

@@ -12,6 +12,7 @@ use plexus_actors::handover::hand_over_to;
 use plexus_client::Cursor;
 use plexus_proto::{shard_for_key, ShardKey};
 use plexus_raft::handover::HandoverError;
+use plexus_raft::META_GROUP;
 
 const SHARDS: u32 = 6;
 /// Entries appended to each timeline before the handover.
@@ -222,5 +223,58 @@ async fn waiting_for_a_new_leader_ends_when_the_target_stops() {
     let near = tokio::time::Instant::now() + Duration::from_millis(100);
     let not_moved = replica.await_new_leader(near, &|| false).await;
     assert_eq!(not_moved, Err(HandoverError::NotMoved(group)));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_five_voter_group_is_handed_over_inside_the_leader_lease() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Leases of 2 s and heartbeats every 100 ms: an ordinary vote request would be refused by
+    // every follower (they heard from the leader a moment ago) and by the leader itself (elected
+    // moments ago), so only transfer votes can move the group now.
+    let raft = RaftTimings {
+        heartbeat_ms: 100,
+        election_timeout_min_ms: 1_500,
+        election_timeout_max_ms: 2_000,
+        handover_timeout_ms: 10_000,
+        leader_balance_interval_ms: 0,
+        ..Default::default()
+    };
+    let cluster = common::TestCluster::start(tmp.path(), 5, 2, raft).await;
+    let nodes = &cluster.nodes;
+    assert_eq!(
+        nodes[0].registry.meta_members.len(),
+        5,
+        "the meta group has five voters"
+    );
+    let leader = (0..nodes.len())
+        .find(|i| common::led_groups(&nodes[*i]).contains(&META_GROUP))
+        .expect("the meta group has a leader");
+    let leader_id = nodes[leader].registry.node_id;
+    let target = *nodes[leader]
+        .registry
+        .meta_members
+        .iter()
+        .find(|id| **id != leader_id)
+        .unwrap();
+
+    let moved = hand_over_to(&nodes[leader].registry, META_GROUP, target, Duration::from_secs(10)).await;
+    assert_eq!(moved, Ok(Some(target)));
+    // Every voter follows the new leader.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for node in nodes {
+        loop {
+            let known = node.registry.get(META_GROUP).and_then(|r| r.leader());
+            if known == Some(target) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} sees meta leader {known:?}, not {target}",
+                node.registry.node_id
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     cluster.shutdown().await;
 }

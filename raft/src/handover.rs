@@ -1,24 +1,23 @@
 //! Leadership handover: a leader that is about to stop passes each group it leads to a
 //! caught-up follower, so the group does not sit leaderless for an election timeout.
 //!
-//! openraft 0.9 has no transfer API, and a follower that heard from its leader within the
-//! leader lease (`election_timeout_max`) refuses to vote for anyone else. The leader itself holds
-//! that lease only for `election_timeout_max` after its own election, so a handover is an
-//! ordinary election decided by the old leader's vote: the leader stops taking proposals
-//! ([`Replica::begin_handover`]), waits until some follower's log matches its own, and tells that
-//! follower to stand now (`PeerRequest::TimeoutNow`, answered by [`Replica::elect_now`]). The
-//! follower asks for votes; the old leader grants its vote (equal log, lease over) and steps
-//! down; the two are a quorum of a group of two or three voters. No Raft voting rule is bypassed:
-//! if any step fails, the group elects a leader after the usual timeout, as after a crash.
+//! openraft 0.9 has no transfer API, so a handover is the Raft thesis's (section 3.10): the
+//! leader stops taking proposals ([`Replica::begin_handover`]), waits until some follower's log
+//! matches its own, and tells that follower to stand now (`PeerRequest::TimeoutNow`, answered by
+//! [`Replica::elect_now`]). The follower marks the election it starts as a transfer, and its vote
+//! requests go out as `PeerRequest::TransferVote`, which voters grant without the leader-lease
+//! check (our openraft patch, `Raft::vote_transfer`): a follower that heard from the leader a
+//! moment ago would otherwise refuse, and so would the leader itself within its lease. Every
+//! other voting rule holds (terms, one vote per term, the candidate's log at least as
+//! up-to-date), so the candidate wins only with a quorum's votes, whatever the group's size. If
+//! any step fails, the group elects a leader after the usual timeout, as after a crash.
 //!
 //! The same protocol moves single groups off a node that keeps serving, to balance leadership
 //! (`plexus_actors::balance`): the replica refuses proposals only from the start of the handover
-//! until [`Replica::end_handover`], and the balancer starts one only once the leader's own lease
-//! is over ([`Replica::lease_over`]), so the pause is the time a follower needs to catch up and
-//! win one vote.
+//! until [`Replica::end_handover`], the time a follower needs to catch up and win one vote.
 //!
-//! What it is not: a handover for groups of more than three voters (their other followers'
-//! leases would refuse the vote).
+//! What it is not: a way around a quorum. A handover needs a quorum of voters that answer;
+//! without one it fails and the group waits, as any election would.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -29,17 +28,11 @@ use tokio::time::Instant;
 
 use crate::replica::Replica;
 
-/// Voters a group may have for a handover to be possible: the old leader and its successor
-/// must be a quorum.
-pub const HANDOVER_VOTERS_MAX: usize = 3;
 /// How often a handover re-reads the replication progress while a follower catches up.
 const CATCH_UP_POLL_MS: u64 = 5;
-/// How often a handover waiting out the leader's own lease checks that a voter may still take
-/// the group.
-const LEASE_POLL_MS: u64 = 20;
 /// How often a handover waiting for the new leader checks that its target is not stopping.
 const LEADER_POLL_MS: u64 = 10;
-/// Margin added to the leader's own lease before the successor may stand.
+/// Margin added to the leader's own lease before the balancer counts it as settled.
 const LEASE_MARGIN_MS: u64 = 20;
 
 /// Why a handover did not complete.
@@ -64,11 +57,10 @@ pub enum HandoverError {
 }
 
 impl Replica {
-    /// Starts handing this replica's leadership over: refuses new proposals, waits out the
-    /// leader's own lease, and waits (until `deadline`) for voters whose logs match the
-    /// leader's. Returns them in id order (a caught-up voter may since have died: the caller
-    /// tries them in turn), or `None` when there is nothing to hand over (not the leader, the
-    /// only voter, or more voters than [`HANDOVER_VOTERS_MAX`]); then the replica keeps taking
+    /// Starts handing this replica's leadership over: refuses new proposals and waits (until
+    /// `deadline`) for voters whose logs match the leader's. Returns them in id order (a
+    /// caught-up voter may since have died: the caller tries them in turn), or `None` when there
+    /// is nothing to hand over (not the leader, or the only voter); then the replica keeps taking
     /// proposals. Only voters for which `eligible` holds are returned (it is asked again on
     /// every poll, so a voter that becomes ineligible meanwhile is dropped); when no other voter
     /// is eligible the handover fails at once, before proposals are refused.
@@ -85,7 +77,7 @@ impl Replica {
             }
             m.membership_config.membership().voter_ids().collect()
         };
-        if voters.len() < 2 || voters.len() > HANDOVER_VOTERS_MAX {
+        if voters.len() < 2 {
             return Ok(None);
         }
         let any_eligible = || voters.iter().any(|v| *v != self.node_id && eligible(*v));
@@ -93,18 +85,6 @@ impl Replica {
             return Err(HandoverError::PeersStopping(self.group));
         }
         self.handing_over.store(true, Ordering::Release);
-        if let Some(lease_end) = self.own_lease_end().await? {
-            // Until our own lease ends we would refuse the successor's vote request. Waited out
-            // in steps, so that a handover whose other voters all begin to stop meanwhile ends.
-            let lease_end = lease_end.min(deadline);
-            while Instant::now() < lease_end {
-                if !any_eligible() {
-                    return Err(HandoverError::PeersStopping(self.group));
-                }
-                let step = Instant::now() + Duration::from_millis(LEASE_POLL_MS);
-                tokio::time::sleep_until(step.min(lease_end)).await;
-            }
-        }
         loop {
             let (caught_up, quorum_silent_ms) = self.caught_up_followers();
             let caught_up: Vec<NodeId> = caught_up.into_iter().filter(|v| eligible(*v)).collect();
@@ -151,8 +131,9 @@ impl Replica {
         self.handing_over.store(false, Ordering::Release);
     }
 
-    /// Whether this replica leads its group and its own lease from its election is over, so a
-    /// handover could start without first refusing proposals for up to `election_timeout_max`.
+    /// Whether this replica leads its group and has led it for a whole lease period since its
+    /// election. A handover does not need that (transfer votes ignore the lease); the leader
+    /// balancer asks it so that it moves only settled leaders and never chases an election.
     pub async fn lease_over(&self) -> bool {
         if !self.is_leader() {
             return false;
@@ -210,9 +191,18 @@ impl Replica {
         }
     }
 
-    /// Answers `TimeoutNow`: stands for election at once.
+    /// Answers `TimeoutNow`: stands for election at once, as a transfer. openraft's election
+    /// takes the next term after the vote it holds; that term is marked, so that this election's
+    /// vote requests, and no later election's, are sent as `TransferVote`. If another election
+    /// moves the vote first, the mark matches no request and this one is an ordinary election.
     pub(crate) async fn elect_now(&self) -> Result<(), String> {
         tracing::info!(group = self.group, "standing for election at the leader's request");
+        let term = self
+            .raft
+            .with_raft_state(|st| st.vote_ref().leader_id().term)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.transfer_term.store(term + 1, Ordering::Release);
         self.raft.trigger().elect().await.map_err(|e| e.to_string())
     }
 }

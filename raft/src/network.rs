@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,6 +79,10 @@ pub enum PeerRequest {
     /// The sending node has begun a graceful stop: for this many milliseconds, do not hand it
     /// the leadership of any group (it would only have to hand it on again).
     Stopping(u64),
+    /// RequestVote for `group` from a candidate that the group's leader asked to stand
+    /// (`TimeoutNow`): granted without regard to the leader lease, so that a handover works
+    /// for any number of voters and without waiting the lease out. Answered by `Vote`.
+    TransferVote(u32, VoteRequest<NodeId>),
 }
 
 /// The answer to a `PeerRequest`.
@@ -116,17 +121,28 @@ pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, String> {
     postcard::from_bytes(bytes).map_err(|e| format!("malformed peer message: {e}"))
 }
 
+/// The term of the election this replica stands in because its leader asked it to
+/// (`TimeoutNow`), or 0 for none; that election's vote requests go out as
+/// `PeerRequest::TransferVote`. Terms only grow, so the mark covers that one election and no
+/// later one.
+pub type TransferTerm = Arc<AtomicU64>;
+
 /// Creates per-target clients for one group.
 #[derive(Clone)]
 pub struct NetworkFactory {
     group: u32,
     transport: Arc<dyn RaftTransport>,
+    transfer_term: TransferTerm,
 }
 
 impl NetworkFactory {
-    /// A factory for `group` over `transport`.
-    pub fn new(group: u32, transport: Arc<dyn RaftTransport>) -> Self {
-        Self { group, transport }
+    /// A factory for `group` over `transport`; `transfer_term` is shared with the replica.
+    pub fn new(group: u32, transport: Arc<dyn RaftTransport>, transfer_term: TransferTerm) -> Self {
+        Self {
+            group,
+            transport,
+            transfer_term,
+        }
     }
 }
 
@@ -138,6 +154,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             group: self.group,
             target,
             transport: self.transport.clone(),
+            transfer_term: self.transfer_term.clone(),
         }
     }
 }
@@ -147,6 +164,7 @@ pub struct GroupNetwork {
     group: u32,
     target: NodeId,
     transport: Arc<dyn RaftTransport>,
+    transfer_term: TransferTerm,
 }
 
 fn to_rpc_err<E: std::error::Error>(e: TransportError) -> RPCError<NodeId, BasicNode, E> {
@@ -162,7 +180,10 @@ impl GroupNetwork {
         req: PeerRequest,
         option: &RPCOption,
     ) -> Result<PeerResponse, RPCError<NodeId, BasicNode, E>> {
-        let req_is_consensus = matches!(req, PeerRequest::Append(..) | PeerRequest::Vote(..));
+        let req_is_consensus = matches!(
+            req,
+            PeerRequest::Append(..) | PeerRequest::Vote(..) | PeerRequest::TransferVote(..)
+        );
         let bytes =
             encode(&req).map_err(|e| RPCError::Network(NetworkError::new(&TransportError::Remote(self.target, e))))?;
         // Snapshot chunks are large: they take the ordinary lane, not the consensus one.
@@ -212,7 +233,12 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        match self.roundtrip(PeerRequest::Vote(self.group, rpc), &option).await? {
+        let transfer = self.transfer_term.load(Ordering::Acquire);
+        let req = match transfer != 0 && rpc.vote.leader_id.term == transfer {
+            true => PeerRequest::TransferVote(self.group, rpc),
+            false => PeerRequest::Vote(self.group, rpc),
+        };
+        match self.roundtrip(req, &option).await? {
             PeerResponse::Vote(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
             _ => Err(self.unexpected("vote")),
         }

@@ -14,7 +14,7 @@ use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
 use plexus_proto::{Consistency, ErrorReply, NodeId, ReadOp, ReplicaStatus, Response, ShardId};
 
 use crate::log_store::LogStore;
-use crate::network::{NetworkFactory, PeerRequest, PeerResponse, RaftTransport};
+use crate::network::{NetworkFactory, PeerRequest, PeerResponse, RaftTransport, TransferTerm};
 use crate::sim_hooks::{Canary, SimHooks};
 use crate::sm_store::{SharedState, StateMachineStore};
 use crate::state::StateLimits;
@@ -85,6 +85,8 @@ pub struct Replica {
     pub(crate) handing_over: Arc<AtomicBool>,
     /// Set by the first `shutdown`; openraft warns about a second call.
     stopped: Arc<AtomicBool>,
+    /// The term of an election this replica stands in at its leader's request (`handover.rs`).
+    pub(crate) transfer_term: TransferTerm,
 }
 
 impl Replica {
@@ -114,10 +116,11 @@ impl Replica {
             .map_err(|e| ReplicaError::Storage(group, e.to_string()))?;
         let log = log.with_canary(opts.sim_hooks.canary);
         let state = sm.shared();
+        let transfer_term = TransferTerm::default();
         let raft = Raft::new(
             node_id,
             Arc::new(config),
-            NetworkFactory::new(group, transport),
+            NetworkFactory::new(group, transport, transfer_term.clone()),
             log,
             sm,
         )
@@ -131,6 +134,7 @@ impl Replica {
             canary: opts.sim_hooks.canary,
             handing_over: Arc::new(AtomicBool::new(false)),
             stopped: Arc::new(AtomicBool::new(false)),
+            transfer_term,
         })
     }
 
@@ -244,6 +248,7 @@ impl Replica {
         match req {
             PeerRequest::Append(_, rpc) => PeerResponse::Append(self.raft.append_entries(rpc).await),
             PeerRequest::Vote(_, rpc) => PeerResponse::Vote(self.raft.vote(rpc).await),
+            PeerRequest::TransferVote(_, rpc) => PeerResponse::Vote(self.raft.vote_transfer(rpc).await),
             PeerRequest::Snapshot(_, rpc) => PeerResponse::Snapshot(self.raft.install_snapshot(rpc).await),
             PeerRequest::Propose(_, cmd) => PeerResponse::Propose(self.propose(cmd, timeout).await),
             // Node-wide messages, answered by the node before any replica sees them.

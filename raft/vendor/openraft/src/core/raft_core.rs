@@ -1123,10 +1123,10 @@ where
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
-    pub(super) fn handle_vote_request(&mut self, req: VoteRequest<C::NodeId>, tx: VoteTx<C>) {
+    pub(super) fn handle_vote_request(&mut self, req: VoteRequest<C::NodeId>, ignore_lease: bool, tx: VoteTx<C>) {
         tracing::info!(req = display(req.summary()), func = func_name!());
 
-        let resp = self.engine.handle_vote_req(req);
+        let resp = self.engine.handle_vote_req_with(req, ignore_lease);
         self.engine.output.push_command(Command::Respond {
             when: None,
             resp: Respond::new(Ok(resp), tx),
@@ -1153,7 +1153,7 @@ where
             RaftMsg::AppendEntries { rpc, tx } => {
                 self.handle_append_entries_request(rpc, tx);
             }
-            RaftMsg::RequestVote { rpc, tx } => {
+            RaftMsg::RequestVote { rpc, ignore_lease, tx } => {
                 let now = C::now();
                 tracing::info!(
                     now = display(now.display()),
@@ -1162,7 +1162,7 @@ where
                     func_name!()
                 );
 
-                self.handle_vote_request(rpc, tx);
+                self.handle_vote_request(rpc, ignore_lease, tx);
             }
             RaftMsg::BeginReceivingSnapshot { tx } => {
                 self.engine.handle_begin_receiving_snapshot(tx);

@@ -279,7 +279,20 @@ where C: RaftTypeConfig
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
+    // plexus patch: RaftCore calls `handle_vote_req_with`; upstream's engine tests call this.
+    #[allow(dead_code)]
     pub(crate) fn handle_vote_req(&mut self, req: VoteRequest<C::NodeId>) -> VoteResponse<C::NodeId> {
+        self.handle_vote_req_with(req, false)
+    }
+
+    /// plexus patch: `handle_vote_req`, where `ignore_lease` skips the leader-lease check (a
+    /// leadership-transfer vote; see `Raft::vote_transfer`).
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub(crate) fn handle_vote_req_with(
+        &mut self,
+        req: VoteRequest<C::NodeId>,
+        ignore_lease: bool,
+    ) -> VoteResponse<C::NodeId> {
         let now = C::now();
         let lease = self.config.timer_config.leader_lease;
         let vote = self.state.vote_ref();
@@ -302,7 +315,7 @@ where C: RaftTypeConfig
             vote_utime + lease - now
         );
 
-        if vote.is_committed() {
+        if vote.is_committed() && !ignore_lease {
             // Current leader lease has not yet expired, reject voting request
             if now <= vote_utime + lease {
                 tracing::info!(

@@ -417,7 +417,22 @@ where C: RaftTypeConfig
         tracing::info!(rpc = display(rpc.summary()), "Raft::vote()");
 
         let (tx, rx) = C::AsyncRuntime::oneshot();
-        self.inner.call_core(RaftMsg::RequestVote { rpc, tx }, rx).await
+        self.inner.call_core(RaftMsg::RequestVote { rpc, ignore_lease: false, tx }, rx).await
+    }
+
+    /// plexus patch: [`Raft::vote`] for a candidate that the current leader asked to stand
+    /// (leadership transfer, Raft thesis 3.10): the leader lease that would make this node refuse
+    /// a vote while it hears from a leader is not checked. Every other voting rule (term, log
+    /// up-to-dateness, one vote per term) applies as in `vote`.
+    #[tracing::instrument(level = "debug", skip(self, rpc))]
+    pub async fn vote_transfer(
+        &self,
+        rpc: VoteRequest<C::NodeId>,
+    ) -> Result<VoteResponse<C::NodeId>, RaftError<C::NodeId>> {
+        tracing::info!(rpc = display(rpc.summary()), "Raft::vote_transfer()");
+
+        let (tx, rx) = C::AsyncRuntime::oneshot();
+        self.inner.call_core(RaftMsg::RequestVote { rpc, ignore_lease: true, tx }, rx).await
     }
 
     /// Get the latest snapshot from the state machine.

@@ -50,6 +50,8 @@ where C: RaftTypeConfig
 
     RequestVote {
         rpc: VoteRequest<C::NodeId>,
+        /// plexus patch: a leadership-transfer vote, granted regardless of the leader lease.
+        ignore_lease: bool,
         tx: VoteTx<C>,
     },
 
