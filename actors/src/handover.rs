@@ -89,10 +89,12 @@ pub(crate) async fn hand_over(
     deadline: Instant,
 ) -> Result<Option<NodeId>, HandoverFailure> {
     let group = replica.group;
-    let eligible = |peer: NodeId| !registry.peer_is_stopping(peer);
-    if to.is_some_and(|to| !to.iter().any(|t| eligible(*t))) && replica.is_leader() {
+    let not_stopping = |peer: NodeId| !registry.peer_is_stopping(peer);
+    if to.is_some_and(|to| !to.iter().any(|t| not_stopping(*t))) && replica.is_leader() {
         return Err(HandoverFailure::PeersStopping(group));
     }
+    // With named targets, wait for one of them to catch up, not for any voter.
+    let eligible = |peer: NodeId| not_stopping(peer) && to.is_none_or(|to| to.contains(&peer));
     let outcome = async {
         let caught_up = match replica.begin_handover(deadline, &eligible).await {
             Ok(Some(caught_up)) => caught_up,

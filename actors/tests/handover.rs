@@ -278,3 +278,49 @@ async fn a_five_voter_group_is_handed_over_inside_the_leader_lease() {
     }
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handovers_under_a_stream_of_writes_all_move_the_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = common::TestCluster::start(tmp.path(), 3, 1, common::quick_timings()).await;
+    let client = cluster.client().await;
+    let nodes = &cluster.nodes;
+    // Writers keep proposals in flight on shard 0 the whole time, so every handover starts with
+    // writes that passed the gate but have not reached the log yet.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..8u64 {
+        let (client, stop) = (client.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut acked = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if client.timeline_append(w, b"x".to_vec()).await.is_ok() {
+                    acked += 1;
+                }
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for round in 0..12 {
+        let leader = (0..nodes.len())
+            .find(|i| common::led_groups(&nodes[*i]).contains(&0))
+            .unwrap_or_else(|| panic!("round {round}: shard 0 has no leader"));
+        let to = nodes[(leader + 1) % nodes.len()].registry.node_id;
+        let moved = hand_over_to(&nodes[leader].registry, 0, to, Duration::from_secs(5)).await;
+        assert_eq!(moved, Ok(Some(to)), "round {round}");
+        // The new leader must see itself elected before the next round looks for it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let new = nodes.iter().find(|n| n.registry.node_id == to).unwrap();
+        while !common::led_groups(new).contains(&0) {
+            assert!(Instant::now() < deadline, "round {round}: node {to} never led");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        assert!(w.await.unwrap() > 0, "a writer got nothing acknowledged");
+    }
+    client.close().await;
+    cluster.shutdown().await;
+}

@@ -84,7 +84,24 @@ impl Replica {
         if !any_eligible() {
             return Err(HandoverError::PeersStopping(self.group));
         }
-        self.handing_over.store(true, Ordering::Release);
+        self.handing_over.store(true, Ordering::SeqCst);
+        // A write that passed the gate in `Replica::propose` just before it closed may not have
+        // reached the log yet. A successor picked before it lands would have a shorter log than
+        // ours, and every voter holding that write would refuse it: the group would sit
+        // leaderless until an election timeout. So wait for those writes (they return once
+        // committed), then make one round trip through the Raft core, which handles its messages
+        // in order: a write whose caller gave up waiting has then reached the log as well.
+        while self.proposals_in_flight.load(Ordering::SeqCst) > 0 {
+            if Instant::now() >= deadline {
+                return Err(HandoverError::NoCaughtUpFollower(self.group));
+            }
+            let next = Instant::now() + Duration::from_millis(CATCH_UP_POLL_MS);
+            tokio::time::sleep_until(next.min(deadline)).await;
+        }
+        self.raft
+            .with_raft_state(|_| ())
+            .await
+            .map_err(|e| HandoverError::Stopped(self.group, e.to_string()))?;
         loop {
             let (caught_up, quorum_silent_ms) = self.caught_up_followers();
             let caught_up: Vec<NodeId> = caught_up.into_iter().filter(|v| eligible(*v)).collect();
@@ -105,13 +122,15 @@ impl Replica {
         }
     }
 
-    /// The other voters whose replicated logs match this leader's last log entry, in id order,
+    /// The other voters whose replicated logs reach this leader's last log entry, in id order,
     /// and how long ago a quorum last acknowledged this leader, in milliseconds.
     fn caught_up_followers(&self) -> (Vec<NodeId>, u64) {
         let m = self.raft.metrics();
         let m = m.borrow();
-        let last = m.last_log_index;
-        let quorum_silent_ms = m.millis_since_quorum_ack.unwrap_or(u64::MAX);
+        let last = m.last_log_index.max(self.log.last_index());
+        // `None`: no quorum acknowledged this leader yet, which is how a leader elected a moment
+        // ago looks; the handover's deadline bounds the wait for its first acknowledgements.
+        let quorum_silent_ms = m.millis_since_quorum_ack.unwrap_or(0);
         let matched = |id: &NodeId| {
             let log_id = m.replication.as_ref().and_then(|r| r.get(id)).copied().flatten();
             log_id.map(|l| l.index)
@@ -120,7 +139,7 @@ impl Replica {
             .membership_config
             .membership()
             .voter_ids()
-            .filter(|id| *id != self.node_id && matched(id) == last)
+            .filter(|id| *id != self.node_id && matched(id) >= last)
             .collect();
         (caught_up, quorum_silent_ms)
     }
@@ -128,7 +147,7 @@ impl Replica {
     /// Ends a handover, whether or not leadership moved: the replica takes proposals again
     /// whenever it leads (a replica that handed over and is elected again later must serve).
     pub fn end_handover(&self) {
-        self.handing_over.store(false, Ordering::Release);
+        self.handing_over.store(false, Ordering::SeqCst);
     }
 
     /// Whether this replica leads its group and has led it for a whole lease period since its

@@ -258,6 +258,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 }
 
+impl LogStore {
+    /// The index of the last entry appended (flushed or not), if any: openraft's metrics report
+    /// it a loop later, which a leader picking a caught-up successor cannot afford.
+    pub fn last_index(&self) -> Option<u64> {
+        let state = self.lock();
+        let last = state.entries.last_key_value().map(|(_, entry)| entry.log_id);
+        last.or(state.last_purged).map(|l| l.index)
+    }
+}
+
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 

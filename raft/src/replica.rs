@@ -5,7 +5,7 @@
 //! above never see openraft error types.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,6 +83,11 @@ pub struct Replica {
     canary: Option<Canary>,
     /// Set while this replica hands its leadership over (`handover.rs`): proposals are refused.
     pub(crate) handing_over: Arc<AtomicBool>,
+    /// Proposals that passed the `handing_over` gate and have not returned (`handover.rs`
+    /// waits for them before it picks a successor).
+    pub(crate) proposals_in_flight: Arc<AtomicUsize>,
+    /// The group's log store (shared with openraft), for the handover's view of the last entry.
+    pub(crate) log: LogStore,
     /// Set by the first `shutdown`; openraft warns about a second call.
     stopped: Arc<AtomicBool>,
     /// The term of an election this replica stands in at its leader's request (`handover.rs`).
@@ -115,6 +120,7 @@ impl Replica {
             .map(|sm| sm.with_hooks(&opts.sim_hooks))
             .map_err(|e| ReplicaError::Storage(group, e.to_string()))?;
         let log = log.with_canary(opts.sim_hooks.canary);
+        let log_for_handover = log.clone();
         let state = sm.shared();
         let transfer_term = TransferTerm::default();
         let raft = Raft::new(
@@ -133,6 +139,8 @@ impl Replica {
             state,
             canary: opts.sim_hooks.canary,
             handing_over: Arc::new(AtomicBool::new(false)),
+            proposals_in_flight: Arc::new(AtomicUsize::new(0)),
+            log: log_for_handover,
             stopped: Arc::new(AtomicBool::new(false)),
             transfer_term,
         })
@@ -186,7 +194,10 @@ impl Replica {
 
     /// Replicates `cmd` and returns the state machine's answer once applied.
     pub async fn propose(&self, cmd: Command, timeout: Duration) -> Response {
-        if self.handing_over.load(Ordering::Acquire) {
+        // Counted before the gate is read, both sequentially consistent with the handover's
+        // store and load: either this proposal sees the gate closed, or the handover sees it.
+        let _in_flight = InFlight::enter(&self.proposals_in_flight);
+        if self.handing_over.load(Ordering::SeqCst) {
             // A write appended now could leave the handover target's log behind ours, and then
             // we could not vote for it; the client retries and finds the new leader.
             return Err(ErrorReply::NotLeader {
@@ -308,4 +319,21 @@ pub fn place(shard: ShardId, nodes: &[NodeId], replication: usize) -> Vec<NodeId
     let n = sorted.len();
     let r = replication.min(n);
     (0..r).map(|i| sorted[(shard as usize + i) % n]).collect()
+}
+
+/// One proposal counted in `Replica::proposals_in_flight` until dropped (answered, failed,
+/// timed out or cancelled).
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
