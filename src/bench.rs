@@ -47,6 +47,9 @@ async fn prefill(client: &Client, owners: u64, concurrency: usize, item: &[u8]) 
 }
 
 pub fn run(args: BenchArgs) -> CliResult {
+    if std::env::var_os("PLEXUS_LOG").is_some() {
+        crate::cli::init_tracing();
+    }
     if args.concurrency == 0 || args.concurrency > CONCURRENCY_MAX {
         return Err(format!("--concurrency must be in 1..={CONCURRENCY_MAX}"));
     }

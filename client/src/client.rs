@@ -10,7 +10,6 @@
 //! from one RNG, seeded from the OS or, through [`Client::connect_with`], by the
 //! caller, so a seeded client behaves the same on every run.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
@@ -27,6 +26,7 @@ use tracing::{debug, Instrument};
 use crate::backoff::jittered;
 use crate::config::ClientConfig;
 use crate::conn::NODE_CONNECTIONS_MAX;
+use crate::down::DownMarks;
 use crate::error::ClientError;
 use crate::session::{SeqGuard, SessionTracker};
 use crate::transport::{QuicTransport, Transport};
@@ -37,9 +37,6 @@ pub const REFRESH_EVERY_FAILURES: u32 = 3;
 pub const REDIRECTS_IMMEDIATE_MAX: u32 = 2;
 /// Floor on the time one node gets to answer a shard map refresh, in milliseconds.
 const REFRESH_NODE_TIMEOUT_MS_MIN: u64 = 200;
-/// How long a node that failed at the transport level (refused, dropped or did not answer an
-/// attempt) is passed over when another replica can be asked instead, in milliseconds.
-pub const NODE_DOWN_MS: u64 = 1_000;
 /// Shard id sent with admin requests, which belong to no shard; nodes ignore it.
 const ADMIN_SHARD: ShardId = 0;
 
@@ -62,7 +59,7 @@ pub(crate) struct Inner {
     map: RwLock<Arc<ShardMap>>,
     /// Node addresses that just failed at the transport level, and until when to pass them over
     /// (at most `NODE_CONNECTIONS_MAX` entries; expired ones are dropped as new ones arrive).
-    down: Mutex<BTreeMap<String, Instant>>,
+    down: Mutex<DownMarks>,
     sessions: SessionTracker,
     permits: Semaphore,
     closed: AtomicBool,
@@ -142,7 +139,7 @@ impl Client {
             let inner = Inner {
                 home: seed.clone(),
                 map: RwLock::new(Arc::new(map.unwrap_or_default())),
-                down: Mutex::new(BTreeMap::new()),
+                down: Mutex::new(DownMarks::new(NODE_CONNECTIONS_MAX)),
                 sessions: SessionTracker::new(rng.gen::<u64>()),
                 rng: Mutex::new(rng),
                 permits: Semaphore::new(cfg.in_flight_max),
@@ -274,6 +271,25 @@ impl Inner {
         }
     }
 
+    /// Records the node at `addr` as `shard`'s leader: it just served a leader-only request.
+    fn note_served(&self, shard: ShardId, addr: &str) {
+        let id = {
+            let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
+            let Some(id) = map.nodes.iter().find(|n| n.client_addr == addr).map(|n| n.id) else {
+                return;
+            };
+            if map.shards.iter().any(|p| p.shard == shard && p.leader == Some(id)) {
+                return;
+            }
+            id
+        };
+        let mut guard = self.map.write().unwrap_or_else(PoisonError::into_inner);
+        let map = Arc::make_mut(&mut guard);
+        if let Some(p) = map.shards.iter_mut().find(|p| p.shard == shard) {
+            p.leader = Some(id);
+        }
+    }
+
     /// Forgets `shard`'s cached leader if it is the node at `addr`, so the next
     /// attempt asks a replica (which names the current leader) instead of
     /// retrying a node that is down or no longer serves the shard.
@@ -304,20 +320,23 @@ impl Inner {
         }
     }
 
-    /// Passes `addr` over for `NODE_DOWN_MS` wherever another node can be asked instead.
+    /// Passes `addr` over wherever another node can be asked instead: for `NODE_DOWN_MS` after
+    /// a first transport failure, longer after each further one (`down.rs`).
     fn mark_down(&self, addr: &str) {
         let mut down = self.down.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        down.retain(|_, until| *until > now);
-        if down.len() < NODE_CONNECTIONS_MAX {
-            down.insert(addr.to_string(), now + Duration::from_millis(NODE_DOWN_MS));
-        }
+        down.mark(addr, Instant::now());
     }
 
-    /// Whether `addr` failed at the transport level within the last `NODE_DOWN_MS`.
+    /// Forgets `addr`'s transport failures: it answered.
+    fn mark_up(&self, addr: &str) {
+        let mut down = self.down.lock().unwrap_or_else(PoisonError::into_inner);
+        down.clear(addr);
+    }
+
+    /// Whether `addr` is being passed over after transport failures.
     fn is_down(&self, addr: &str) -> bool {
         let down = self.down.lock().unwrap_or_else(PoisonError::into_inner);
-        down.get(addr).is_some_and(|until| *until > Instant::now())
+        down.is_down(addr, Instant::now())
     }
 
     /// Candidate nodes for a call that may go anywhere: home first, then the map's nodes, then the seeds.
@@ -425,7 +444,10 @@ impl Inner {
             self.check_open()?;
             let map = self.map_snapshot();
             let shard = op.shard(map.shard_count).unwrap_or(ADMIN_SHARD);
-            let addr = match (redirect.take(), route) {
+            // A redirect to a node that just failed at the transport level is not followed: it
+            // is probably a stale hint, and the replicas rotation finds the leader without it.
+            let hint = redirect.take().filter(|a| !self.is_down(a));
+            let addr = match (hint, route) {
                 (_, Route::Node(a)) => a.to_string(),
                 (Some(a), _) => a,
                 (None, Route::Shard) => self.shard_target(&map, shard, attempt),
@@ -441,11 +463,25 @@ impl Inner {
                 op: op.clone(),
             };
             let result = self.attempt(&addr, req).await;
+            if result.is_ok() {
+                self.mark_up(&addr);
+            }
             if !matches!(result, Ok(Err(ErrorReply::NotLeader { .. }))) {
                 redirects_in_row = 0;
             }
             let (err, next) = match result {
-                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Ok(reply)) => {
+                    // Only the leader serves a write or a linearizable read: remember it, so the
+                    // next call goes straight there even if no redirect ever named it (a
+                    // replica asked while the cached leader was down, that has since become the
+                    // leader, answers without one).
+                    let leader_only = matches!(op, Op::Write(_))
+                        || (matches!(op, Op::Read(_)) && consistency == Consistency::Linearizable);
+                    if leader_only && matches!(route, Route::Shard) {
+                        self.note_served(shard, &addr);
+                    }
+                    return Ok(reply);
+                }
                 Ok(Err(ErrorReply::NotLeader {
                     shard: s,
                     leader,

@@ -34,6 +34,7 @@ mod backoff;
 mod client;
 mod config;
 mod conn;
+mod down;
 mod error;
 mod ops;
 mod session;

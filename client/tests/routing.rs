@@ -369,7 +369,8 @@ async fn an_unreachable_leader_is_forgotten_and_a_replica_is_asked() {
     let client = Client::connect(cfg).await.unwrap();
     assert!(client.follow(1, 2).await.unwrap());
     assert_eq!(b.requests().len(), 1);
-    assert_eq!(client.shard_map().shards[0].leader, None);
+    // The dead leader is forgotten, and node 2, which served the write, is remembered in its place.
+    assert_eq!(client.shard_map().shards[0].leader, Some(2));
 }
 
 #[tokio::test]
@@ -445,4 +446,65 @@ async fn a_seed_with_an_empty_map_is_skipped() {
         Err(e) => panic!("expected InvalidData, got {e:?}"),
         Ok(_) => panic!("expected InvalidData, got a client"),
     }
+}
+
+#[tokio::test]
+async fn a_redirect_to_a_node_that_just_failed_is_not_followed() {
+    let certs = make_certs();
+    let map = Arc::new(Mutex::new(ShardMap::default()));
+    let b_addr = Arc::new(Mutex::new(String::new()));
+    // B, the leader in the client's map, has stopped answering.
+    let b = TestServer::start(&certs, 2, map.clone(), handler(|_| None));
+    *b_addr.lock().unwrap() = b.addr_string();
+    // A and C do not know the new leader yet: each first points at B, then serves.
+    let follower = |hint: Arc<Mutex<String>>| {
+        let asked = AtomicU32::new(0);
+        handler(move |req| match asked.fetch_add(1, Ordering::SeqCst) {
+            0 => Some(Err(ErrorReply::NotLeader {
+                shard: req.shard,
+                leader: None,
+                leader_addr: Some(hint.lock().unwrap().clone()),
+            })),
+            _ => Some(Ok(Reply::Changed(true))),
+        })
+    };
+    let a = TestServer::start(&certs, 1, map.clone(), follower(b_addr.clone()));
+    let c = TestServer::start(&certs, 3, map.clone(), follower(b_addr.clone()));
+    *map.lock().unwrap() = map_with(
+        1,
+        &[(1, a.addr_string()), (2, b.addr_string()), (3, c.addr_string())],
+        Some(2),
+    );
+
+    let mut cfg = config(&certs, vec![a.addr_string()]);
+    cfg.attempt_timeout = Duration::from_millis(300);
+    let client = Client::connect(cfg).await.unwrap();
+    assert!(client.follow(1, 2).await.unwrap());
+    // One attempt at B found it silent; the hints naming B afterwards were not followed.
+    assert_eq!(b.requests().len(), 1, "the client went back to the silent node");
+    assert_eq!(a.requests().len() + c.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn a_replica_that_serves_a_write_is_remembered_as_the_leader() {
+    let certs = make_certs();
+    let map = Arc::new(Mutex::new(ShardMap::default()));
+    // B, the leader in the client's map, has stopped answering; A and C both serve, as the one
+    // that took over would, without ever saying who leads.
+    let b = TestServer::start(&certs, 2, map.clone(), handler(|_| None));
+    let a = TestServer::start(&certs, 1, map.clone(), handler(|_| Some(Ok(Reply::Changed(true)))));
+    let c = TestServer::start(&certs, 3, map.clone(), handler(|_| Some(Ok(Reply::Changed(true)))));
+    *map.lock().unwrap() = map_with(
+        1,
+        &[(1, a.addr_string()), (2, b.addr_string()), (3, c.addr_string())],
+        Some(2),
+    );
+    let mut cfg = config(&certs, vec![a.addr_string()]);
+    cfg.attempt_timeout = Duration::from_millis(300);
+    let client = Client::connect(cfg).await.unwrap();
+    assert!(client.follow(1, 2).await.unwrap());
+    let served_by = if a.requests().is_empty() { 3 } else { 1 };
+    assert_eq!(b.requests().len(), 1);
+    // Once B's pass-over ends, the client must not go back to B as if it still led.
+    assert_eq!(client.shard_map().shards[0].leader, Some(served_by));
 }
