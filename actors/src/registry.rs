@@ -229,12 +229,21 @@ impl Registry {
     }
 
     /// The answer for a request this node cannot serve for `group`: a
-    /// redirect to the leader it knows, or else to a replica holder.
+    /// redirect to the leader it knows, or else to a replica holder, one that has not announced
+    /// a stop if there is one (a client sent to a node that has stopped waits out an attempt).
     pub fn redirect(&self, group: u32) -> ErrorReply {
         let leader = self.get(group).and_then(|r| r.leader());
-        let target = leader
-            .or_else(|| self.replicas_of(group).into_iter().find(|n| *n != self.node_id))
-            .filter(|n| *n != self.node_id);
+        let others: Vec<NodeId> = self
+            .replicas_of(group)
+            .into_iter()
+            .filter(|n| *n != self.node_id)
+            .collect();
+        let holder = others
+            .iter()
+            .copied()
+            .find(|n| !self.peer_is_stopping(*n))
+            .or_else(|| others.first().copied());
+        let target = leader.or(holder).filter(|n| *n != self.node_id);
         match target {
             Some(n) => ErrorReply::NotLeader {
                 shard: group,
@@ -304,5 +313,72 @@ impl Registry {
             }
         }
         Err(last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use plexus_raft::network::{BoxFut, TransportError};
+
+    /// A transport for a registry that never sends anything.
+    struct Silent;
+
+    impl RaftTransport for Silent {
+        fn call(&self, to: NodeId, _msg: Vec<u8>, _timeout: Duration) -> BoxFut<Result<Vec<u8>, TransportError>> {
+            Box::pin(async move { Err(TransportError::Unreachable(to, "test transport".into())) })
+        }
+    }
+
+    fn registry_of_node_1() -> Registry {
+        let cfg: NodeConfig = toml::from_str(
+            r#"
+            node_id = 1
+            listen = "127.0.0.1:7401"
+            data_dir = "data"
+            token = "t"
+            shard_count = 1
+            replication = 3
+            [tls]
+            ca_cert = "ca.pem"
+            node_cert = "n.pem"
+            node_key = "n-key.pem"
+            [[peers]]
+            id = 1
+            addr = "127.0.0.1:7401"
+            [[peers]]
+            id = 2
+            addr = "127.0.0.1:7402"
+            [[peers]]
+            id = 3
+            addr = "127.0.0.1:7403"
+            "#,
+        )
+        .unwrap();
+        Registry::new(&cfg, Arc::new(Silent), Arc::new(SystemClock), "127.0.0.1:7401".into())
+    }
+
+    #[tokio::test]
+    async fn a_redirect_without_a_leader_avoids_replicas_that_are_stopping() {
+        let registry = registry_of_node_1();
+        let hint = |r: &Registry| match r.redirect(0) {
+            ErrorReply::NotLeader {
+                leader: None,
+                leader_addr,
+                ..
+            } => leader_addr,
+            other => panic!("not a redirect: {other:?}"),
+        };
+        // No replica of shard 0 runs here, so no leader is known: the first other replica.
+        assert_eq!(hint(&registry).as_deref(), Some("127.0.0.1:7402"));
+        registry.note_peer_stopping(2, 10_000);
+        assert_eq!(hint(&registry).as_deref(), Some("127.0.0.1:7403"));
+        // With every other replica stopping, one of them is still better than nothing.
+        registry.note_peer_stopping(3, 10_000);
+        assert_eq!(hint(&registry).as_deref(), Some("127.0.0.1:7402"));
+        // A notice from outside the membership is ignored.
+        registry.note_peer_stopping(9, 10_000);
+        assert!(!registry.peer_is_stopping(9));
     }
 }
