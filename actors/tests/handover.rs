@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use plexus_actors::config::RaftTimings;
 use plexus_actors::handover::hand_over_to;
+use plexus_actors::NodeHandle;
 use plexus_client::Cursor;
-use plexus_proto::{shard_for_key, ShardKey};
+use plexus_proto::{shard_for_key, NodeId, ShardKey};
 use plexus_raft::handover::HandoverError;
 use plexus_raft::META_GROUP;
 
@@ -18,22 +19,52 @@ const SHARDS: u32 = 6;
 /// Entries appended to each timeline before the handover.
 const ENTRIES_BEFORE: usize = 20;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stopping_leader_hands_its_groups_to_caught_up_followers() {
-    let tmp = tempfile::tempdir().unwrap();
-    // Followers hold a 2 s lease on the leader and elect only after 1.5-2 s more, so without a
-    // handover the stopping node's groups would have no leader for seconds; with one, the old
-    // leader waits out only its own lease (from its election) and then hands over at once.
-    let raft = RaftTimings {
+/// Leases of 2 s, heartbeats every 100 ms, elections after 1.5-2 s without a leader, room for
+/// slow handovers, and no leader balancing (it would hand groups back behind a test's back).
+fn long_lease_timings() -> RaftTimings {
+    RaftTimings {
         heartbeat_ms: 100,
         election_timeout_min_ms: 1_500,
         election_timeout_max_ms: 2_000,
         handover_timeout_ms: 10_000,
-        // Balancing would hand groups back to the node that just handed them over.
         leader_balance_interval_ms: 0,
         ..Default::default()
-    };
-    let cluster = common::TestCluster::start(tmp.path(), 3, SHARDS, raft).await;
+    }
+}
+
+/// The index of a node that leads some group, and that group.
+fn a_leader_and_its_group(nodes: &[NodeHandle]) -> (usize, u32) {
+    (0..nodes.len())
+        .find_map(|i| common::led_groups(&nodes[i]).first().map(|g| (i, *g)))
+        .expect("some node leads a group")
+}
+
+/// Waits, at most `within`, until each of `nodes` names `leader` as the leader of `group`.
+async fn wait_all_see_leader(nodes: &[&NodeHandle], group: u32, leader: NodeId, within: Duration) {
+    let deadline = Instant::now() + within;
+    for node in nodes {
+        loop {
+            let known = node.registry.get(group).and_then(|r| r.leader());
+            if known == Some(leader) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} sees leader {known:?} of group {group}, not {leader}",
+                node.registry.node_id
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_leader_hands_its_groups_to_caught_up_followers() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Followers hold a 2 s lease on the leader and elect only after 1.5-2 s more, so without a
+    // handover the stopping node's groups would have no leader for seconds; with one, they move
+    // at once, right after the cluster's first elections.
+    let cluster = common::TestCluster::start(tmp.path(), 3, SHARDS, long_lease_timings()).await;
     let client = cluster.client().await;
     let mut nodes = cluster.nodes;
 
@@ -74,22 +105,9 @@ async fn a_stopping_leader_hands_its_groups_to_caught_up_followers() {
 
     // The other replicas learn the new leader from the election itself: well within the
     // election timeout that a leaderless group would need.
-    let deadline = Instant::now() + Duration::from_millis(1_000);
+    let staying: Vec<&NodeHandle> = nodes.iter().filter(|n| n.registry.node_id != stopping_id).collect();
     for (group, leader) in &report.moved {
-        for node in nodes.iter().filter(|n| n.registry.node_id != stopping_id) {
-            loop {
-                let known = node.registry.get(*group).and_then(|r| r.leader());
-                if known == Some(*leader) {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "node {} sees leader {known:?} of group {group}, not {leader}",
-                    node.registry.node_id
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
+        wait_all_see_leader(&staying, *group, *leader, Duration::from_millis(1_000)).await;
     }
 
     // Stop the node; the groups it led take writes from their new leaders, and every
@@ -111,10 +129,7 @@ async fn a_stopping_node_refuses_to_be_made_leader() {
     let tmp = tempfile::tempdir().unwrap();
     let cluster = common::TestCluster::start(tmp.path(), 3, 2, common::quick_timings()).await;
     let nodes = &cluster.nodes;
-    let leader = (0..nodes.len())
-        .find(|i| !common::led_groups(&nodes[*i]).is_empty())
-        .unwrap();
-    let group = *common::led_groups(&nodes[leader]).iter().next().unwrap();
+    let (leader, group) = a_leader_and_its_group(nodes);
     let others: Vec<usize> = (0..nodes.len()).filter(|i| *i != leader).collect();
     let (stopping, willing) = (&nodes[others[0]], &nodes[others[1]]);
 
@@ -204,10 +219,7 @@ async fn waiting_for_a_new_leader_ends_when_the_target_stops() {
     let tmp = tempfile::tempdir().unwrap();
     let cluster = common::TestCluster::start(tmp.path(), 3, 2, common::quick_timings()).await;
     let nodes = &cluster.nodes;
-    let leader = (0..nodes.len())
-        .find(|i| !common::led_groups(&nodes[*i]).is_empty())
-        .unwrap();
-    let group = *common::led_groups(&nodes[leader]).iter().next().unwrap();
+    let (leader, group) = a_leader_and_its_group(nodes);
     let replica = nodes[leader].registry.get(group).unwrap();
 
     // Nobody stands, so leadership never moves: a target that is stopping ends the wait with
@@ -232,15 +244,7 @@ async fn a_five_voter_group_is_handed_over_inside_the_leader_lease() {
     // Leases of 2 s and heartbeats every 100 ms: an ordinary vote request would be refused by
     // every follower (they heard from the leader a moment ago) and by the leader itself (elected
     // moments ago), so only transfer votes can move the group now.
-    let raft = RaftTimings {
-        heartbeat_ms: 100,
-        election_timeout_min_ms: 1_500,
-        election_timeout_max_ms: 2_000,
-        handover_timeout_ms: 10_000,
-        leader_balance_interval_ms: 0,
-        ..Default::default()
-    };
-    let cluster = common::TestCluster::start(tmp.path(), 5, 2, raft).await;
+    let cluster = common::TestCluster::start(tmp.path(), 5, 2, long_lease_timings()).await;
     let nodes = &cluster.nodes;
     assert_eq!(
         nodes[0].registry.meta_members.len(),
@@ -261,21 +265,8 @@ async fn a_five_voter_group_is_handed_over_inside_the_leader_lease() {
     let moved = hand_over_to(&nodes[leader].registry, META_GROUP, target, Duration::from_secs(10)).await;
     assert_eq!(moved, Ok(Some(target)));
     // Every voter follows the new leader.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    for node in nodes {
-        loop {
-            let known = node.registry.get(META_GROUP).and_then(|r| r.leader());
-            if known == Some(target) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {} sees meta leader {known:?}, not {target}",
-                node.registry.node_id
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
+    let all: Vec<&NodeHandle> = nodes.iter().collect();
+    wait_all_see_leader(&all, META_GROUP, target, Duration::from_secs(5)).await;
     cluster.shutdown().await;
 }
 

@@ -448,6 +448,19 @@ async fn a_seed_with_an_empty_map_is_skipped() {
     }
 }
 
+/// Names `a`, `b` and `c` nodes 1 to 3 of a one-shard map that says node 2 (B) leads, and
+/// connects a client through A whose attempts give up after 300 ms (B is silent).
+async fn led_by_silent_b(certs: &support::Certs, map: &Mutex<ShardMap>, [a, b, c]: [&TestServer; 3]) -> Client {
+    *map.lock().unwrap() = map_with(
+        1,
+        &[(1, a.addr_string()), (2, b.addr_string()), (3, c.addr_string())],
+        Some(2),
+    );
+    let mut cfg = config(certs, vec![a.addr_string()]);
+    cfg.attempt_timeout = Duration::from_millis(300);
+    Client::connect(cfg).await.unwrap()
+}
+
 #[tokio::test]
 async fn a_redirect_to_a_node_that_just_failed_is_not_followed() {
     let certs = make_certs();
@@ -470,15 +483,7 @@ async fn a_redirect_to_a_node_that_just_failed_is_not_followed() {
     };
     let a = TestServer::start(&certs, 1, map.clone(), follower(b_addr.clone()));
     let c = TestServer::start(&certs, 3, map.clone(), follower(b_addr.clone()));
-    *map.lock().unwrap() = map_with(
-        1,
-        &[(1, a.addr_string()), (2, b.addr_string()), (3, c.addr_string())],
-        Some(2),
-    );
-
-    let mut cfg = config(&certs, vec![a.addr_string()]);
-    cfg.attempt_timeout = Duration::from_millis(300);
-    let client = Client::connect(cfg).await.unwrap();
+    let client = led_by_silent_b(&certs, &map, [&a, &b, &c]).await;
     assert!(client.follow(1, 2).await.unwrap());
     // One attempt at B found it silent; the hints naming B afterwards were not followed.
     assert_eq!(b.requests().len(), 1, "the client went back to the silent node");
@@ -494,14 +499,7 @@ async fn a_replica_that_serves_a_write_is_remembered_as_the_leader() {
     let b = TestServer::start(&certs, 2, map.clone(), handler(|_| None));
     let a = TestServer::start(&certs, 1, map.clone(), handler(|_| Some(Ok(Reply::Changed(true)))));
     let c = TestServer::start(&certs, 3, map.clone(), handler(|_| Some(Ok(Reply::Changed(true)))));
-    *map.lock().unwrap() = map_with(
-        1,
-        &[(1, a.addr_string()), (2, b.addr_string()), (3, c.addr_string())],
-        Some(2),
-    );
-    let mut cfg = config(&certs, vec![a.addr_string()]);
-    cfg.attempt_timeout = Duration::from_millis(300);
-    let client = Client::connect(cfg).await.unwrap();
+    let client = led_by_silent_b(&certs, &map, [&a, &b, &c]).await;
     assert!(client.follow(1, 2).await.unwrap());
     let served_by = if a.requests().is_empty() { 3 } else { 1 };
     assert_eq!(b.requests().len(), 1);
