@@ -160,6 +160,14 @@ impl Cluster {
         self.nodes.keys().map(|id| (fake_addr(*id).to_string(), *id)).collect()
     }
 
+    /// The registry of `id` while it runs (what a handover fault drives).
+    pub fn registry(&self, id: u64) -> Option<std::sync::Arc<plexus_actors::registry::Registry>> {
+        self.nodes
+            .get(&id)
+            .and_then(|n| n.core.as_ref())
+            .map(|c| c.registry.clone())
+    }
+
     /// Whether `id` is running.
     pub fn is_up(&self, id: u64) -> bool {
         self.nodes.get(&id).is_some_and(|n| n.core.is_some())

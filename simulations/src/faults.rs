@@ -9,7 +9,9 @@
 //! node, flip a byte in its WAL and check that it refuses to start, or cut the power: every
 //! running node crashes at one instant and they all restart after the hold (the cut strikes, within
 //! `GAP_WAIT_MS_MAX`, at a random moment when at least `POWER_LOSS_GAP_NODES_MIN` nodes hold
-//! unsynced log bytes, so it usually finds writes in flight on a majority). Network loss, delay, duplication and
+//! unsynced log bytes, so it usually finds writes in flight on a majority), or hand every group a
+//! node leads to a caught-up follower (a graceful stop's handover: `TimeoutNow` and transfer
+//! votes, which bypass the leader lease and so must still respect every other voting rule). Network loss, delay, duplication and
 //! reordering and slow or torn disks are rates in force the whole phase (see `net` and `disk`).
 //! One fault at a time: apart from a power cut, a replication-3 shard never loses two replicas to
 //! crashes at once (a corrupted node stays down, which is at most one).
@@ -57,6 +59,7 @@ enum Kind {
     OneWay,
     Corrupt,
     PowerLoss,
+    Handover,
 }
 
 /// Draws and applies faults.
@@ -90,6 +93,9 @@ impl FaultSchedule {
             // Twice as likely as each other kind: a cut tests durability only when it lands
             // inside write→fsync gaps, which takes a few tries.
             kinds.extend([Kind::PowerLoss, Kind::PowerLoss]);
+        }
+        if f.handovers {
+            kinds.push(Kind::Handover);
         }
         Self {
             rng: StdRng::seed_from_u64(params.seed ^ salt::FAULTS),
@@ -184,6 +190,19 @@ impl FaultSchedule {
                 Kind::Corrupt => {
                     self.trace
                         .event(format_args!("fault skipped: a disk was already corrupted"));
+                }
+                Kind::Handover => {
+                    // The first step of a graceful stop, without the stop: the node keeps
+                    // running, so the moved groups may come back by election later. Bounded by
+                    // the hold, as a real stop is by `handover_timeout_ms`.
+                    let Some(registry) = cluster.registry(node) else {
+                        continue;
+                    };
+                    let report = plexus_actors::handover::hand_over_all(&registry, hold).await;
+                    self.trace.event(format_args!(
+                        "fault handover from node {node}: moved {:?} failed {:?} peers_stopping {:?}",
+                        report.moved, report.failed, report.peers_stopping
+                    ));
                 }
                 Kind::PowerLoss => {
                     // Only this schedule crashes and starts nodes, so `up` still holds after the wait.

@@ -62,6 +62,9 @@ pub struct FaultSwitches {
     /// writes), then they all restart. Nothing acknowledged may be lost, since it was fsynced
     /// on a majority first.
     pub power_loss: bool,
+    /// Leadership handovers: a node hands every group it leads to caught-up followers, as a
+    /// graceful stop does first (transfer votes, `TimeoutNow`), while writes go on.
+    pub handovers: bool,
 }
 
 /// How the clients behave.
@@ -152,6 +155,7 @@ impl SimParams {
             one_way: faulty && rng.gen_bool(0.5),
             corruption: faulty && nodes >= 4 && rng.gen_bool(0.3),
             power_loss: false,
+            handovers: false,
         };
         let workload = WorkloadMix {
             clients: rng.gen_range(2..=4),
@@ -181,6 +185,8 @@ impl SimParams {
         }
         let snapshot_logs_since_last = [5, 10, 25, 200][rng.gen_range(0..4)];
         let logs_kept_behind_snapshot = rng.gen_range(0..=10);
+        // Drawn after everything else, so every earlier parameter of a seed is as it was.
+        faults.handovers = faulty && rng.gen_bool(0.7);
         Self {
             seed,
             nodes,
