@@ -33,17 +33,6 @@ pub struct HandoverReport {
     pub peers_stopping: Vec<u32>,
 }
 
-/// Why one group's handover did not move it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HandoverFailure {
-    /// Every voter the group could go to is stopping too (said so, or refused for that reason).
-    #[error("group {0}: every voter it could go to is stopping")]
-    PeersStopping(u32),
-    /// The handover was tried and failed (see the message).
-    #[error("{0}")]
-    Failed(String),
-}
-
 /// Hands over every group this node leads, waiting at most `timeout` in all.
 pub async fn hand_over_all(registry: &Arc<Registry>, timeout: Duration) -> HandoverReport {
     let deadline = Instant::now() + timeout;
@@ -54,8 +43,8 @@ pub async fn hand_over_all(registry: &Arc<Registry>, timeout: Duration) -> Hando
         match outcome {
             Ok(Some(leader)) => report.moved.push((replica.group, leader)),
             Ok(None) => {}
-            Err(HandoverFailure::PeersStopping(group)) => report.peers_stopping.push(group),
-            Err(HandoverFailure::Failed(e)) => report.failed.push((replica.group, e)),
+            Err(HandoverError::PeersStopping(group)) => report.peers_stopping.push(group),
+            Err(e) => report.failed.push((replica.group, e.to_string())),
         }
     }
     report
@@ -81,26 +70,20 @@ pub async fn hand_over_to(
 /// with `to` of `None`, to any caught-up follower. `Ok(None)` when there was nothing to hand
 /// over or no acceptable follower had caught up. A peer that is stopping (it said so, or it
 /// refused `TimeoutNow` for that reason) is never a target, and when every target left is
-/// stopping the handover ends at once with [`HandoverFailure::PeersStopping`].
+/// stopping the handover ends at once with [`HandoverError::PeersStopping`].
 pub(crate) async fn hand_over(
     registry: &Registry,
     replica: &Replica,
     to: Option<&[NodeId]>,
     deadline: Instant,
-) -> Result<Option<NodeId>, HandoverFailure> {
+) -> Result<Option<NodeId>, HandoverError> {
     let group = replica.group;
-    let not_stopping = |peer: NodeId| !registry.peer_is_stopping(peer);
-    if to.is_some_and(|to| !to.iter().any(|t| not_stopping(*t))) && replica.is_leader() {
-        return Err(HandoverFailure::PeersStopping(group));
-    }
-    // With named targets, wait for one of them to catch up, not for any voter.
-    let eligible = |peer: NodeId| not_stopping(peer) && to.is_none_or(|to| to.contains(&peer));
+    // With named targets, wait for one of them to catch up, not for any voter; `begin_handover`
+    // fails at once when every one of them is stopping.
+    let eligible = |peer: NodeId| !registry.peer_is_stopping(peer) && to.is_none_or(|to| to.contains(&peer));
     let outcome = async {
-        let caught_up = match replica.begin_handover(deadline, &eligible).await {
-            Ok(Some(caught_up)) => caught_up,
-            Ok(None) => return Ok(None),
-            Err(HandoverError::PeersStopping(group)) => return Err(HandoverFailure::PeersStopping(group)),
-            Err(e) => return Err(HandoverFailure::Failed(e.to_string())),
+        let Some(caught_up) = replica.begin_handover(deadline, &eligible).await? else {
+            return Ok(None);
         };
         let targets: Vec<NodeId> = match to {
             Some(to) => to.iter().copied().filter(|t| caught_up.contains(t)).collect(),
@@ -130,19 +113,15 @@ pub(crate) async fn hand_over(
             // stop, where it took the request just before its own signal), waiting for it is
             // pointless: it will not keep the group.
             let target_stopping = || !eligible(*target);
-            return match replica.await_new_leader(deadline, &target_stopping).await {
-                Ok(leader) => Ok(Some(leader)),
-                Err(HandoverError::PeersStopping(_)) => Err(HandoverFailure::PeersStopping(group)),
-                Err(e) => Err(HandoverFailure::Failed(e.to_string())),
-            };
+            return replica.await_new_leader(deadline, &target_stopping).await.map(Some);
         }
         if stopping > 0 && stopping == targets.len() {
-            return Err(HandoverFailure::PeersStopping(group));
+            return Err(HandoverError::PeersStopping(group));
         }
         if why.is_empty() {
             return Ok(None);
         }
-        Err(HandoverFailure::Failed(format!("group {group}: {}", why.join("; "))))
+        Err(HandoverError::NoneStood(group, why.join("; ")))
     }
     .await;
     // Moved or not, the replica takes proposals again whenever it leads: after a failure it keeps

@@ -233,17 +233,16 @@ impl Registry {
     /// a stop if there is one (a client sent to a node that has stopped waits out an attempt).
     pub fn redirect(&self, group: u32) -> ErrorReply {
         let leader = self.get(group).and_then(|r| r.leader());
-        let others: Vec<NodeId> = self
-            .replicas_of(group)
-            .into_iter()
-            .filter(|n| *n != self.node_id)
-            .collect();
-        let holder = others
-            .iter()
-            .copied()
-            .find(|n| !self.peer_is_stopping(*n))
-            .or_else(|| others.first().copied());
-        let target = leader.or(holder).filter(|n| *n != self.node_id);
+        let holder = || {
+            let others: Vec<NodeId> = self
+                .replicas_of(group)
+                .into_iter()
+                .filter(|n| *n != self.node_id)
+                .collect();
+            let up = others.iter().copied().find(|n| !self.peer_is_stopping(*n));
+            up.or_else(|| others.first().copied())
+        };
+        let target = leader.or_else(holder).filter(|n| *n != self.node_id);
         match target {
             Some(n) => ErrorReply::NotLeader {
                 shard: group,

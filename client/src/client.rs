@@ -272,6 +272,8 @@ impl Inner {
     }
 
     /// Records the node at `addr` as `shard`'s leader: it just served a leader-only request.
+    /// Only a change takes the write lock (and copies the map), so the usual call, from the
+    /// leader the cache already names, is a read.
     fn note_served(&self, shard: ShardId, addr: &str) {
         let id = {
             let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
@@ -283,11 +285,7 @@ impl Inner {
             }
             id
         };
-        let mut guard = self.map.write().unwrap_or_else(PoisonError::into_inner);
-        let map = Arc::make_mut(&mut guard);
-        if let Some(p) = map.shards.iter_mut().find(|p| p.shard == shard) {
-            p.leader = Some(id);
-        }
+        self.note_leader(shard, Some(id), None);
     }
 
     /// Forgets `shard`'s cached leader if it is the node at `addr`, so the next

@@ -48,9 +48,13 @@ pub enum HandoverError {
     /// No other node became leader before the deadline.
     #[error("group {0}: leadership did not move before the deadline")]
     NotMoved(u32),
-    /// Every voter the group could go to is stopping: none may be handed the group.
-    #[error("group {0}: every other voter is stopping")]
+    /// Every voter the group could go to is stopping (said so, or refused for that reason):
+    /// none may be handed the group.
+    #[error("group {0}: every voter it could go to is stopping")]
     PeersStopping(u32),
+    /// No caught-up voter stood when asked; the reasons, one per voter asked.
+    #[error("group {0}: {1}")]
+    NoneStood(u32, String),
     /// The Raft instance has stopped.
     #[error("group {0}: raft stopped: {1}")]
     Stopped(u32, String),
@@ -95,8 +99,7 @@ impl Replica {
             if Instant::now() >= deadline {
                 return Err(HandoverError::NoCaughtUpFollower(self.group));
             }
-            let next = Instant::now() + Duration::from_millis(CATCH_UP_POLL_MS);
-            tokio::time::sleep_until(next.min(deadline)).await;
+            poll_pause(deadline).await;
         }
         self.raft
             .with_raft_state(|_| ())
@@ -117,8 +120,7 @@ impl Replica {
             if Instant::now() >= deadline {
                 return Err(HandoverError::NoCaughtUpFollower(self.group));
             }
-            let next = Instant::now() + Duration::from_millis(CATCH_UP_POLL_MS);
-            tokio::time::sleep_until(next.min(deadline)).await;
+            poll_pause(deadline).await;
         }
     }
 
@@ -224,4 +226,10 @@ impl Replica {
         self.transfer_term.store(term + 1, Ordering::Release);
         self.raft.trigger().elect().await.map_err(|e| e.to_string())
     }
+}
+
+/// Sleeps one `CATCH_UP_POLL_MS`, never past `deadline`.
+async fn poll_pause(deadline: Instant) {
+    let next = Instant::now() + Duration::from_millis(CATCH_UP_POLL_MS);
+    tokio::time::sleep_until(next.min(deadline)).await;
 }
