@@ -67,6 +67,11 @@ pub struct RaftTimings {
     /// Entries kept in the log behind the latest snapshot, so a slightly
     /// lagging follower catches up from the log instead of a snapshot.
     pub logs_kept_behind_snapshot: u64,
+    /// How long after a quorum last acknowledged it a leader answers linearizable reads without
+    /// a heartbeat round of their own, ms (0: every read confirms leadership with a quorum). At
+    /// most half of `election_timeout_min_ms`: the rest is the margin for clock-rate differences
+    /// between nodes.
+    pub read_lease_ms: u64,
     /// On a graceful stop, how long the node may spend handing the groups it leads to caught-up
     /// followers before it stops anyway, ms (0: no handover; followers elect after a timeout).
     pub handover_timeout_ms: u64,
@@ -83,6 +88,7 @@ impl Default for RaftTimings {
             election_timeout_max_ms: 2_000,
             snapshot_logs_since_last: 10_000,
             logs_kept_behind_snapshot: 1_000,
+            read_lease_ms: 500,
             // Time for a follower to catch up and win one vote, with room for a slow disk.
             handover_timeout_ms: 3_000,
             leader_balance_interval_ms: 2_000,
@@ -217,6 +223,12 @@ impl NodeConfig {
                 self.peers.len()
             )));
         }
+        if self.raft.read_lease_ms.saturating_mul(2) > self.raft.election_timeout_min_ms {
+            return Err(ConfigError::Invalid(format!(
+                "raft.read_lease_ms {} must be at most half of raft.election_timeout_min_ms ({})",
+                self.raft.read_lease_ms, self.raft.election_timeout_min_ms
+            )));
+        }
         if self.token.len() < 16 {
             return Err(ConfigError::Invalid("token must be at least 16 characters".into()));
         }
@@ -228,5 +240,37 @@ impl NodeConfig {
         let mut ids: Vec<u64> = self.peers.iter().map(|p| p.id).collect();
         ids.sort_unstable();
         ids
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example shipped in `deploy/`, which every test starts from.
+    fn example() -> NodeConfig {
+        let text = include_str!("../../deploy/node.example.toml");
+        toml::from_str(text).expect("deploy/node.example.toml parses")
+    }
+
+    #[test]
+    fn the_deploy_example_is_valid() {
+        example().validate().expect("deploy/node.example.toml is valid");
+    }
+
+    #[test]
+    fn a_read_lease_longer_than_half_the_shortest_election_timeout_is_refused() {
+        let mut cfg = example();
+        cfg.raft.election_timeout_min_ms = 1_000;
+        cfg.raft.read_lease_ms = 500;
+        assert!(cfg.validate().is_ok(), "exactly half is allowed");
+        cfg.raft.read_lease_ms = 501;
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("raft.read_lease_ms 501 must be at most half of raft.election_timeout_min_ms (1000)"),
+            "{err}"
+        );
+        cfg.raft.read_lease_ms = 0;
+        assert!(cfg.validate().is_ok(), "0 turns the lease off");
     }
 }

@@ -340,6 +340,7 @@ pub async fn start_core(cfg: &NodeConfig, addr: String, seams: NodeSeams) -> Res
         election_timeout_max_ms: cfg.raft.election_timeout_max_ms,
         snapshot_logs_since_last: cfg.raft.snapshot_logs_since_last,
         logs_kept_behind_snapshot: cfg.raft.logs_kept_behind_snapshot,
+        read_lease_ms: cfg.raft.read_lease_ms,
         limits: StateLimits::default(),
         shard_count: cfg.shard_count,
         sim_hooks: seams.sim_hooks,

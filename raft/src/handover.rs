@@ -20,6 +20,7 @@
 //! without one it fails and the group waits, as any election would.
 
 use std::sync::atomic::Ordering;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use openraft::ServerState;
@@ -34,6 +35,9 @@ const CATCH_UP_POLL_MS: u64 = 5;
 const LEADER_POLL_MS: u64 = 10;
 /// Margin added to the leader's own lease before the balancer counts it as settled.
 const LEASE_MARGIN_MS: u64 = 20;
+/// Election timeouts (`election_timeout_max`) after a handover ends during which reads go
+/// without the read lease: a transfer election started by the handover is over by then.
+const LEASE_PAUSE_ELECTIONS: u64 = 2;
 
 /// Why a handover did not complete.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -95,7 +99,9 @@ impl Replica {
         // leaderless until an election timeout. So wait for those writes (they return once
         // committed), then make one round trip through the Raft core, which handles its messages
         // in order: a write whose caller gave up waiting has then reached the log as well.
-        while self.proposals_in_flight.load(Ordering::SeqCst) > 0 {
+        // Reads that passed the gate may be served by the read lease, which the transfer election
+        // below skips: they must be answered before any voter is asked to stand.
+        while self.requests_in_flight.load(Ordering::SeqCst) > 0 {
             if Instant::now() >= deadline {
                 return Err(HandoverError::NoCaughtUpFollower(self.group));
             }
@@ -148,8 +154,31 @@ impl Replica {
 
     /// Ends a handover, whether or not leadership moved: the replica takes proposals again
     /// whenever it leads (a replica that handed over and is elected again later must serve).
+    /// Reads go without the read lease for `LEASE_PAUSE_ELECTIONS` election timeouts more: a
+    /// voter asked to stand may still be winning its transfer election, whose votes skip the
+    /// followers' lease, even when this end has given up waiting for it.
     pub fn end_handover(&self) {
-        self.handing_over.store(false, Ordering::SeqCst);
+        if self.handing_over.swap(false, Ordering::SeqCst) {
+            let pause = Duration::from_millis(self.raft.config().election_timeout_max * LEASE_PAUSE_ELECTIONS);
+            *lock(&self.lease_paused_until) = Some(Instant::now() + pause);
+        }
+    }
+
+    /// Whether a linearizable read may rely on the read lease now: no handover under way and
+    /// none ended too recently (`end_handover`).
+    pub(crate) fn lease_usable(&self) -> bool {
+        if self.handing_over.load(Ordering::SeqCst) {
+            return false;
+        }
+        let mut paused = lock(&self.lease_paused_until);
+        match *paused {
+            Some(until) if Instant::now() < until => false,
+            Some(_) => {
+                *paused = None;
+                true
+            }
+            None => true,
+        }
     }
 
     /// Whether this replica leads its group and has led it for a whole lease period since its
@@ -232,4 +261,9 @@ impl Replica {
 async fn poll_pause(deadline: Instant) {
     let next = Instant::now() + Duration::from_millis(CATCH_UP_POLL_MS);
     tokio::time::sleep_until(next.min(deadline)).await;
+}
+
+/// Locks `m`; a poisoned lock still holds a valid `Option<Instant>`.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -6,12 +6,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
 use plexus_proto::{Consistency, ErrorReply, NodeId, ReadOp, ReplicaStatus, Response, ShardId};
+use tokio::time::Instant;
 
 use crate::log_store::LogStore;
 use crate::network::{NetworkFactory, PeerRequest, PeerResponse, RaftTransport, TransferTerm};
@@ -34,6 +35,11 @@ pub struct ReplicaOptions {
     pub snapshot_logs_since_last: u64,
     /// Entries kept in the log behind a snapshot (to catch up slow followers without a snapshot).
     pub logs_kept_behind_snapshot: u64,
+    /// How long after a quorum acknowledged it a leader serves linearizable reads without a
+    /// heartbeat round of their own, in milliseconds; 0 makes every read confirm leadership with
+    /// a quorum. Safe only well inside `election_timeout_min_ms` (the node config requires at most
+    /// half of it): see `Replica::read`.
+    pub read_lease_ms: u64,
     /// Shard state limits.
     pub limits: StateLimits,
     /// Total shards in the cluster.
@@ -51,6 +57,7 @@ impl Default for ReplicaOptions {
             election_timeout_max_ms: 2_000,
             snapshot_logs_since_last: 10_000,
             logs_kept_behind_snapshot: 1_000,
+            read_lease_ms: 500,
             limits: StateLimits::default(),
             shard_count: 64,
             sim_hooks: SimHooks::default(),
@@ -83,9 +90,15 @@ pub struct Replica {
     canary: Option<Canary>,
     /// Set while this replica hands its leadership over (`handover.rs`): proposals are refused.
     pub(crate) handing_over: Arc<AtomicBool>,
-    /// Proposals that passed the `handing_over` gate and have not returned (`handover.rs`
-    /// waits for them before it picks a successor).
-    pub(crate) proposals_in_flight: Arc<AtomicUsize>,
+    /// Proposals and linearizable reads that passed the `handing_over` gate and have not
+    /// returned (`handover.rs` waits for them before it picks a successor).
+    pub(crate) requests_in_flight: Arc<AtomicUsize>,
+    /// The read lease (`ReplicaOptions::read_lease_ms`), `None` when off.
+    read_lease: Option<Duration>,
+    /// Until when reads may not use the lease: a handover's transfer election skips the
+    /// followers' lease, so a leader that handed over (or tried to) must not rely on it until
+    /// that election is surely decided (`end_handover`).
+    pub(crate) lease_paused_until: Arc<Mutex<Option<Instant>>>,
     /// The group's log store (shared with openraft), for the handover's view of the last entry.
     pub(crate) log: LogStore,
     /// Set by the first `shutdown`; openraft warns about a second call.
@@ -139,7 +152,9 @@ impl Replica {
             state,
             canary: opts.sim_hooks.canary,
             handing_over: Arc::new(AtomicBool::new(false)),
-            proposals_in_flight: Arc::new(AtomicUsize::new(0)),
+            requests_in_flight: Arc::new(AtomicUsize::new(0)),
+            read_lease: (opts.read_lease_ms > 0).then(|| Duration::from_millis(opts.read_lease_ms)),
+            lease_paused_until: Arc::new(Mutex::new(None)),
             log: log_for_handover,
             stopped: Arc::new(AtomicBool::new(false)),
             transfer_term,
@@ -196,7 +211,7 @@ impl Replica {
     pub async fn propose(&self, cmd: Command, timeout: Duration) -> Response {
         // Counted before the gate is read, both sequentially consistent with the handover's
         // store and load: either this proposal sees the gate closed, or the handover sees it.
-        let _in_flight = InFlight::enter(&self.proposals_in_flight);
+        let _in_flight = InFlight::enter(&self.requests_in_flight);
         if self.handing_over.load(Ordering::SeqCst) {
             // A write appended now could leave the handover target's log behind ours, and then
             // we could not vote for it; the client retries and finds the new leader.
@@ -222,12 +237,21 @@ impl Replica {
         }
     }
 
-    /// Serves a read: linearizable reads first confirm leadership with a
-    /// quorum (read index) and wait until that index is applied.
+    /// Serves a read: a linearizable read first confirms leadership (read index) and waits until
+    /// that index is applied. Leadership is confirmed by the leader's read lease when it holds
+    /// one: a quorum acknowledged it less than `read_lease_ms` ago, and each of those voters
+    /// refuses other candidates for the longer leader lease (`election_timeout_max_ms`) and
+    /// stands itself only after an election timeout. Otherwise (no recent quorum, a handover
+    /// under way or just ended, lease off) by a heartbeat round to a quorum.
     pub async fn read(&self, op: &ReadOp, consistency: Consistency, timeout: Duration) -> Response {
         // The `StaleRead` canary bug skips the read index and serves whatever is applied here.
         if consistency == Consistency::Linearizable && self.canary != Some(Canary::StaleRead) {
-            match tokio::time::timeout(timeout, self.raft.ensure_linearizable()).await {
+            // Counted before the gate is read, like a proposal: a handover either sees this read
+            // (and waits for it before a transfer election can skip the followers' lease) or this
+            // read sees the handover and goes without the lease.
+            let _in_flight = InFlight::enter(&self.requests_in_flight);
+            let lease = self.read_lease.filter(|_| self.lease_usable());
+            match tokio::time::timeout(timeout, self.raft.ensure_linearizable_leased(lease)).await {
                 Err(_) => {
                     return Err(ErrorReply::Timeout(format!(
                         "read index on shard {} timed out",
@@ -321,7 +345,7 @@ pub fn place(shard: ShardId, nodes: &[NodeId], replication: usize) -> Vec<NodeId
     (0..r).map(|i| sorted[(shard as usize + i) % n]).collect()
 }
 
-/// One proposal counted in `Replica::proposals_in_flight` until dropped (answered, failed,
+/// One proposal or read counted in `Replica::requests_in_flight` until dropped (answered, failed,
 /// timed out or cancelled).
 struct InFlight<'a>(&'a AtomicUsize);
 

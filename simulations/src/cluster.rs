@@ -91,6 +91,9 @@ impl Cluster {
             .collect();
         let mut nodes = BTreeMap::new();
         let mut skew_ms = BTreeMap::new();
+        // Read leases on, as in production: half the shortest election timeout of any node, the
+        // longest a lease may safely be when the nodes' timeouts differ.
+        let read_lease_ms = params.election_ms.iter().min().copied().unwrap_or(0) / 2;
         for id in 1..=params.nodes {
             let i = (id - 1) as usize;
             let election = params.election_ms[i];
@@ -113,6 +116,7 @@ impl Cluster {
                     election_timeout_max_ms: election + 1,
                     snapshot_logs_since_last: params.snapshot_logs_since_last,
                     logs_kept_behind_snapshot: params.logs_kept_behind_snapshot,
+                    read_lease_ms,
                     // Crashes are abrupt here; the handover runs only in `NodeHandle::shutdown`.
                     handover_timeout_ms: 0,
                     // The balancer runs only under `start_node`; the simulator starts cores.

@@ -281,7 +281,7 @@ where
     // TODO: the second condition is such a read request can only read from state machine only when the last log it sees
     //       at `T1` is committed.
     #[tracing::instrument(level = "trace", skip(self, tx))]
-    pub(super) async fn handle_check_is_leader_request(&mut self, tx: ClientReadTx<C>) {
+    pub(super) async fn handle_check_is_leader_request(&mut self, tx: ClientReadTx<C>, lease: Option<Duration>) {
         // Setup sentinel values to track when we've received majority confirmation of leadership.
 
         let resp = {
@@ -314,6 +314,21 @@ where
         if eff_mem.is_quorum(granted.iter()) {
             let _ = tx.send(Ok(resp));
             return;
+        }
+
+        // plexus patch: a leader read lease. A quorum acknowledged a request this leader sent at
+        // `acked`; each of those voters refuses other candidates' votes for the leader lease
+        // (`election_timeout_max`) after it received it, and stands itself only after an election
+        // timeout, so no other leader can exist before `acked + lease` when the caller keeps
+        // `lease` well inside `election_timeout_min` (and stops leased reads before a leadership
+        // transfer, whose votes skip the lease).
+        if let Some(lease) = lease {
+            if let Some(acked) = self.last_quorum_acked_time() {
+                if C::now() < acked + lease {
+                    let _ = tx.send(Ok(resp));
+                    return;
+                }
+            }
         }
 
         // Spawn parallel requests, all with the standard timeout for heartbeats.
@@ -1170,8 +1185,8 @@ where
             RaftMsg::InstallFullSnapshot { vote, snapshot, tx } => {
                 self.engine.handle_install_full_snapshot(vote, snapshot, tx);
             }
-            RaftMsg::CheckIsLeaderRequest { tx } => {
-                self.handle_check_is_leader_request(tx).await;
+            RaftMsg::CheckIsLeaderRequest { tx, lease } => {
+                self.handle_check_is_leader_request(tx, lease).await;
             }
             RaftMsg::ClientWriteRequest { app_data, tx } => {
                 self.write_entry(C::Entry::from_app_data(app_data), Some(tx));

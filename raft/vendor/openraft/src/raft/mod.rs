@@ -556,7 +556,7 @@ where C: RaftTypeConfig
     #[tracing::instrument(level = "debug", skip(self))]
     pub async fn is_leader(&self) -> Result<(), RaftError<C::NodeId, CheckIsLeaderError<C::NodeId, C::Node>>> {
         let (tx, rx) = C::AsyncRuntime::oneshot();
-        let _ = self.inner.call_core(RaftMsg::CheckIsLeaderRequest { tx }, rx).await?;
+        let _ = self.inner.call_core(RaftMsg::CheckIsLeaderRequest { tx, lease: None }, rx).await?;
         Ok(())
     }
 
@@ -640,8 +640,33 @@ where C: RaftTypeConfig
         RaftError<C::NodeId, CheckIsLeaderError<C::NodeId, C::Node>>,
     > {
         let (tx, rx) = C::AsyncRuntime::oneshot();
-        let (read_log_id, applied) = self.inner.call_core(RaftMsg::CheckIsLeaderRequest { tx }, rx).await?;
+        let (read_log_id, applied) = self.inner.call_core(RaftMsg::CheckIsLeaderRequest { tx, lease: None }, rx).await?;
         Ok((read_log_id, applied))
+    }
+
+    /// plexus patch: `ensure_linearizable`, where `Some(lease)` skips the heartbeat round while
+    /// a quorum acknowledged this leader less than `lease` ago (the caller keeps `lease` well
+    /// inside `election_timeout_min` and passes `None` around leadership transfers); `None` is
+    /// `ensure_linearizable` exactly.
+    #[tracing::instrument(level = "debug", skip(self))]
+    pub async fn ensure_linearizable_leased(
+        &self,
+        lease: Option<Duration>,
+    ) -> Result<Option<LogId<C::NodeId>>, RaftError<C::NodeId, CheckIsLeaderError<C::NodeId, C::Node>>> {
+        let (tx, rx) = C::AsyncRuntime::oneshot();
+        let (read_log_id, applied) = self.inner.call_core(RaftMsg::CheckIsLeaderRequest { tx, lease }, rx).await?;
+        if read_log_id.index() > applied.index() {
+            self.wait(None)
+                .applied_index_at_least(read_log_id.index(), "ensure_linearizable_leased")
+                .await
+                .map_err(|e| match e {
+                    WaitError::Timeout(_, _) => {
+                        unreachable!("did not specify timeout")
+                    }
+                    WaitError::ShuttingDown => Fatal::Stopped,
+                })?;
+        }
+        Ok(read_log_id)
     }
 
     /// Submit a mutating client request to Raft to update the state of the system (§5.1).

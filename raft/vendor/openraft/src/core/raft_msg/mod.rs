@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use crate::core::raft_msg::external_command::ExternalCommand;
 use crate::error::CheckIsLeaderError;
@@ -78,6 +79,9 @@ where C: RaftTypeConfig
 
     CheckIsLeaderRequest {
         tx: ClientReadTx<C>,
+        /// plexus patch: answer without a heartbeat round while a quorum acknowledged this
+        /// leader less than this long ago (`Raft::ensure_linearizable_leased`).
+        lease: Option<Duration>,
     },
 
     Initialize {
