@@ -20,6 +20,7 @@ mod client_conn;
 pub mod endpoint;
 pub mod error;
 mod peer_conn;
+mod peer_health;
 pub mod peer_links;
 pub mod tls;
 pub mod wire;

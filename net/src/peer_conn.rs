@@ -49,6 +49,8 @@ pub(crate) struct PeerShared {
     pub queues: Mutex<HashMap<(u64, crate::peer_links::Lane), mpsc::Sender<Pending>>>,
     pub counters: Counters,
     pub closed: AtomicBool,
+    /// Which peers calls are failing to, reported once per peer (`peer_health.rs`).
+    pub health: crate::peer_health::PeerHealth,
 }
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it: every critical section here
@@ -70,6 +72,7 @@ impl PeerShared {
             queues: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             closed: AtomicBool::new(false),
+            health: Default::default(),
         }
     }
 

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn, Instrument};
 
 use crate::certs::SERVER_NAME;
-use crate::endpoint::CLOSE_WRONG_PEER;
+use crate::endpoint::{CLOSE_SHUTDOWN, CLOSE_WRONG_PEER};
 use crate::error::NetError;
 use crate::peer_conn::{lock, serve_peer_conn, PeerShared};
 use crate::tls::peer_node_id;
@@ -215,6 +215,7 @@ async fn flusher(shared: Arc<PeerShared>, peer: u64, in_flight_max: usize, mut r
         let conn = match connection(&shared, peer, &mut dialer).await {
             Ok(c) => c,
             Err(make_err) => {
+                shared.health.failed(peer, batch.len() as u64, &make_err(), false);
                 for p in batch {
                     let _ = p.reply.send(Err(make_err()));
                 }
@@ -346,6 +347,7 @@ async fn send_batch(
         };
     match outcome {
         Ok(replies) => {
+            shared.health.succeeded(peer);
             for (reply, caller) in replies.into_iter().zip(callers) {
                 let _ = caller.send(reply.map(|b| b.0).map_err(NetError::Remote));
             }
@@ -353,6 +355,11 @@ async fn send_batch(
         Err(make_err) => {
             shared.counters.batches_failed.fetch_add(1, Ordering::Relaxed);
             debug!(error = %make_err(), msgs = n, "peer batch failed");
+            let stopping = matches!(
+                conn.close_reason(),
+                Some(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code == VarInt::from_u32(CLOSE_SHUTDOWN)
+            );
+            shared.health.failed(peer, n as u64, &make_err(), stopping);
             for caller in callers {
                 let _ = caller.send(Err(make_err()));
             }

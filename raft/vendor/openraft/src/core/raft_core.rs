@@ -395,7 +395,8 @@ where
                 let (target, append_res) = match res {
                     Ok(Ok(res)) => res,
                     Ok(Err((target, err))) => {
-                        tracing::error!(target=display(&target), error=%err, "timeout while confirming leadership for read request");
+                        // plexus patch: at debug (see replication/mod.rs).
+                        tracing::debug!(target=display(&target), error=%err, "timeout while confirming leadership for read request");
                         continue;
                     }
                     Err((target, err)) => {
@@ -1111,7 +1112,8 @@ where
                                     target: target.clone(),
                                     timeout: ttl,
                                 };
-                                tracing::error!({error = %timeout_err, target = display(&target)}, "timeout");
+                                // plexus patch: at debug (see replication/mod.rs).
+                                tracing::debug!({error = %timeout_err, target = display(&target)}, "timeout");
                                 return;
                             }
                         };
@@ -1124,7 +1126,8 @@ where
                                     sender_vote: vote,
                                 });
                             }
-                            Err(err) => tracing::error!({error=%err, target=display(&target)}, "while requesting vote"),
+                            // plexus patch: at debug (see replication/mod.rs).
+                            Err(err) => tracing::debug!({error=%err, target=display(&target)}, "while requesting vote"),
                         }
                     }
                 }

@@ -255,7 +255,20 @@ where
                     }
                 }
                 Err(err) => {
-                    tracing::warn!(error=%err, "error replication to target={}", self.target);
+                    // plexus patch: a failed RPC is logged at debug, here and below; the peer
+                    // links report an unreachable peer once for all groups (one line per group
+                    // and retry used to bury everything else while a node was down).
+                    let transport_failed = matches!(
+                        err,
+                        ReplicationError::RPCError(
+                            RPCError::Timeout(_) | RPCError::Unreachable(_) | RPCError::Network(_)
+                        )
+                    );
+                    if transport_failed {
+                        tracing::debug!(error=%err, "error replication to target={}", self.target);
+                    } else {
+                        tracing::warn!(error=%err, "error replication to target={}", self.target);
+                    }
 
                     match err {
                         ReplicationError::Closed(closed) => {
@@ -281,7 +294,11 @@ where
                             return Ok(());
                         }
                         ReplicationError::RPCError(err) => {
-                            tracing::error!(err = display(&err), "RPCError");
+                            if transport_failed {
+                                tracing::debug!(err = display(&err), "RPCError");
+                            } else {
+                                tracing::error!(err = display(&err), "RPCError");
+                            }
 
                             let retry = match &err {
                                 RPCError::Timeout(_) => false,
@@ -593,7 +610,8 @@ where
     #[tracing::instrument(level = "debug", skip(self))]
     pub async fn backoff_drain_events(&mut self, until: InstantOf<C>) -> Result<(), ReplicationClosed> {
         let d = until - C::now();
-        tracing::warn!(
+        // plexus patch: at debug (see `run`): every group backs off from an unreachable peer.
+        tracing::debug!(
             interval = debug(d),
             "{} backoff mode: drain events without processing them",
             func_name!()
