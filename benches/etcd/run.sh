@@ -45,79 +45,11 @@ plexus_ready_secs=150     # `plexus up` gives up by itself after 120 s
 stop_grace_secs=20        # SIGTERM, then SIGKILL of the whole process group
 bench_slack_secs=120      # a driver may run this long past --duration (connect, warm-up, drain)
 
-log() { echo "[run.sh] $*" >&2; }
-
-tmp="$(mktemp -d "${TMPDIR:-/tmp}/plexus-etcd-bench.XXXXXX")"
-pids=()     # process-group leaders we started (each via setsid)
-fg_pid=""   # the benchmark client now running, if any
-
-bounded() { # secs outfile cmd...: runs cmd with a deadline, stdout to outfile
-    # In the background and waited for, so that INT/TERM reach our trap at once
-    # instead of after the command (bash defers traps during a foreground child).
-    local secs="$1" out="$2" rc=0
-    shift 2
-    timeout "$secs" "$@" >"$out" &
-    fg_pid=$!
-    wait "$fg_pid" || rc=$?
-    fg_pid=""
-    return "$rc"
-}
-
-stop_group() { # pid: SIGTERM its group, wait up to stop_grace_secs, then SIGKILL
-    local pid="$1" i
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < stop_grace_secs * 10; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "pid $pid did not stop in ${stop_grace_secs}s; killing its group"
-        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-    fi
-    # Children (plexus nodes) may outlive their parent; the group is ours alone.
-    kill -KILL -- "-$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-    local rc=$? pid
-    trap - EXIT INT TERM
-    if [[ -n "$fg_pid" ]]; then kill -TERM "$fg_pid" 2>/dev/null || true; wait "$fg_pid" 2>/dev/null || true; fi
-    for pid in "${pids[@]}"; do stop_group "$pid"; done
-    if [[ ($keep -eq 1 || $rc -ne 0) && -n "$(ls -A "$tmp")" ]]; then
-        log "logs and data kept in $tmp"
-    else
-        rm -rf "$tmp"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-free_tcp_ports() { # count start: prints `count` ports at or above start with no listener
-    local n="$1" p="$2" out=()
-    while [[ ${#out[@]} -lt $n ]]; do
-        ((p < 65000)) || { echo "run.sh: no free TCP ports" >&2; return 1; }
-        port_in_use "$p" || out+=("$p")
-        p=$((p + 1))
-    done
-    echo "${out[@]}"
-}
-
-json_field() { # json key: the number after "key": in a one-line JSON object
-    sed -n "s/.*\"$2\":\([-0-9.eE+]*\).*/\1/p" <<<"$1"
-}
+# shellcheck source-path=SCRIPTDIR source=../lib.sh
+source "$here/../lib.sh"
+bench_init etcd
 
 # ---- prerequisites -----------------------------------------------------------
-apt_updated=0
-apt_install() {
-    if [[ $apt_updated -eq 0 ]]; then apt-get update -qq; apt_updated=1; fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
 if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
     log "installing etcd-server and etcd-client (Debian)"
     apt_install etcd-server etcd-client
@@ -135,15 +67,7 @@ CARGO_TARGET_DIR="$driver_target" cargo build --release --quiet --manifest-path 
 driver="$driver_target/release/etcd-bench-driver"
 
 plexus=""
-if [[ $etcd_only -eq 0 ]]; then
-    if [[ -n "${PLEXUS_BIN:-}" ]]; then
-        plexus="$PLEXUS_BIN"
-    else
-        log "building plexus (cargo build --release -p plexus)"
-        ( unset CARGO_TARGET_DIR; cargo build --release --quiet -p plexus )
-        plexus="$root/target/release/plexus"
-    fi
-fi
+if [[ $etcd_only -eq 0 ]]; then plexus_binary "$root"; fi
 
 # ---- etcd: 3 members on loopback ---------------------------------------------
 ports_line="$(free_tcp_ports 6 23790)"
@@ -185,37 +109,20 @@ measure_etcd() { # round: a fresh 3-member etcd, one measurement; sets etcd_json
         --concurrency "$concurrency" --duration "$duration"
     etcd_json="$(cat "$tmp/etcd-r$r.json")"
     echo "etcd:   $etcd_json"
-    for i in "${pids[@]}"; do stop_group "$i"; done
-    pids=()
+    stop_all
 }
 
 # ---- plexus: 3 nodes on loopback ---------------------------------------------
 measure_plexus() { # round: a fresh 3-node plexus cluster, one measurement; sets plexus_json
     local r="$1"
-    # plexus nodes listen on UDP (QUIC); `up` itself skips ports already taken.
-    local base_port=$((27400 + RANDOM % 2000))
-    log "round $r: plexus: starting 3 nodes (base port $base_port)"
-    setsid "$plexus" up --nodes 3 --dir "$tmp/plexus-r$r" --base-port "$base_port" \
-        >"$tmp/plexus-r$r-up.log" 2>&1 </dev/null &
-    local up_pid=$!
-    pids+=("$up_pid")
-    local deadline=$((SECONDS + plexus_ready_secs))
-    until grep -v "not ready" "$tmp/plexus-r$r-up.log" | grep -q ready; do
-        if ! kill -0 "$up_pid" 2>/dev/null; then
-            log "plexus up exited before ready"; tail -n 20 "$tmp/plexus-r$r-up.log" >&2; exit 1
-        fi
-        if ((SECONDS >= deadline)); then
-            log "plexus not ready after ${plexus_ready_secs}s"; tail -n 20 "$tmp/plexus-r$r-up.log" >&2; exit 1
-        fi
-        sleep 0.3
-    done
+    log "round $r: starting plexus"
+    start_plexus "$tmp/plexus-r$r" "$tmp/plexus-r$r-up.log"
     log "plexus ready; measuring writes: concurrency $concurrency, ${duration}s"
     bounded "$((duration + bench_slack_secs))" "$tmp/plexus-r$r.json" "$plexus" bench \
         --config "$tmp/plexus-r$r/client.toml" --workload write --concurrency "$concurrency" --duration "$duration" --json
     plexus_json="$(cat "$tmp/plexus-r$r.json")"
     echo "plexus: $plexus_json"
-    stop_group "$up_pid"
-    pids=()
+    stop_all
 }
 
 etcd_json=""

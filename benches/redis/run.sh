@@ -56,90 +56,20 @@ bench_slack_secs=300      # a client may run this long past --duration (plexus: 
                           # fill 50 000 entries through Raft first; Redis: -n sized from a
                           # calibration on a machine whose speed drifts)
 
-log() { echo "[run.sh] $*" >&2; }
-
-tmp="$(mktemp -d "${TMPDIR:-/tmp}/plexus-redis-bench.XXXXXX")"
-pids=()     # process-group leaders we started (each via setsid)
-fg_pid=""   # the benchmark client now running, if any
-
-bounded() { # secs outfile cmd...: runs cmd with a deadline, stdout to outfile
-    # In the background and waited for, so that INT/TERM reach our trap at once
-    # instead of after the command (bash defers traps during a foreground child).
-    local secs="$1" out="$2" rc=0
-    shift 2
-    timeout "$secs" "$@" >"$out" &
-    fg_pid=$!
-    wait "$fg_pid" || rc=$?
-    fg_pid=""
-    return "$rc"
-}
-
-stop_group() { # pid: SIGTERM its group, wait up to stop_grace_secs, then SIGKILL
-    local pid="$1" i
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < stop_grace_secs * 10; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "pid $pid did not stop in ${stop_grace_secs}s; killing its group"
-        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-    fi
-    # Children (plexus nodes) may outlive their parent; the group is ours alone.
-    kill -KILL -- "-$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-    local rc=$? pid
-    trap - EXIT INT TERM
-    if [[ -n "$fg_pid" ]]; then kill -TERM "$fg_pid" 2>/dev/null || true; wait "$fg_pid" 2>/dev/null || true; fi
-    for pid in "${pids[@]}"; do stop_group "$pid"; done
-    if [[ ($keep -eq 1 || $rc -ne 0) && -n "$(ls -A "$tmp")" ]]; then
-        log "logs and data kept in $tmp"
-    else
-        rm -rf "$tmp"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-free_tcp_port() { # start: prints the first port at or above start with no listener
-    local p="$1"
-    while port_in_use "$p"; do
-        p=$((p + 1))
-        ((p < 65000)) || { echo "run.sh: no free TCP port" >&2; return 1; }
-    done
-    echo "$p"
-}
-
-json_field() { # json key: the number after "key": in a one-line JSON object
-    sed -n "s/.*\"$2\":\([-0-9.eE+]*\).*/\1/p" <<<"$1"
-}
+# shellcheck source-path=SCRIPTDIR source=../lib.sh
+source "$here/../lib.sh"
+bench_init redis
 
 now() { date +%s.%N; }
 
 # ---- prerequisites -----------------------------------------------------------
 if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null || ! command -v redis-benchmark >/dev/null; then
     log "installing redis-server and redis-tools (Debian)"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null
+    apt_install redis-server redis-tools
 fi
 
 # Build before any server starts, so compiling never overlaps a measurement.
-if [[ -n "${PLEXUS_BIN:-}" ]]; then
-    plexus="$PLEXUS_BIN"
-else
-    log "building plexus (cargo build --release -p plexus)"
-    ( unset CARGO_TARGET_DIR; cargo build --release --quiet -p plexus )
-    plexus="$root/target/release/plexus"
-fi
-[[ -x "$plexus" ]] || { echo "run.sh: plexus binary not found or not executable: $plexus" >&2; exit 1; }
+plexus_binary "$root"
 
 # ---- Redis: one in-memory server on loopback ---------------------------------
 # The fill, as RESP for redis-cli --pipe: one RPUSH per list of $page items of $item_bytes
@@ -158,7 +88,7 @@ rcli() { timeout 30 redis-cli -h 127.0.0.1 -p "$redis_port" "$@"; }
 
 measure_redis() { # round: a fresh redis-server, filled, one measurement; sets redis_result
     local r="$1"
-    redis_port="$(free_tcp_port 26379)"
+    redis_port="$(free_tcp_ports 1 26379)"
     log "round $r: redis $(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p'): starting on port $redis_port"
     mkdir -p "$tmp/redis-r$r"
     # Reads only: no RDB snapshots (--save '') and no append-only file, so persistence costs
@@ -231,30 +161,14 @@ measure_redis() { # round: a fresh redis-server, filled, one measurement; sets r
     }' "$tmp/redis-r$r.csv")"
     [[ -n "$redis_result" ]] || { log "redis-benchmark printed no result:"; cat "$tmp/redis-r$r.csv" >&2; exit 1; }
     echo "redis:  $redis_result"
-    stop_group "$redis_pid"
-    pids=()
+    stop_all
 }
 
 # ---- plexus: 3 nodes on loopback ---------------------------------------------
 measure_plexus() { # round: a fresh 3-node plexus cluster, one measurement; sets plexus_json
     local r="$1"
-    # plexus nodes listen on UDP (QUIC); `up` itself skips ports already taken.
-    local base_port=$((27400 + RANDOM % 2000))
-    log "round $r: plexus: starting 3 nodes (base port $base_port)"
-    setsid "$plexus" up --nodes 3 --dir "$tmp/plexus-r$r" --base-port "$base_port" \
-        >"$tmp/plexus-r$r-up.log" 2>&1 </dev/null &
-    local up_pid=$!
-    pids+=("$up_pid")
-    local deadline=$((SECONDS + plexus_ready_secs))
-    until grep -sv "not ready" "$tmp/plexus-r$r-up.log" | grep -q ready; do  # -s: the log may not exist yet
-        if ! kill -0 "$up_pid" 2>/dev/null; then
-            log "plexus up exited before ready"; tail -n 20 "$tmp/plexus-r$r-up.log" >&2; exit 1
-        fi
-        if ((SECONDS >= deadline)); then
-            log "plexus not ready after ${plexus_ready_secs}s"; tail -n 20 "$tmp/plexus-r$r-up.log" >&2; exit 1
-        fi
-        sleep 0.3
-    done
+    log "round $r: starting plexus"
+    start_plexus "$tmp/plexus-r$r" "$tmp/plexus-r$r-up.log"
     # `plexus bench --workload read` first appends $page entries to each of the $owners
     # timelines (replicated writes, not timed), then reads for SECS seconds.
     log "plexus ready; filling $owners timelines with $page entries, then measuring reads: concurrency $concurrency, ${duration}s"
@@ -269,8 +183,7 @@ measure_plexus() { # round: a fresh 3-node plexus cluster, one measurement; sets
     # The JSON times only the reads; the rest of the client's run is connecting and filling.
     log "plexus bench ran $(awk -v a="$t0" -v b="$t1" -v d="$(json_field "$plexus_json" duration_secs)" \
         'BEGIN { printf "%.1fs, of which about %.1fs connecting and filling", b - a, b - a - d }')"
-    stop_group "$up_pid"
-    pids=()
+    stop_all
 }
 
 redis_result=""

@@ -20,7 +20,6 @@
 //! without one it fails and the group waits, as any election would.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use openraft::ServerState;
@@ -28,6 +27,7 @@ use plexus_proto::NodeId;
 use tokio::time::Instant;
 
 use crate::replica::Replica;
+use crate::wal::lock;
 
 /// How often a handover re-reads the replication progress while a follower catches up.
 const CATCH_UP_POLL_MS: u64 = 5;
@@ -170,15 +170,7 @@ impl Replica {
         if self.handing_over.load(Ordering::SeqCst) {
             return false;
         }
-        let mut paused = lock(&self.lease_paused_until);
-        match *paused {
-            Some(until) if Instant::now() < until => false,
-            Some(_) => {
-                *paused = None;
-                true
-            }
-            None => true,
-        }
+        lock(&self.lease_paused_until).is_none_or(|until| Instant::now() >= until)
     }
 
     /// Whether this replica leads its group and has led it for a whole lease period since its
@@ -261,9 +253,4 @@ impl Replica {
 async fn poll_pause(deadline: Instant) {
     let next = Instant::now() + Duration::from_millis(CATCH_UP_POLL_MS);
     tokio::time::sleep_until(next.min(deadline)).await;
-}
-
-/// Locks `m`; a poisoned lock still holds a valid `Option<Instant>`.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

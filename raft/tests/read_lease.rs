@@ -55,6 +55,14 @@ async fn read_burst(group: &Group, write_first: bool) -> (u64, u64) {
     (empty, heartbeats)
 }
 
+/// Each of `READS` reads confirmed leadership with its own heartbeat to both followers.
+fn assert_a_round_per_read(empty: u64, when: &str) {
+    assert!(
+        empty >= 2 * READS,
+        "{empty} empty AppendEntries for {READS} reads {when}: each needs one per follower"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_inside_the_lease_send_nothing_to_the_followers() {
     let group = Group::start(options(400)).await;
@@ -70,10 +78,7 @@ async fn reads_inside_the_lease_send_nothing_to_the_followers() {
 async fn without_a_lease_every_read_confirms_leadership_with_both_followers() {
     let group = Group::start(options(0)).await;
     let (empty, _) = read_burst(&group, true).await;
-    assert!(
-        empty >= 2 * READS,
-        "{empty} empty AppendEntries for {READS} reads without a lease: each needs one per follower"
-    );
+    assert_a_round_per_read(empty, "without a lease");
     group.stop().await;
 }
 
@@ -86,17 +91,11 @@ async fn a_handover_stops_leased_reads_until_its_election_is_surely_over() {
     let caught_up = leader.begin_handover(deadline, &|_| true).await.unwrap();
     assert!(caught_up.is_some_and(|c| !c.is_empty()), "a follower is caught up");
     let (empty, _) = read_burst(&group, false).await;
-    assert!(
-        empty >= 2 * READS,
-        "{empty} empty AppendEntries for {READS} reads during a handover: each needs one per follower"
-    );
+    assert_a_round_per_read(empty, "during a handover");
     // Just ended, without asking anyone to stand: a voter asked earlier might still be winning.
     leader.end_handover();
     let (empty, _) = read_burst(&group, true).await;
-    assert!(
-        empty >= 2 * READS,
-        "{empty} empty AppendEntries for {READS} reads right after a handover: each needs one per follower"
-    );
+    assert_a_round_per_read(empty, "right after a handover");
     group.stop().await;
 }
 

@@ -384,7 +384,7 @@ impl std::fmt::Debug for Wal {
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (it is only swapped).
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
