@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::log_store::LogStore;
 use crate::network::{NetworkFactory, PeerRequest, PeerResponse, RaftTransport, TransferTerm};
-use crate::sim_hooks::{Canary, SimHooks};
+use crate::sim_hooks::{Canary, SimHooks, LEASE_TOO_LONG_FACTOR};
 use crate::sm_store::{SharedState, StateMachineStore};
 use crate::state::StateLimits;
 use crate::types::{Command, TypeConfig};
@@ -153,7 +153,15 @@ impl Replica {
             canary: opts.sim_hooks.canary,
             handing_over: Arc::new(AtomicBool::new(false)),
             requests_in_flight: Arc::new(AtomicUsize::new(0)),
-            read_lease: (opts.read_lease_ms > 0).then(|| Duration::from_millis(opts.read_lease_ms)),
+            read_lease: (opts.read_lease_ms > 0).then(|| {
+                // The `LeaseTooLong` canary bug (simulation only) stretches the lease past the
+                // election timeout.
+                let factor = match opts.sim_hooks.canary {
+                    Some(Canary::LeaseTooLong) => LEASE_TOO_LONG_FACTOR,
+                    _ => 1,
+                };
+                Duration::from_millis(opts.read_lease_ms.saturating_mul(factor))
+            }),
             lease_paused_until: Arc::new(Mutex::new(None)),
             log: log_for_handover,
             stopped: Arc::new(AtomicBool::new(false)),

@@ -5,7 +5,8 @@
 //! What it is: `SimHooks`, carried in `ReplicaOptions`. The deterministic simulator sets it
 //! through `plexus_actors::NodeSeams`; each canary is implemented at the real code point it
 //! breaks (`log_store` for `AckBeforeFsync`, `replica` and the gateway for `StaleRead`,
-//! `state::session` for `DoubleApply`, `state::graph` for `HalfFollow`).
+//! `state::session` for `DoubleApply`, `state::graph` for `HalfFollow`, `replica` for
+//! `LeaseTooLong`).
 //!
 //! What it is not: configuration. No config file, flag or environment variable reaches it; the
 //! production node (`plexus_actors::start_node`) always passes `SimHooks::default()`, which
@@ -31,15 +32,23 @@ pub enum Canary {
     DoubleApply,
     /// A cross-shard follow adds the out-edge but never queues the in-edge for delivery.
     HalfFollow,
+    /// The leader's read lease is [`LEASE_TOO_LONG_FACTOR`] times `read_lease_ms`, far past
+    /// the election timeout: a leader cut off from its peers goes on answering linearizable
+    /// reads from its own state after another replica has been elected and has taken writes.
+    LeaseTooLong,
 }
+
+/// How many times too long the `LeaseTooLong` canary makes the read lease.
+pub const LEASE_TOO_LONG_FACTOR: u64 = 20;
 
 impl Canary {
     /// Every canary, in a fixed order.
-    pub const ALL: [Canary; 4] = [
+    pub const ALL: [Canary; 5] = [
         Canary::AckBeforeFsync,
         Canary::StaleRead,
         Canary::DoubleApply,
         Canary::HalfFollow,
+        Canary::LeaseTooLong,
     ];
 
     /// The name used on the command line (`plexus sim --canary NAME`).
@@ -49,6 +58,7 @@ impl Canary {
             Canary::StaleRead => "stale-read",
             Canary::DoubleApply => "double-apply",
             Canary::HalfFollow => "half-follow",
+            Canary::LeaseTooLong => "lease-too-long",
         }
     }
 

@@ -67,6 +67,7 @@ pub struct Cluster {
     skew_ms: BTreeMap<u64, i64>,
     canary: Option<Canary>,
     applied: AppliedEntries,
+    shard_count: u32,
 }
 
 fn fake_addr(id: u64) -> SocketAddr {
@@ -151,7 +152,13 @@ impl Cluster {
             skew_ms,
             canary,
             applied,
+            shard_count: params.shard_count,
         }
+    }
+
+    /// Virtual shards of the cluster.
+    pub fn shard_count(&self) -> u32 {
+        self.shard_count
     }
 
     /// Node ids, ascending.

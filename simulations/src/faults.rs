@@ -11,7 +11,9 @@
 //! `GAP_WAIT_MS_MAX`, at a random moment when at least `POWER_LOSS_GAP_NODES_MIN` nodes hold
 //! unsynced log bytes, so it usually finds writes in flight on a majority), or hand every group a
 //! node leads to a caught-up follower (a graceful stop's handover: `TimeoutNow` and transfer
-//! votes, which bypass the leader lease and so must still respect every other voting rule). Network loss, delay, duplication and
+//! votes, which bypass the leader lease and so must still respect every other voting rule), or
+//! probe the read lease: cut a leader off from its peers, write through its successor and read
+//! at the cut-off leader (`lease_probe`). Network loss, delay, duplication and
 //! reordering and slow or torn disks are rates in force the whole phase (see `net` and `disk`).
 //! One fault at a time: apart from a power cut, a replication-3 shard never loses two replicas to
 //! crashes at once (a corrupted node stays down, which is at most one).
@@ -28,6 +30,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::cluster::Cluster;
+use crate::lease_probe;
 use crate::params::{salt, SimParams};
 use crate::trace::Trace;
 
@@ -60,6 +63,7 @@ enum Kind {
     Corrupt,
     PowerLoss,
     Handover,
+    LeaseProbe,
 }
 
 /// Draws and applies faults.
@@ -70,6 +74,7 @@ pub struct FaultSchedule {
     trace: Trace,
     injected: u64,
     corrupted: bool,
+    lease_probes: u64,
 }
 
 impl FaultSchedule {
@@ -97,6 +102,9 @@ impl FaultSchedule {
         if f.handovers {
             kinds.push(Kind::Handover);
         }
+        if f.lease_probes {
+            kinds.push(Kind::LeaseProbe);
+        }
         Self {
             rng: StdRng::seed_from_u64(params.seed ^ salt::FAULTS),
             kinds,
@@ -104,6 +112,7 @@ impl FaultSchedule {
             trace,
             injected: 0,
             corrupted: false,
+            lease_probes: 0,
         }
     }
 
@@ -203,6 +212,15 @@ impl FaultSchedule {
                         "fault handover from node {node}: moved {:?} failed {:?} peers_stopping {:?}",
                         report.moved, report.failed, report.peers_stopping
                     ));
+                }
+                Kind::LeaseProbe => {
+                    // Held for the longest hold: the cut-off leader's successor needs an
+                    // election timeout (up to about 1.2 s here) and a commit before the probe reads.
+                    let deadline = tokio::time::Instant::now() + Duration::from_millis(FAULT_HOLD_MS_MAX);
+                    self.lease_probes += 1;
+                    let n = self.lease_probes;
+                    let found = lease_probe::probe(cluster, node, n, deadline, &mut self.rng, &self.trace).await;
+                    violations.extend(found);
                 }
                 Kind::PowerLoss => {
                     // Only this schedule crashes and starts nodes, so `up` still holds after the wait.

@@ -21,6 +21,7 @@ pub mod client;
 pub mod cluster;
 pub mod disk;
 pub mod faults;
+pub mod lease_probe;
 pub mod net;
 pub mod panics;
 pub mod params;

@@ -65,6 +65,10 @@ pub struct FaultSwitches {
     /// Leadership handovers: a node hands every group it leads to caught-up followers, as a
     /// graceful stop does first (transfer votes, `TimeoutNow`), while writes go on.
     pub handovers: bool,
+    /// Lease probes (`lease_probe`): a leader is cut off from its peers while clients still
+    /// reach it, and must not answer a linearizable read without a write its successor
+    /// acknowledged meanwhile.
+    pub lease_probes: bool,
 }
 
 /// How the clients behave.
@@ -156,6 +160,7 @@ impl SimParams {
             corruption: faulty && nodes >= 4 && rng.gen_bool(0.3),
             power_loss: false,
             handovers: false,
+            lease_probes: false,
         };
         let workload = WorkloadMix {
             clients: rng.gen_range(2..=4),
@@ -187,6 +192,8 @@ impl SimParams {
         let logs_kept_behind_snapshot = rng.gen_range(0..=10);
         // Drawn after everything else, so every earlier parameter of a seed is as it was.
         faults.handovers = faulty && rng.gen_bool(0.7);
+        // Drawn after the handovers, for the same reason.
+        faults.lease_probes = faulty && rng.gen_bool(0.7);
         Self {
             seed,
             nodes,

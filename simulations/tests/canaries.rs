@@ -69,3 +69,8 @@ fn double_apply_answers_what_no_edge_history_explains() {
     // order in which that follow found the edge present.
     caught_by(Canary::DoubleApply, "linearizable: edge ");
 }
+
+#[test]
+fn lease_too_long_answers_a_stale_read_at_a_cut_off_leader() {
+    caught_by(Canary::LeaseTooLong, "faults: lease probe: ");
+}
