@@ -7,6 +7,7 @@
 //! `docs/PROTOCOL.md` describes the same bytes for implementers in other
 //! languages; the two must change together.
 
+pub mod bytes;
 pub mod frame;
 pub mod msg;
 pub mod shard;

@@ -144,6 +144,7 @@ pub enum WriteOp {
         /// Filter name.
         name: String,
         /// Keys to add.
+        #[serde(with = "crate::bytes::byte_strings")]
         keys: Vec<Vec<u8>>,
     },
     /// Seal the filter's mutable part into an immutable binary fuse filter.
@@ -156,6 +157,7 @@ pub enum WriteOp {
         /// Timeline owner.
         owner: OwnerId,
         /// Opaque item bytes.
+        #[serde(with = "serde_bytes")]
         item: Vec<u8>,
     },
     /// Delete an entry; answers `Reply::Changed`.
@@ -233,6 +235,7 @@ pub enum ReadOp {
         /// Filter name.
         name: String,
         /// Keys to test.
+        #[serde(with = "crate::bytes::byte_strings")]
         keys: Vec<Vec<u8>>,
     },
     /// A page of a timeline.
@@ -370,7 +373,7 @@ pub enum Reply {
     /// A yes/no answer.
     Bool(bool),
     /// A roaring treemap in its portable serialisation.
-    Bitmap(Vec<u8>),
+    Bitmap(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The shard map.
     ShardMap(ShardMap),
     /// A node's status.
@@ -396,6 +399,7 @@ pub struct TimelineEntry {
     /// Monotone id.
     pub id: EntryId,
     /// Opaque item bytes.
+    #[serde(with = "serde_bytes")]
     pub item: Vec<u8>,
 }
 
