@@ -219,7 +219,8 @@ async fn write_frame<T: serde::Serialize>(send: &mut SendStream, kind: FrameKind
             }
         }
     };
-    if let Err(e) = send.write_all(&bytes).await {
+    // Handed over whole: quinn queues the buffer itself instead of copying it.
+    if let Err(e) = send.write_chunk(bytes.into()).await {
         debug!(error = %e, "reply not delivered");
         return false;
     }

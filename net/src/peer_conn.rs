@@ -179,7 +179,8 @@ async fn serve_batch(shared: Arc<PeerShared>, peer: u64, mut send: SendStream, m
             return;
         }
     };
-    if let Err(e) = send.write_all(&bytes).await {
+    // Handed over whole: quinn queues the buffer itself instead of copying it.
+    if let Err(e) = send.write_chunk(bytes.into()).await {
         debug!(error = %e, "peer batch reply not delivered");
         return;
     }

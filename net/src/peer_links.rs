@@ -372,7 +372,8 @@ async fn exchange(shared: &PeerShared, conn: &Connection, frame: &PeerBatch) -> 
     let max = shared.limits.frame_bytes_max;
     let bytes = encode(FrameKind::PeerBatch, frame, max).map_err(|e| e.to_string())?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-    send.write_all(&bytes).await.map_err(|e| e.to_string())?;
+    // Handed over whole: quinn queues the buffer itself instead of copying it.
+    send.write_chunk(bytes.into()).await.map_err(|e| e.to_string())?;
     send.finish().map_err(|e| e.to_string())?;
     read_msg(&mut recv, FrameKind::PeerBatchReply, max)
         .await

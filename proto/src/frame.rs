@@ -90,12 +90,20 @@ pub enum FrameError {
 
 /// Encodes `msg` as one frame of `kind`.
 pub fn encode<T: Serialize>(kind: FrameKind, msg: &T, max: usize) -> Result<Vec<u8>, FrameError> {
-    let mut out = vec![0u8; FRAME_HEADER_BYTES];
-    out = postcard::to_extend(msg, out).map_err(|e| FrameError::Malformed(e.to_string()))?;
-    let len = out.len() - FRAME_HEADER_BYTES;
+    // Sized first (a pass that copies nothing), so an oversized message is refused before any
+    // allocation and the frame is written into one buffer instead of one grown by doubling.
+    let len = postcard::experimental::serialized_size(msg).map_err(|e| FrameError::Malformed(e.to_string()))?;
     if len > max {
         return Err(FrameError::TooLarge { len, max });
     }
+    let mut out = Vec::with_capacity(FRAME_HEADER_BYTES + len);
+    out.resize(FRAME_HEADER_BYTES, 0);
+    out = postcard::to_extend(msg, out).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    debug_assert_eq!(
+        out.len(),
+        FRAME_HEADER_BYTES + len,
+        "postcard's size pass and its output agree"
+    );
     // `len <= max <= u32::MAX` is checked by callers' limits (all well under 4 GiB).
     out[0..4].copy_from_slice(&(len as u32).to_le_bytes());
     out[4] = PROTOCOL_VERSION;
@@ -189,6 +197,20 @@ mod tests {
         let mut r = &h[..];
         let e = read_frame(&mut r, 1024).await.unwrap_err();
         assert!(matches!(e, FrameError::TooLarge { max: 1024, .. }), "{e}");
+    }
+
+    #[test]
+    fn encode_refuses_a_body_over_the_limit_and_fills_one_up_to_it() {
+        // A 1021-byte vector encodes as a 2-byte varint length and its bytes: 1023 body bytes.
+        let body = vec![7u8; 1021];
+        let frame = encode(FrameKind::Response, &body, 1023).unwrap();
+        assert_eq!(
+            (frame.len(), frame.capacity()),
+            (FRAME_HEADER_BYTES + 1023, FRAME_HEADER_BYTES + 1023)
+        );
+        assert_eq!(&frame[0..4], &1023u32.to_le_bytes());
+        let e = encode(FrameKind::Response, &body, 1022).unwrap_err();
+        assert!(matches!(e, FrameError::TooLarge { len: 1023, max: 1022 }), "{e}");
     }
 
     #[tokio::test]

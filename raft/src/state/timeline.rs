@@ -126,7 +126,9 @@ impl Timelines {
 
 /// The first `limit` items and whether another follows.
 fn take<T>(mut it: impl Iterator<Item = T>, limit: usize) -> (Vec<T>, bool) {
-    let entries: Vec<T> = it.by_ref().take(limit).collect();
+    // Sized from the iterator's lower bound (exact for a whole timeline), never beyond `limit`.
+    let mut entries = Vec::with_capacity(it.size_hint().0.min(limit));
+    entries.extend(it.by_ref().take(limit));
     let has_more = it.next().is_some();
     (entries, has_more)
 }
