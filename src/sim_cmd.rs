@@ -20,8 +20,8 @@ pub struct SimArgs {
     #[arg(long)]
     pub json: bool,
     /// Run the simulated nodes with a deliberate bug, to see the checkers catch it:
-    /// ack-before-fsync, stale-read, double-apply, half-follow or lease-too-long. Simulation
-    /// only: a production
+    /// ack-before-fsync, stale-read, double-apply, half-follow, lease-too-long or
+    /// lease-ignores-handover. Simulation only: a production
     /// node has no way to switch one on.
     #[arg(long)]
     pub canary: Option<String>,

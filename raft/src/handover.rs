@@ -27,6 +27,7 @@ use plexus_proto::NodeId;
 use tokio::time::Instant;
 
 use crate::replica::Replica;
+use crate::sim_hooks::Canary;
 use crate::wal::lock;
 
 /// How often a handover re-reads the replication progress while a follower catches up.
@@ -167,6 +168,10 @@ impl Replica {
     /// Whether a linearizable read may rely on the read lease now: no handover under way and
     /// none ended too recently (`end_handover`).
     pub(crate) fn lease_usable(&self) -> bool {
+        // The `LeaseIgnoresHandover` canary bug (simulation only) skips both checks.
+        if self.canary() == Some(Canary::LeaseIgnoresHandover) {
+            return true;
+        }
         if self.handing_over.load(Ordering::SeqCst) {
             return false;
         }

@@ -6,7 +6,7 @@
 //! through `plexus_actors::NodeSeams`; each canary is implemented at the real code point it
 //! breaks (`log_store` for `AckBeforeFsync`, `replica` and the gateway for `StaleRead`,
 //! `state::session` for `DoubleApply`, `state::graph` for `HalfFollow`, `replica` for
-//! `LeaseTooLong`).
+//! `LeaseTooLong`, `handover` for `LeaseIgnoresHandover`).
 //!
 //! What it is not: configuration. No config file, flag or environment variable reaches it; the
 //! production node (`plexus_actors::start_node`) always passes `SimHooks::default()`, which
@@ -36,6 +36,10 @@ pub enum Canary {
     /// the election timeout: a leader cut off from its peers goes on answering linearizable
     /// reads from its own state after another replica has been elected and has taken writes.
     LeaseTooLong,
+    /// A leader keeps using its read lease while it hands its group over and right after: the
+    /// transfer election skips the followers' lease, so the successor can be elected and take
+    /// writes while the old leader's lease still runs.
+    LeaseIgnoresHandover,
 }
 
 /// How many times too long the `LeaseTooLong` canary makes the read lease.
@@ -43,12 +47,13 @@ pub const LEASE_TOO_LONG_FACTOR: u64 = 20;
 
 impl Canary {
     /// Every canary, in a fixed order.
-    pub const ALL: [Canary; 5] = [
+    pub const ALL: [Canary; 6] = [
         Canary::AckBeforeFsync,
         Canary::StaleRead,
         Canary::DoubleApply,
         Canary::HalfFollow,
         Canary::LeaseTooLong,
+        Canary::LeaseIgnoresHandover,
     ];
 
     /// The name used on the command line (`plexus sim --canary NAME`).
@@ -59,6 +64,7 @@ impl Canary {
             Canary::DoubleApply => "double-apply",
             Canary::HalfFollow => "half-follow",
             Canary::LeaseTooLong => "lease-too-long",
+            Canary::LeaseIgnoresHandover => "lease-ignores-handover",
         }
     }
 

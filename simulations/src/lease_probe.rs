@@ -4,12 +4,19 @@
 //! still reach it (clients sit outside every partition), waits for another replica to win an
 //! election in a later term, appends a fresh entry to a probe timeline of that group through the
 //! new leader, and once that append is acknowledged asks the cut-off node for a linearizable
-//! read of the same timeline. A correct node cannot answer it from its own state: its lease
-//! (`read_lease_ms`, at most half the shortest election timeout) ran out before any voter of
-//! its quorum would stand, so it must confirm leadership with a quorum it cannot reach, and the
-//! read fails or is redirected. An answer that lacks the acknowledged entry is a stale
-//! linearizable read: a violation, which the `lease-too-long` canary (a lease twenty times as
-//! long) shows the probe catches.
+//! read of the same timeline. An answer that lacks the acknowledged entry is a stale
+//! linearizable read: a violation. It comes in two variants, one per rule the lease rests on:
+//!
+//! - isolation: the leader is cut off out of the blue, and its successor wins an ordinary
+//!   election. A correct lease (`read_lease_ms`, at most half the shortest election timeout)
+//!   ran out before any voter of its quorum would stand, so the cut-off node must confirm its
+//!   leadership with a quorum it cannot reach, and the read fails. The `lease-too-long` canary
+//!   (a lease twenty times as long) is what this variant catches.
+//! - handover: the leader hands the group to a follower (`hand_over_to`, as a graceful stop or
+//!   the balancer does), and is cut off the moment the follower stands. The transfer election
+//!   skips the followers' lease, so the successor may win and take writes while the old
+//!   leader's lease still runs: a correct leader stops using its lease for the handover and two
+//!   election timeouts after it. The `lease-ignores-handover` canary is what it catches.
 //!
 //! Why a fault of its own: the workload's reads are spread over every key, so a read that lands
 //! on a cut-off leader, for a key the new leader has just written, and after that write was
@@ -32,14 +39,17 @@ use crate::trace::Trace;
 pub const PROBE_OWNER_BASE: u64 = 1 << 40;
 /// Owner ids tried per probe to find one that maps to the probed group.
 pub const PROBE_OWNERS_TRIED_MAX: u64 = 1 << 16;
-/// How often the probe looks for the new leader, in milliseconds.
-const POLL: Duration = Duration::from_millis(10);
+/// How often the probe looks for its target standing (the old leader is cut off right after,
+/// before the candidate's vote request can reach it) and for the new leader (the old leader's
+/// lease, if it wrongly holds one, is running out meanwhile).
+const POLL: Duration = Duration::from_millis(1);
 /// Entries a probe read asks for: the acknowledged entry is the newest, so one is enough.
 const READ_PAGE_ENTRIES: u32 = 1;
 
-/// One probe: cuts off `node` from its peers until `deadline` (virtual time) and checks that it
-/// serves no stale linearizable read meanwhile. Heals the network before it returns. `n`
-/// numbers the probe within the run (it picks the probe timeline). Returns a violation, if any.
+/// One probe: cuts off `node` from its peers until `deadline` (virtual time), at once or (one
+/// probe in two) when the follower it hands a group to stands, and checks that it serves no
+/// stale linearizable read meanwhile. Heals the network before it returns. `n` numbers the
+/// probe within the run (it picks the probe timeline). Returns a violation, if any.
 pub async fn probe(
     cluster: &Cluster,
     node: u64,
@@ -48,7 +58,14 @@ pub async fn probe(
     rng: &mut StdRng,
     trace: &Trace,
 ) -> Option<String> {
-    let led = cluster.registry(node).map(|r| r.led_replicas()).unwrap_or_default();
+    let registry = cluster.registry(node)?;
+    // Shard groups only: the meta group holds no timelines to probe.
+    let shard_count = cluster.shard_count();
+    let led: Vec<_> = registry
+        .led_replicas()
+        .into_iter()
+        .filter(|r| r.status().shard < shard_count)
+        .collect();
     if led.is_empty() {
         trace.event(format_args!("fault lease probe skipped: node {node} leads no group"));
         return None;
@@ -56,20 +73,73 @@ pub async fn probe(
     let replica = &led[rng.gen_range(0..led.len())];
     let status = replica.status();
     let (group, term) = (status.shard, status.term);
-    trace.event(format_args!(
-        "fault lease probe: isolate node {node}, leader of group {group} in term {term}"
-    ));
+    let followers: Vec<u64> = status.replicas.iter().copied().filter(|r| *r != node).collect();
+    let handover_to =
+        (rng.gen_bool(0.5) && !followers.is_empty()).then(|| followers[rng.gen_range(0..followers.len())]);
+    let handover = match handover_to {
+        None => {
+            trace.event(format_args!(
+                "fault lease probe: isolate node {node}, leader of group {group} in term {term}"
+            ));
+            isolate(cluster, node);
+            None
+        }
+        Some(to) => {
+            trace.event(format_args!(
+                "fault lease probe: node {node}, leader of group {group} in term {term}, hands it to node {to}"
+            ));
+            let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let handing =
+                tokio::spawn(async move { plexus_actors::handover::hand_over_to(&registry, group, to, timeout).await });
+            if !standing(cluster, to, group, term, deadline, || handing.is_finished()).await {
+                trace.event(format_args!("fault lease probe: node {to} did not stand"));
+            }
+            trace.event(format_args!("fault lease probe: isolate node {node}"));
+            isolate(cluster, node);
+            Some(handing)
+        }
+    };
+    let violation = check(cluster, node, group, term, n, deadline, trace).await;
+    if let Some(handing) = handover {
+        // Bounded by its own timeout, which ends at `deadline`.
+        let moved = handing.await;
+        trace.event(format_args!("fault lease probe: handover -> {moved:?}"));
+    }
+    tokio::time::sleep_until(deadline).await;
+    cluster.net.heal();
+    trace.event(format_args!("fault heal"));
+    violation
+}
+
+/// Blocks every link between `node` and the other nodes, both ways.
+fn isolate(cluster: &Cluster, node: u64) {
     for other in cluster.ids() {
         if other != node {
             cluster.net.block(node, other);
             cluster.net.block(other, node);
         }
     }
-    let violation = check(cluster, node, group, term, n, deadline, trace).await;
-    tokio::time::sleep_until(deadline).await;
-    cluster.net.heal();
-    trace.event(format_args!("fault heal"));
-    violation
+}
+
+/// Waits, polling every `POLL` until `deadline` or until `over` holds (the handover
+/// ended), for `node`'s replica of `group` to reach a term after `term`: it stands for
+/// election. Whether it did.
+async fn standing(
+    cluster: &Cluster,
+    node: u64,
+    group: u32,
+    term: u64,
+    deadline: tokio::time::Instant,
+    over: impl Fn() -> bool,
+) -> bool {
+    while tokio::time::Instant::now() < deadline && !over() {
+        let replica = cluster.registry(node).and_then(|r| r.get(group));
+        if replica.is_some_and(|r| r.status().term > term) {
+            return true;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    false
 }
 
 /// The probe's work while `node` is cut off; see the module doc.
@@ -132,8 +202,8 @@ fn read_op(owner: u64) -> Op {
     })
 }
 
-/// The first node other than `old` found leading `group` in a term after `term`, polled until
-/// `deadline`.
+/// The first node other than `old` found leading `group` in a term after `term`, polled every
+/// `POLL` until `deadline`.
 async fn new_leader(cluster: &Cluster, old: u64, group: u32, term: u64, deadline: tokio::time::Instant) -> Option<u64> {
     while tokio::time::Instant::now() < deadline {
         let found = cluster.ids().into_iter().filter(|id| *id != old).find(|id| {

@@ -74,3 +74,8 @@ fn double_apply_answers_what_no_edge_history_explains() {
 fn lease_too_long_answers_a_stale_read_at_a_cut_off_leader() {
     caught_by(Canary::LeaseTooLong, "faults: lease probe: ");
 }
+
+#[test]
+fn lease_ignores_handover_answers_a_stale_read_after_a_transfer_election() {
+    caught_by(Canary::LeaseIgnoresHandover, "faults: lease probe: ");
+}
