@@ -161,6 +161,17 @@ impl Cluster {
         self.shard_count
     }
 
+    /// Blocks every link between `node` and the other nodes, both ways (clients still reach
+    /// it); `net.heal()` undoes it.
+    pub fn isolate(&self, node: u64) {
+        for other in self.ids() {
+            if other != node {
+                self.net.block(node, other);
+                self.net.block(other, node);
+            }
+        }
+    }
+
     /// Node ids, ascending.
     pub fn ids(&self) -> Vec<u64> {
         self.nodes.keys().copied().collect()

@@ -160,12 +160,7 @@ impl FaultSchedule {
                 }
                 Kind::Isolate => {
                     self.trace.event(format_args!("fault isolate node {node} for {hold:?}"));
-                    for other in cluster.ids() {
-                        if other != node {
-                            cluster.net.block(node, other);
-                            cluster.net.block(other, node);
-                        }
-                    }
+                    cluster.isolate(node);
                     tokio::time::sleep(hold).await;
                     cluster.net.heal();
                     self.trace.event(format_args!("fault heal"));

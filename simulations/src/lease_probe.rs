@@ -81,7 +81,7 @@ pub async fn probe(
             trace.event(format_args!(
                 "fault lease probe: isolate node {node}, leader of group {group} in term {term}"
             ));
-            isolate(cluster, node);
+            cluster.isolate(node);
             None
         }
         Some(to) => {
@@ -95,7 +95,7 @@ pub async fn probe(
                 trace.event(format_args!("fault lease probe: node {to} did not stand"));
             }
             trace.event(format_args!("fault lease probe: isolate node {node}"));
-            isolate(cluster, node);
+            cluster.isolate(node);
             Some(handing)
         }
     };
@@ -109,16 +109,6 @@ pub async fn probe(
     cluster.net.heal();
     trace.event(format_args!("fault heal"));
     violation
-}
-
-/// Blocks every link between `node` and the other nodes, both ways.
-fn isolate(cluster: &Cluster, node: u64) {
-    for other in cluster.ids() {
-        if other != node {
-            cluster.net.block(node, other);
-            cluster.net.block(other, node);
-        }
-    }
 }
 
 /// Waits, polling every `POLL` until `deadline` or until `over` holds (the handover
