@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# shellcheck disable=SC2154 # keep, stop_grace_secs, plexus_ready_secs and plexus come from the sourcing script
+# shellcheck disable=SC2154 # keep, stop_grace_secs, plexus_ready_secs, plexus, duration, concurrency and bench_slack_secs come from the sourcing script
 # Shared by the benchmark scripts (benches/*/run.sh); sourced, not run.
 #
 # The sourcing script sets `keep` (1: keep the temp dir), `stop_grace_secs` and
@@ -106,14 +106,36 @@ start_plexus() { # dir log: `plexus up --nodes 3` in dir, waits for `ready`; set
     setsid "$plexus" up --nodes 3 --dir "$dir" --base-port "$base_port" >"$uplog" 2>&1 </dev/null &
     up_pid=$!
     pids+=("$up_pid")
-    local deadline=$((SECONDS + plexus_ready_secs))
-    until grep -sv "not ready" "$uplog" | grep -q ready; do  # -s: the log may not exist yet
-        if ! kill -0 "$up_pid" 2>/dev/null; then
-            log "plexus up exited before ready"; tail -n 20 "$uplog" >&2; exit 1
+    await_ready "plexus up" "$up_pid" "$plexus_ready_secs" "$uplog" 0.3 plexus_up_ready "$uplog"
+}
+
+plexus_up_ready() { # uplog: whether `plexus up` has printed its ready line
+    grep -sv "not ready" "$1" | grep -q ready  # -s: the log may not exist yet
+}
+
+await_ready() { # what pid secs logfile pause check...: runs check every pause seconds until it
+    # succeeds; exits with the log's tail if pid dies first or secs pass
+    local what="$1" pid="$2" secs="$3" logfile="$4" pause="$5"
+    shift 5
+    local deadline=$((SECONDS + secs))
+    until "$@"; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            log "$what exited before it was ready"; tail -n 20 "$logfile" >&2; exit 1
         fi
         if ((SECONDS >= deadline)); then
-            log "plexus not ready after ${plexus_ready_secs}s"; tail -n 20 "$uplog" >&2; exit 1
+            log "$what not ready after ${secs}s"; tail -n 20 "$logfile" >&2; exit 1
         fi
-        sleep 0.3
+        sleep "$pause"
     done
+}
+
+plexus_bench() { # round workload args...: `plexus bench` against round's cluster, bounded;
+    # sets and prints plexus_json
+    local r="$1" workload="$2"
+    shift 2
+    bounded "$((duration + bench_slack_secs))" "$tmp/plexus-r$r.json" "$plexus" bench \
+        --config "$tmp/plexus-r$r/client.toml" --workload "$workload" --concurrency "$concurrency" \
+        --duration "$duration" --json "$@"
+    plexus_json="$(cat "$tmp/plexus-r$r.json")"
+    echo "plexus: $plexus_json"
 }

@@ -118,10 +118,7 @@ measure_plexus() { # round: a fresh 3-node plexus cluster, one measurement; sets
     log "round $r: starting plexus"
     start_plexus "$tmp/plexus-r$r" "$tmp/plexus-r$r-up.log"
     log "plexus ready; measuring writes: concurrency $concurrency, ${duration}s"
-    bounded "$((duration + bench_slack_secs))" "$tmp/plexus-r$r.json" "$plexus" bench \
-        --config "$tmp/plexus-r$r/client.toml" --workload write --concurrency "$concurrency" --duration "$duration" --json
-    plexus_json="$(cat "$tmp/plexus-r$r.json")"
-    echo "plexus: $plexus_json"
+    plexus_bench "$r" write
     stop_all
 }
 

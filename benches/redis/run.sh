@@ -85,6 +85,7 @@ awk -v n="$owners" -v per="$page" -v item="$item" 'BEGIN {
 }' >"$tmp/redis-fill.resp"
 
 rcli() { timeout 30 redis-cli -h 127.0.0.1 -p "$redis_port" "$@"; }
+redis_answers() { [[ "$(rcli ping 2>/dev/null)" == PONG ]]; }
 
 measure_redis() { # round: a fresh redis-server, filled, one measurement; sets redis_result
     local r="$1"
@@ -98,16 +99,7 @@ measure_redis() { # round: a fresh redis-server, filled, one measurement; sets r
         >/dev/null 2>&1 </dev/null &
     local redis_pid=$!
     pids+=("$redis_pid")
-    local deadline=$((SECONDS + redis_ready_secs))
-    until [[ "$(rcli ping 2>/dev/null)" == PONG ]]; do
-        if ! kill -0 "$redis_pid" 2>/dev/null; then
-            log "redis-server exited before answering"; tail -n 20 "$tmp/redis-r$r.log" >&2; exit 1
-        fi
-        if ((SECONDS >= deadline)); then
-            log "redis-server not answering after ${redis_ready_secs}s"; tail -n 20 "$tmp/redis-r$r.log" >&2; exit 1
-        fi
-        sleep 0.1
-    done
+    await_ready redis-server "$redis_pid" "$redis_ready_secs" "$tmp/redis-r$r.log" 0.1 redis_answers
 
     local t0
     t0="$(now)"
@@ -174,12 +166,8 @@ measure_plexus() { # round: a fresh 3-node plexus cluster, one measurement; sets
     log "plexus ready; filling $owners timelines with $page entries, then measuring reads: concurrency $concurrency, ${duration}s"
     local t0 t1
     t0="$(now)"
-    bounded "$((duration + bench_slack_secs))" "$tmp/plexus-r$r.json" "$plexus" bench \
-        --config "$tmp/plexus-r$r/client.toml" --workload read --concurrency "$concurrency" --duration "$duration" \
-        --owners "$owners" --item-bytes "$item_bytes" --json
+    plexus_bench "$r" read --owners "$owners" --item-bytes "$item_bytes"
     t1="$(now)"
-    plexus_json="$(cat "$tmp/plexus-r$r.json")"
-    echo "plexus: $plexus_json"
     # The JSON times only the reads; the rest of the client's run is connecting and filling.
     log "plexus bench ran $(awk -v a="$t0" -v b="$t1" -v d="$(json_field "$plexus_json" duration_secs)" \
         'BEGIN { printf "%.1fs, of which about %.1fs connecting and filling", b - a, b - a - d }')"
