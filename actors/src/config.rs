@@ -158,6 +158,11 @@ pub struct NodeConfig {
     /// fsync the WAL (never turn off outside benchmarks of the fsync cost itself).
     #[serde(default = "default_true")]
     pub fsync: bool,
+    /// Where to serve Prometheus metrics over plain HTTP (`GET /metrics`), for example
+    /// `"127.0.0.1:9464"`; unset = no metrics listener. Bind it to a private interface: it has
+    /// no TLS and no token.
+    #[serde(default)]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 fn default_shards() -> u32 {

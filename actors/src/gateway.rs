@@ -16,6 +16,7 @@ use plexus_raft::Command;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::Semaphore;
 
+use crate::metrics::{self, RequestMetrics};
 use crate::registry::Registry;
 
 /// Messages of the gateway actor.
@@ -117,6 +118,8 @@ pub struct Gateway {
     registry: Arc<Registry>,
     actor: ActorRef<GatewayMsg>,
     admission: Arc<Semaphore>,
+    in_flight_max: usize,
+    metrics: Arc<RequestMetrics>,
 }
 
 impl Gateway {
@@ -126,7 +129,19 @@ impl Gateway {
             registry,
             actor,
             admission: Arc::new(Semaphore::new(in_flight_max)),
+            in_flight_max,
+            metrics: Arc::new(RequestMetrics::default()),
         }
+    }
+
+    /// Requests answered so far, by kind, outcome and latency.
+    pub fn metrics(&self) -> &RequestMetrics {
+        &self.metrics
+    }
+
+    /// Requests admitted and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight_max.saturating_sub(self.admission.available_permits())
     }
 }
 
@@ -139,17 +154,23 @@ impl ClientHandler for Gateway {
     }
 
     fn handle(&self, req: Request) -> BoxFuture<'static, Response> {
+        // The runtime's clock, so that under the simulator's paused time latencies are virtual.
+        let arrived = tokio::time::Instant::now();
+        let kind = metrics::op_kind(&req.op);
+        let counters = self.metrics.clone();
         let permit = self.admission.clone().try_acquire_owned();
         let actor = self.actor.clone();
         Box::pin(async move {
-            let Ok(_permit) = permit else {
-                return Err(ErrorReply::Busy("node is at its in-flight request limit".into()));
+            let resp = match permit {
+                Err(_) => Err(ErrorReply::Busy("node is at its in-flight request limit".into())),
+                Ok(_permit) => match actor.call(|port| GatewayMsg::Handle(req, port), None).await {
+                    Ok(ractor::rpc::CallResult::Success(resp)) => resp,
+                    Ok(_) => Err(ErrorReply::Internal("gateway dropped the request".into())),
+                    Err(e) => Err(ErrorReply::Internal(format!("gateway unavailable: {e}"))),
+                },
             };
-            match actor.call(|port| GatewayMsg::Handle(req, port), None).await {
-                Ok(ractor::rpc::CallResult::Success(resp)) => resp,
-                Ok(_) => Err(ErrorReply::Internal("gateway dropped the request".into())),
-                Err(e) => Err(ErrorReply::Internal(format!("gateway unavailable: {e}"))),
-            }
+            counters.record(kind, metrics::outcome(&resp), arrived.elapsed());
+            resp
         })
     }
 }

@@ -13,6 +13,8 @@ pub mod clock;
 pub mod config;
 pub mod gateway;
 pub mod handover;
+pub mod metrics;
+pub mod metrics_http;
 pub mod node;
 pub mod peer;
 pub mod registry;

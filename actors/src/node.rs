@@ -230,6 +230,8 @@ pub struct NodeHandle {
     handover_timeout: Duration,
     /// The leader balancer (`crate::balance`), when `leader_balance_interval_ms` is not 0.
     balancer: Option<tokio::task::JoinHandle<()>>,
+    /// The metrics listener's address and task, when `metrics_addr` is set.
+    metrics: Option<(std::net::SocketAddr, tokio::task::JoinHandle<()>)>,
     _lock: std::fs::File,
 }
 
@@ -295,13 +297,53 @@ pub async fn start_node_with_clock(cfg: NodeConfig, clock: Arc<dyn Clock>) -> Re
             Duration::from_millis(cfg.raft.leader_balance_interval_ms),
         )
     });
+    let metrics = match cfg.metrics_addr {
+        Some(addr) => {
+            let (bound, task) = crate::metrics_http::serve(addr, metrics_source(&core, &endpoint))
+                .await
+                .map_err(|e| NodeError::Net(format!("metrics listener on {addr}: {e}")))?;
+            tracing::info!(addr = %bound, "serving metrics at /metrics");
+            Some((bound, task))
+        }
+        None => None,
+    };
     Ok(NodeHandle {
         registry: core.registry.clone(),
         endpoint,
         core,
         handover_timeout: Duration::from_millis(cfg.raft.handover_timeout_ms),
         balancer,
+        metrics,
         _lock: lock,
+    })
+}
+
+/// What the metrics listener renders on each scrape: a fresh snapshot of the node's figures.
+fn metrics_source(core: &NodeCore, endpoint: &NodeEndpoint) -> crate::metrics_http::Render {
+    let registry = core.registry.clone();
+    let gateway = core.gateway.clone();
+    let wal = core.wal.clone();
+    let links = endpoint.peer_links();
+    let client_conns = endpoint.client_connections();
+    Arc::new(move || {
+        let snap = crate::metrics::Snapshot {
+            node_id: registry.node_id,
+            replicas: registry.all().iter().map(Replica::status).collect(),
+            requests: gateway.metrics().read(),
+            requests_in_flight: gateway.in_flight() as u64,
+            client_connections: client_conns.load(std::sync::atomic::Ordering::Relaxed) as u64,
+            wal: wal.stats(),
+            peers: links.stats(),
+            scoring: registry.scoring().map(|pool| {
+                let st = pool.stats();
+                (
+                    st.batches.load(std::sync::atomic::Ordering::Relaxed),
+                    st.requests.load(std::sync::atomic::Ordering::Relaxed),
+                )
+            }),
+            process: crate::metrics::ProcessFigures::read(),
+        };
+        crate::metrics::render(&snap)
     })
 }
 
@@ -415,6 +457,11 @@ impl NodeHandle {
         self.endpoint.local_addr()
     }
 
+    /// Where the metrics listener is bound (with the real port when `metrics_addr` had port 0).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().map(|(addr, _)| *addr)
+    }
+
     /// Whether every hosted group has a known leader.
     pub fn all_groups_have_leaders(&self) -> bool {
         let hosted = self.registry.hosted_groups();
@@ -513,6 +560,9 @@ impl NodeHandle {
         // lets each node give up at once on groups that no other voter may take.
         futures::join!(self.announce_stopping(), self.hand_over_leadership());
         self.stop_led_groups().await;
+        if let Some((_, task)) = self.metrics.take() {
+            task.abort();
+        }
         self.endpoint.shutdown().await;
         self.core.shutdown().await;
     }

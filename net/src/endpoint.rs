@@ -185,6 +185,11 @@ impl NodeEndpoint {
         })
     }
 
+    /// The count of client connections being served, shared with the accept loop (for metrics).
+    pub fn client_connections(&self) -> Arc<AtomicUsize> {
+        self.client_conns.clone()
+    }
+
     /// The address the endpoint is bound to (with the real port when bound to port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr

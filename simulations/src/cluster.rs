@@ -131,6 +131,7 @@ impl Cluster {
                 wal_batch_linger_us: None,
                 wal_zero_ahead_bytes: None,
                 fsync: true,
+                metrics_addr: None,
             };
             let disk = SimDisk::new(params.seed ^ (salt::DISK + id), params.disk.clone());
             nodes.insert(

@@ -69,6 +69,7 @@ pub fn cluster_configs(
             wal_batch_linger_us: None,
             wal_zero_ahead_bytes: None,
             fsync,
+            metrics_addr: None,
         })
         .collect()
 }
