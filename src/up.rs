@@ -8,11 +8,12 @@
 //! nodes with SIGTERM (SIGKILL after a grace period).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use plexus_actors::NodeConfig;
 use plexus_client::{Client, ClientConfig};
 use plexus_net::certs::{make_ca, make_node_cert};
 use plexus_proto::NodeStatus;
@@ -53,6 +54,7 @@ struct NodeToml<'a> {
     replication: usize,
     tls: TlsToml,
     peers: &'a [NodeEntry],
+    metrics_addr: SocketAddr,
 }
 
 #[derive(Serialize)]
@@ -82,6 +84,14 @@ fn free_ports(base: u16, n: usize) -> CliResult<Vec<u16>> {
         port += 1;
     }
     Ok(out)
+}
+
+/// The first TCP port at or above `from` that is free on loopback and not in `taken`: a node's
+/// metrics listener goes on the TCP port with its QUIC (UDP) port's number when that is free.
+fn free_tcp_port(from: u16, taken: &[u16]) -> CliResult<u16> {
+    (from..u16::MAX)
+        .find(|p| !taken.contains(p) && TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .ok_or_else(|| format!("no free TCP port at or above {from} for a metrics listener"))
 }
 
 fn random_token() -> String {
@@ -130,7 +140,11 @@ fn create(args: &UpArgs) -> CliResult<ClusterFile> {
         let cert = make_node_cert(&ca, node.id, &[]).map_err(|e| e.to_string())?;
         write_pair(&certs, &format!("node-{}", node.id), &cert)?;
     }
+    let mut metrics_ports = Vec::new();
     for node in &cluster.nodes {
+        metrics_ports.push(free_tcp_port(node.addr.port(), &metrics_ports)?);
+    }
+    for (node, metrics_port) in cluster.nodes.iter().zip(&metrics_ports) {
         let dir = args.dir.join(format!("node-{}", node.id));
         std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         let cfg = NodeToml {
@@ -146,6 +160,7 @@ fn create(args: &UpArgs) -> CliResult<ClusterFile> {
                 node_key: format!("../certs/node-{}-key.pem", node.id),
             },
             peers: &cluster.nodes,
+            metrics_addr: SocketAddr::from(([127, 0, 0, 1], *metrics_port)),
         };
         write(
             &dir.join("node.toml"),
@@ -367,6 +382,17 @@ async fn supervise(args: &UpArgs, cluster: &ClusterFile, procs: &mut [NodeProc])
         started.elapsed().as_secs_f64(),
         client_toml.display()
     );
+    let metrics: Vec<String> = cluster
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            let cfg = NodeConfig::load(&args.dir.join(format!("node-{}", n.id)).join("node.toml")).ok()?;
+            Some(format!("node {} http://{}/metrics", n.id, cfg.metrics_addr?))
+        })
+        .collect();
+    if !metrics.is_empty() {
+        println!("metrics: {}", metrics.join(", "));
+    }
     if let Some(c) = client {
         c.close().await;
     }

@@ -30,6 +30,18 @@ async fn full_restart_keeps_all_data() {
     c.filter_add("seen", vec![b"a".to_vec(), b"b".to_vec()]).await.unwrap();
     let before: Vec<_> = futures_pages(&c).await;
     c.close().await;
+    // Every node serves Prometheus metrics on the address `plexus up` gave it. Each acknowledged
+    // write (30 appends, 9 follows, 1 filter add) was answered `ok` by one node (a retry can add
+    // more), and every node hosts all 5 groups (4 shards and the meta group) at replication 3.
+    let mut writes_ok = 0.0;
+    for id in 1..=3 {
+        let text = common::scrape_metrics(&dir, id);
+        writes_ok += common::metric(&text, r#"plexus_requests_total{op="write",outcome="ok"}"#).unwrap();
+        let groups = text.lines().filter(|l| l.starts_with("plexus_shard_term{")).count();
+        assert_eq!(groups, 5, "node {id} reports a term for each group it hosts");
+        assert!(common::metric(&text, "plexus_wal_fsyncs_total").unwrap() > 0.0);
+    }
+    assert!(writes_ok >= 40.0, "{writes_ok} writes counted ok, 40 acknowledged");
     up.stop();
 
     // Same directory, no size arguments: the same cluster comes back.

@@ -14,6 +14,7 @@ for i in 1 2 3; do
   cat > "$d/node.toml" <<TOML
 node_id = $i
 listen = "0.0.0.0:7401"
+metrics_addr = "0.0.0.0:9464"
 data_dir = "/var/lib/plexus"
 token = "$token"
 [tls]

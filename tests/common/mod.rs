@@ -116,3 +116,23 @@ pub async fn stale_read_at(client: &Client, addr: &str, shard: u32, op: ReadOp) 
         _ => None,
     }
 }
+
+/// Node `id`'s metrics text, fetched over HTTP from the `metrics_addr` in its node.toml.
+pub fn scrape_metrics(dir: &Path, id: u64) -> String {
+    use std::io::{Read, Write};
+    let cfg = plexus_actors::NodeConfig::load(&dir.join(format!("node-{id}/node.toml"))).expect("load node.toml");
+    let addr = cfg.metrics_addr.expect("plexus up gives every node a metrics_addr");
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics listener");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: node\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("read the metrics answer");
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    answer
+}
+
+/// The value of the metrics sample named exactly `series` (name and labels), if present.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
