@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use plexus_proto::{ErrorReply, Op, ReplicaStatus, Response};
+use plexus_raft::wal::FSYNC_BUCKETS_US;
 
 /// Kinds of client request, one label value each.
 pub const OP_KINDS: [&str; 4] = ["write", "read", "score", "admin"];
@@ -210,6 +211,25 @@ fn seconds(us: u64) -> String {
     format!("{}.{:06}", us / 1_000_000, us % 1_000_000)
 }
 
+/// Writes one histogram's samples: `counts` per bucket of `bounds_us` (not cumulative, the last
+/// one `+Inf`) and the summed microseconds. `labels` is empty or ends with a comma.
+fn histogram(out: &mut String, name: &str, labels: &str, bounds_us: &[u64], counts: &[u64], sum_us: u64) {
+    let mut cumulative = 0u64;
+    for (b, count) in counts.iter().enumerate() {
+        cumulative += count;
+        let le = bounds_us.get(b).map_or_else(|| "+Inf".to_string(), |&us| seconds(us));
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{le}\"}} {cumulative}");
+    }
+    let labels = labels.trim_end_matches(',');
+    let braces = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    };
+    let _ = writeln!(out, "{name}_sum{braces} {}", seconds(sum_us));
+    let _ = writeln!(out, "{name}_count{braces} {cumulative}");
+}
+
 /// Writes `snap` in Prometheus's text exposition format 0.0.4. Families are in a fixed order and
 /// samples within a family in label order, so equal snapshots render to equal bytes.
 pub fn render(snap: &Snapshot) -> String {
@@ -239,23 +259,14 @@ pub fn render(snap: &Snapshot) -> String {
         "Time from a request's arrival at the gateway to its answer, by op kind.",
     );
     for (k, kind) in OP_KINDS.iter().enumerate() {
-        let mut cumulative = 0u64;
-        for (b, count) in snap.requests.buckets[k].iter().enumerate() {
-            cumulative += count;
-            let le = LATENCY_BUCKETS_US
-                .get(b)
-                .map_or_else(|| "+Inf".to_string(), |&us| seconds(us));
-            let _ = writeln!(
-                o,
-                "plexus_request_duration_seconds_bucket{{op=\"{kind}\",le=\"{le}\"}} {cumulative}"
-            );
-        }
-        let _ = writeln!(
+        histogram(
             o,
-            "plexus_request_duration_seconds_sum{{op=\"{kind}\"}} {}",
-            seconds(snap.requests.sum_us[k])
+            "plexus_request_duration_seconds",
+            &format!("op=\"{kind}\","),
+            &LATENCY_BUCKETS_US,
+            &snap.requests.buckets[k],
+            snap.requests.sum_us[k],
         );
-        let _ = writeln!(o, "plexus_request_duration_seconds_count{{op=\"{kind}\"}} {cumulative}");
     }
     single(
         o,
@@ -343,6 +354,20 @@ pub fn render(snap: &Snapshot) -> String {
         "counter",
         "fdatasync calls on WAL segments.",
         w.fsyncs,
+    );
+    family(
+        o,
+        "plexus_wal_fsync_duration_seconds",
+        "histogram",
+        "Time one fdatasync of a WAL segment took.",
+    );
+    histogram(
+        o,
+        "plexus_wal_fsync_duration_seconds",
+        "",
+        &FSYNC_BUCKETS_US,
+        &w.fsync_buckets,
+        w.fsync_us,
     );
     single(
         o,
@@ -485,6 +510,8 @@ mod tests {
                 segments_created: 15,
                 segments_deleted: 16,
                 queued_requests: 17,
+                fsync_buckets: [1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+                fsync_us: 2_000_350,
             },
             peers: plexus_net::PeerStats {
                 msgs_sent: 20,

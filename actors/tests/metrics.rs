@@ -88,10 +88,10 @@ async fn a_node_counts_what_it_served_and_refuses_bad_scrapes_without_stopping()
         let series = format!("plexus_shard_leader{{shard=\"{shard}\"}}");
         assert_eq!(sample(&after, &series), Some(1.0), "{series}");
     }
-    assert!(
-        sample(&after, "plexus_wal_fsyncs_total").unwrap() >= 5.0,
-        "every write was fsynced"
-    );
+    let fsyncs = sample(&after, "plexus_wal_fsyncs_total").unwrap();
+    assert!(fsyncs >= 5.0, "every write was fsynced");
+    assert_eq!(sample(&after, "plexus_wal_fsync_duration_seconds_count"), Some(fsyncs));
+    assert!(sample(&after, "plexus_wal_fsync_duration_seconds_sum").unwrap() > 0.0);
     assert_eq!(sample(&after, "plexus_client_connections"), Some(1.0));
     assert!(sample(&after, "process_resident_memory_bytes").unwrap() > 0.0);
 

@@ -222,6 +222,9 @@ pub struct Recovered {
     pub torn_tail_bytes: u64,
 }
 
+/// Upper bounds of the fdatasync latency histogram's buckets, in microseconds (`+Inf` follows).
+pub const FSYNC_BUCKETS_US: [u64; 10] = [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 1_000_000];
+
 /// Counters since `open`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WalStats {
@@ -241,6 +244,11 @@ pub struct WalStats {
     pub segments_deleted: u64,
     /// Requests queued or being written right now.
     pub queued_requests: u64,
+    /// fdatasync calls per latency bucket of `FSYNC_BUCKETS_US`, not cumulative; the last is
+    /// `+Inf`. A disk whose syncs drift into the high buckets slows every write of the node.
+    pub fsync_buckets: [u64; FSYNC_BUCKETS_US.len() + 1],
+    /// Time spent in fdatasync, in microseconds.
+    pub fsync_us: u64,
 }
 
 /// Errors of the WAL and the snapshot store.
@@ -349,10 +357,26 @@ pub(crate) struct Counters {
     pub batches: AtomicU64,
     pub requests: AtomicU64,
     pub ops: AtomicU64,
-    pub fsyncs: AtomicU64,
+    /// fdatasync calls per latency bucket; their sum is the fsync count, so a snapshot's count
+    /// and histogram always agree.
+    pub fsync_buckets: [AtomicU64; FSYNC_BUCKETS_US.len() + 1],
+    pub fsync_us: AtomicU64,
     pub bytes: AtomicU64,
     pub segments_created: AtomicU64,
     pub segments_deleted: AtomicU64,
+}
+
+impl Counters {
+    /// Counts one fdatasync that took `took`.
+    pub fn record_fsync(&self, took: std::time::Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let bucket = FSYNC_BUCKETS_US
+            .iter()
+            .position(|&le| us <= le)
+            .unwrap_or(FSYNC_BUCKETS_US.len());
+        self.fsync_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.fsync_us.fetch_add(us, Ordering::Relaxed);
+    }
 }
 
 struct Inner {
@@ -529,15 +553,18 @@ impl Wal {
     pub fn stats(&self) -> WalStats {
         let c = &self.inner.counters;
         let free = self.inner.slots.available_permits();
+        let fsync_buckets = c.fsync_buckets.each_ref().map(|b| b.load(Ordering::Relaxed));
         WalStats {
             batches: c.batches.load(Ordering::Relaxed),
             requests: c.requests.load(Ordering::Relaxed),
             ops: c.ops.load(Ordering::Relaxed),
-            fsyncs: c.fsyncs.load(Ordering::Relaxed),
+            fsyncs: fsync_buckets.iter().sum(),
             bytes: c.bytes.load(Ordering::Relaxed),
             segments_created: c.segments_created.load(Ordering::Relaxed),
             segments_deleted: c.segments_deleted.load(Ordering::Relaxed),
             queued_requests: self.inner.queue_requests_max.saturating_sub(free) as u64,
+            fsync_buckets,
+            fsync_us: c.fsync_us.load(Ordering::Relaxed),
         }
     }
 

@@ -141,6 +141,9 @@ async fn concurrent_appends_of_50_groups_share_fsyncs_and_recover_exactly() {
     let stats = wal.stats();
     assert_eq!(stats.requests, 50 * APPENDS_PER_GROUP);
     assert_eq!(stats.fsyncs, stats.batches);
+    // Every fsync lands in exactly one latency bucket, and took some time.
+    assert_eq!(stats.fsync_buckets.iter().sum::<u64>(), stats.fsyncs);
+    assert!(stats.fsync_us > 0);
     // Each task waits for its own fsync before appending again, so while one batch is being
     // synced the other groups' appends pile up and share the next fsync.
     assert!(
@@ -624,4 +627,20 @@ fn invalid_options_are_refused() {
     ] {
         assert!(matches!(Wal::open(dir.path(), bad), Err(WalError::InvalidOptions(_))));
     }
+}
+
+#[test]
+fn fsync_latencies_land_in_the_first_bucket_that_holds_them() {
+    let c = Counters::default();
+    for us in [0, 100, 101, 1_000_000, 1_000_001] {
+        c.record_fsync(std::time::Duration::from_micros(us));
+    }
+    let buckets: Vec<u64> = c.fsync_buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+    let mut want = vec![0u64; FSYNC_BUCKETS_US.len() + 1];
+    want[0] = 2; // 0 and 100 µs: bounds are inclusive
+    want[1] = 1; // 101 µs
+    want[FSYNC_BUCKETS_US.len() - 1] = 1; // exactly 1 s
+    want[FSYNC_BUCKETS_US.len()] = 1; // over 1 s: +Inf
+    assert_eq!(buckets, want);
+    assert_eq!(c.fsync_us.load(Ordering::Relaxed), 100 + 101 + 1_000_000 + 1_000_001);
 }
