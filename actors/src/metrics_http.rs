@@ -29,12 +29,17 @@ pub const METRICS_WRITE_TIMEOUT_MS: u64 = 10_000;
 /// Renders the current metrics text.
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
-/// Binds `addr` and serves `render`'s text until the returned task is aborted.
-pub async fn serve(addr: SocketAddr, render: Render) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+/// Binds `addr` and says where it is bound (the real port when `addr`'s was 0). A node does this
+/// before it starts anything else, so a taken port fails the start cleanly.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let task = tokio::spawn(accept_loop(listener, render));
-    Ok((local, task))
+    Ok((listener, local))
+}
+
+/// Serves `render`'s text on `listener` until the returned task is aborted.
+pub fn serve(listener: TcpListener, render: Render) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(accept_loop(listener, render))
 }
 
 async fn accept_loop(listener: TcpListener, render: Render) {

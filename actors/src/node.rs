@@ -261,6 +261,14 @@ pub async fn start_node(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
 /// Starts a node with an explicit clock.
 pub async fn start_node_with_clock(cfg: NodeConfig, clock: Arc<dyn Clock>) -> Result<NodeHandle, NodeError> {
     let lock = lock_data_dir(&cfg.data_dir)?;
+    let metrics_listener = match cfg.metrics_addr {
+        Some(addr) => Some(
+            crate::metrics_http::bind(addr)
+                .await
+                .map_err(|e| NodeError::Net(format!("metrics listener on {addr}: {e}")))?,
+        ),
+        None => None,
+    };
     let tls = TlsMaterial::from_pem_files(&cfg.tls.ca_cert, &cfg.tls.node_cert, &cfg.tls.node_key)
         .map_err(|e| NodeError::Tls(e.to_string()))?;
     let endpoint = NodeEndpoint::bind(cfg.node_id, cfg.listen, &tls, cfg.token.clone(), NetLimits::default())
@@ -297,16 +305,13 @@ pub async fn start_node_with_clock(cfg: NodeConfig, clock: Arc<dyn Clock>) -> Re
             Duration::from_millis(cfg.raft.leader_balance_interval_ms),
         )
     });
-    let metrics = match cfg.metrics_addr {
-        Some(addr) => {
-            let (bound, task) = crate::metrics_http::serve(addr, metrics_source(&core, &endpoint))
-                .await
-                .map_err(|e| NodeError::Net(format!("metrics listener on {addr}: {e}")))?;
-            tracing::info!(addr = %bound, "serving metrics at /metrics");
-            Some((bound, task))
-        }
-        None => None,
-    };
+    let metrics = metrics_listener.map(|(listener, bound)| {
+        tracing::info!(addr = %bound, "serving metrics at /metrics");
+        (
+            bound,
+            crate::metrics_http::serve(listener, metrics_source(&core, &endpoint)),
+        )
+    });
     Ok(NodeHandle {
         registry: core.registry.clone(),
         endpoint,

@@ -149,3 +149,20 @@ async fn a_node_counts_what_it_served_and_refuses_bad_scrapes_without_stopping()
         "the listener is closed by shutdown"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_metrics_port_fails_the_start_with_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut cfg = common::single_node_config(tmp.path(), 1, common::quick_timings());
+    cfg.metrics_addr = Some(taken.local_addr().unwrap());
+    let err = match start_node(cfg.clone()).await {
+        Ok(_) => panic!("a node started on a metrics port that another socket holds"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("metrics listener on 127.0.0.1:"), "{err}");
+    // Nothing was left holding the data directory: with the port free the same config starts.
+    drop(taken);
+    let node = start_node(cfg).await.expect("starts once the port is free");
+    node.shutdown().await;
+}
