@@ -36,10 +36,11 @@ async fn full_restart_keeps_all_data() {
     let mut writes_ok = 0.0;
     for id in 1..=3 {
         let text = common::scrape_metrics(&dir, id);
-        writes_ok += common::metric(&text, r#"plexus_requests_total{op="write",outcome="ok"}"#).unwrap();
+        writes_ok +=
+            plexus_actors::metrics::sample(&text, r#"plexus_requests_total{op="write",outcome="ok"}"#).unwrap();
         let groups = text.lines().filter(|l| l.starts_with("plexus_shard_term{")).count();
         assert_eq!(groups, 5, "node {id} reports a term for each group it hosts");
-        assert!(common::metric(&text, "plexus_wal_fsyncs_total").unwrap() > 0.0);
+        assert!(plexus_actors::metrics::sample(&text, "plexus_wal_fsyncs_total").unwrap() > 0.0);
     }
     assert!(writes_ok >= 40.0, "{writes_ok} writes counted ok, 40 acknowledged");
     up.stop();

@@ -463,6 +463,13 @@ pub fn render(snap: &Snapshot) -> String {
     out
 }
 
+/// The value of the sample named exactly `series` (metric name and labels as `render` writes
+/// them) in rendered metrics text, if present: for tests and tools that read a scrape back.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

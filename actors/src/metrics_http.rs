@@ -75,7 +75,7 @@ async fn accept_loop(listener: TcpListener, render: Render) {
 
 /// What a request head asks for.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Parsed {
+enum Parsed {
     /// `GET` or `HEAD` (`head_only`) of `/metrics` (query strings ignored).
     Metrics {
         /// `HEAD`: headers only.
@@ -90,7 +90,7 @@ pub enum Parsed {
 }
 
 /// Parses a request head's first line.
-pub fn parse_request_line(head: &[u8]) -> Parsed {
+fn parse_request_line(head: &[u8]) -> Parsed {
     let line_end = head
         .iter()
         .position(|&b| b == b'\r' || b == b'\n')

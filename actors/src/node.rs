@@ -17,6 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -336,15 +337,12 @@ fn metrics_source(core: &NodeCore, endpoint: &NodeEndpoint) -> crate::metrics_ht
             replicas: registry.all().iter().map(Replica::status).collect(),
             requests: gateway.metrics().read(),
             requests_in_flight: gateway.in_flight() as u64,
-            client_connections: client_conns.load(std::sync::atomic::Ordering::Relaxed) as u64,
+            client_connections: client_conns.load(Ordering::Relaxed) as u64,
             wal: wal.stats(),
             peers: links.stats(),
             scoring: registry.scoring().map(|pool| {
                 let st = pool.stats();
-                (
-                    st.batches.load(std::sync::atomic::Ordering::Relaxed),
-                    st.requests.load(std::sync::atomic::Ordering::Relaxed),
-                )
+                (st.batches.load(Ordering::Relaxed), st.requests.load(Ordering::Relaxed))
             }),
             process: crate::metrics::ProcessFigures::read(),
         };

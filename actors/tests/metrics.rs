@@ -7,6 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use plexus_actors::metrics::sample;
 use plexus_actors::metrics_http::{METRICS_CONNS_MAX, METRICS_HEAD_BYTES_MAX};
 use plexus_actors::start_node;
 use plexus_proto::Cursor;
@@ -30,12 +31,6 @@ async fn scrape(addr: SocketAddr) -> String {
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
     assert!(answer.contains("Content-Type: text/plain; version=0.0.4"), "{answer}");
     answer
-}
-
-/// The value of the sample named exactly `series` (name and labels).
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

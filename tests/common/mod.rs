@@ -130,9 +130,3 @@ pub fn scrape_metrics(dir: &Path, id: u64) -> String {
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
     answer
 }
-
-/// The value of the metrics sample named exactly `series` (name and labels), if present.
-pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
