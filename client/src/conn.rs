@@ -167,7 +167,7 @@ impl Pool {
         if let Some(ep) = &eps[i] {
             return Ok(ep.clone());
         }
-        let ep = quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect {
+        let ep = client_endpoint(bind).map_err(|e| ClientError::Connect {
             addr: bind.to_string(),
             reason: format!("bind udp socket: {e}"),
         })?;
@@ -209,6 +209,36 @@ impl Pool {
             }
         }
     }
+}
+
+/// Requested size of the client's UDP socket buffers, in bytes. Every node connection shares one
+/// socket, and the replies of many nodes arrive in bursts that overflow the kernel's default
+/// (about 208 KiB); each dropped datagram costs a QUIC loss detection and resend. The kernel caps
+/// the size at `net.core.rmem_max` / `wmem_max`.
+pub const UDP_SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+/// A client endpoint on a UDP socket with `UDP_SOCKET_BUFFER_BYTES` buffers where the kernel allows.
+fn client_endpoint(bind: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        udp_socket(bind)?,
+        Arc::new(quinn::TokioRuntime),
+    )
+}
+
+fn udp_socket(bind: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(bind),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    // Best effort: the kernel caps the sizes at its `net.core.*mem_max` without an error, and a
+    // smaller buffer only means more drops under bursts.
+    let _ = socket.set_recv_buffer_size(UDP_SOCKET_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(UDP_SOCKET_BUFFER_BYTES);
+    socket.bind(&bind.into())?;
+    Ok(socket.into())
 }
 
 /// rustls + quinn client settings that trust only the cluster CA and speak the client ALPN.
@@ -277,5 +307,23 @@ fn frame_err(addr: &str, e: FrameError) -> ClientError {
         FrameError::Io(io) => lost(addr, io),
         FrameError::Closed => lost(addr, "stream ended before a response"),
         other => ClientError::Protocol(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_socket_gets_the_largest_receive_buffer_the_kernel_allows() {
+        let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let socket = udp_socket((Ipv4Addr::LOCALHOST, 0).into()).unwrap();
+        let granted = socket2::SockRef::from(&socket).recv_buffer_size().unwrap();
+        // Linux grants min(wanted, rmem_max) and reports twice that.
+        let floor = UDP_SOCKET_BUFFER_BYTES.min(rmem_max);
+        assert!(granted >= floor, "granted {granted} bytes, want at least {floor}");
     }
 }

@@ -173,7 +173,13 @@ impl NodeEndpoint {
         // `set_max_concurrent_bi_streams` raises the limit afterwards.
         let server = tls::server_config(tls, tls::transport(1, limits.idle_timeout_ms)?)?;
         let dial = tls::peer_client_config(tls, tls::transport(limits.peer_streams_max, limits.idle_timeout_ms)?)?;
-        let endpoint = quinn::Endpoint::server(server, listen)?;
+        let socket = udp_socket(listen)?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
         let local_addr = endpoint.local_addr()?;
         info!(node = node_id, %local_addr, "endpoint bound");
         Ok(Self {
@@ -307,4 +313,57 @@ async fn accept_peer(shared: Arc<PeerShared>, conn: Connection) {
     let span = tracing::info_span!("peer_conn", node = shared.node_id, peer, conn = conn.stable_id());
     info!(peer, "peer connected");
     serve_peer_conn(shared, conn, peer).instrument(span).await;
+}
+
+/// Requested size of the UDP socket's kernel send and receive buffers, in bytes. Every client
+/// and peer connection of a node shares one socket; the kernel's default (about 208 KiB) drops
+/// datagrams under bursts of replies, each drop costing a QUIC loss detection and resend. The
+/// kernel caps the size at `net.core.rmem_max` / `wmem_max`.
+pub const UDP_SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+/// The endpoint's UDP socket, bound to `listen`, with `UDP_SOCKET_BUFFER_BYTES` buffers where the
+/// kernel allows (it says at start-up when it does not).
+fn udp_socket(listen: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(listen),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    // Linux caps both sizes at its `net.core.*mem_max` without an error and reports back twice
+    // what it granted, so what it granted is read back.
+    let _ = socket.set_recv_buffer_size(UDP_SOCKET_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(UDP_SOCKET_BUFFER_BYTES);
+    let granted = socket.recv_buffer_size().unwrap_or(0);
+    if granted < UDP_SOCKET_BUFFER_BYTES {
+        info!(
+            granted_bytes = granted,
+            wanted_bytes = UDP_SOCKET_BUFFER_BYTES,
+            "udp receive buffer capped by the kernel; raise net.core.rmem_max and wmem_max to avoid drops under load"
+        );
+    }
+    socket.bind(&listen.into())?;
+    Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel's cap on socket receive buffers, in bytes.
+    fn rmem_max() -> usize {
+        std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn the_udp_socket_gets_the_largest_receive_buffer_the_kernel_allows() {
+        let socket = udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let granted = socket2::SockRef::from(&socket).recv_buffer_size().unwrap();
+        // Linux grants min(wanted, rmem_max) and reports twice that.
+        let floor = UDP_SOCKET_BUFFER_BYTES.min(rmem_max());
+        assert!(granted >= floor, "granted {granted} bytes, want at least {floor}");
+        assert!(socket.local_addr().unwrap().port() != 0);
+    }
 }
