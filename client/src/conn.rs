@@ -217,14 +217,18 @@ impl Pool {
 /// the size at `net.core.rmem_max` / `wmem_max`.
 pub const UDP_SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
+/// Largest UDP payload the client accepts and that path MTU discovery tries to reach, in bytes:
+/// a node's default (`udp_payload_bytes_max`, see plexus-net), which puts a 50-entry timeline page
+/// in one datagram on loopback or jumbo frames. Paths with a smaller MTU settle below it.
+pub const UDP_PAYLOAD_BYTES_MAX: u16 = 4096;
+
 /// A client endpoint on a UDP socket with `UDP_SOCKET_BUFFER_BYTES` buffers where the kernel allows.
 fn client_endpoint(bind: SocketAddr) -> std::io::Result<quinn::Endpoint> {
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        udp_socket(bind)?,
-        Arc::new(quinn::TokioRuntime),
-    )
+    let mut config = quinn::EndpointConfig::default();
+    config
+        .max_udp_payload_size(UDP_PAYLOAD_BYTES_MAX)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    quinn::Endpoint::new(config, None, udp_socket(bind)?, Arc::new(quinn::TokioRuntime))
 }
 
 fn udp_socket(bind: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
@@ -263,6 +267,9 @@ fn quic_client_config(ca_pem: &str) -> Result<quinn::ClientConfig, ClientError> 
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(Duration::from_millis(KEEP_ALIVE_MS)));
     transport.max_idle_timeout(Some(VarInt::from_u32(IDLE_TIMEOUT_MS).into()));
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(UDP_PAYLOAD_BYTES_MAX);
+    transport.mtu_discovery_config(Some(mtu));
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)

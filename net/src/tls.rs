@@ -20,6 +20,7 @@ use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::endpoint::NetLimits;
 use crate::error::NetError;
 
 /// The PEM material a node needs: the cluster CA certificate and its own certificate and key.
@@ -96,14 +97,17 @@ fn tls_err(e: impl std::fmt::Display) -> NetError {
 }
 
 /// The QUIC transport settings shared by both sides of a connection.
-pub(crate) fn transport(bidi_streams_max: u32, idle_timeout_ms: u64) -> Result<TransportConfig, NetError> {
+pub(crate) fn transport(bidi_streams_max: u32, limits: &NetLimits) -> Result<TransportConfig, NetError> {
     let mut t = TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(bidi_streams_max));
     // Nothing in the protocol uses unidirectional streams or datagrams: refuse them.
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     t.datagram_receive_buffer_size(None);
-    let idle = IdleTimeout::try_from(Duration::from_millis(idle_timeout_ms)).map_err(tls_err)?;
+    let idle = IdleTimeout::try_from(Duration::from_millis(limits.idle_timeout_ms)).map_err(tls_err)?;
     t.max_idle_timeout(Some(idle));
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(limits.udp_payload_bytes_max);
+    t.mtu_discovery_config(Some(mtu));
     Ok(t)
 }
 

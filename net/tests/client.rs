@@ -4,7 +4,9 @@
 mod common;
 
 use common::*;
-use plexus_net::{NetLimits, CLOSE_BAD_HELLO, CLOSE_TOO_MANY_CONNS, CLOSE_UNAUTHORIZED};
+use std::sync::Arc;
+
+use plexus_net::{NetLimits, CLOSE_BAD_HELLO, CLOSE_TOO_MANY_CONNS, CLOSE_UNAUTHORIZED, SERVER_NAME};
 use plexus_proto::frame::encode;
 use plexus_proto::{ErrorReply, FrameKind, HelloOk, Reply, ShardMap, PROTOCOL_VERSION};
 
@@ -56,6 +58,39 @@ async fn hello_with_the_right_token_then_requests() {
     for (i, a) in answers.into_iter().enumerate() {
         assert_eq!(a, Ok(Reply::Count(i as u64)));
     }
+    n.shutdown().await;
+}
+
+/// The node accepts UDP payloads up to `udp_payload_bytes_max` (quinn's default is 1472), so path
+/// MTU discovery from a client that allows as much climbs past Ethernet's 1452 on loopback.
+#[tokio::test]
+async fn mtu_discovery_climbs_past_ethernet_size_on_loopback() {
+    let ca = fresh_ca("mtu");
+    let limits = NetLimits::default();
+    assert!(limits.udp_payload_bytes_max > 1472);
+    let (n, _) = node(7, &material(&ca, 7), limits.clone());
+    let ep = client_endpoint(&ca.cert_pem, plexus_proto::ALPN_CLIENT, None);
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(limits.udp_payload_bytes_max);
+    let mut transport = quinn::TransportConfig::default();
+    transport.mtu_discovery_config(Some(mtu));
+    let mut cfg = client_config(&ca.cert_pem, plexus_proto::ALPN_CLIENT);
+    cfg.transport_config(Arc::new(transport));
+    let conn = ep
+        .connect_with(cfg, n.local_addr(), SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(hello(&conn, TOKEN).await.is_ok());
+    // Round trips, not sleeps, give discovery its probes; on loopback it needs a handful.
+    let mut rounds = 0;
+    while conn.stats().path.current_mtu <= 1472 && rounds < 2_000 {
+        assert_eq!(call(&conn, &request(1)).await, Ok(Reply::Count(1)));
+        rounds += 1;
+    }
+    let current = conn.stats().path.current_mtu;
+    assert!(current > 1472, "mtu still {current} after {rounds} round trips");
+    assert!(current <= limits.udp_payload_bytes_max, "mtu {current}");
     n.shutdown().await;
 }
 
