@@ -71,6 +71,29 @@ impl Up {
     }
 }
 
+/// How long a test that failed waits for its cluster to stop before killing `plexus up`.
+const STOP_ON_PANIC_WAIT: Duration = Duration::from_secs(30);
+
+/// A test that panics with its cluster up still stops it: left running, the nodes would keep
+/// the test's output pipe open and hang whatever reads it (CI included).
+impl Drop for Up {
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        signal(self.child.id(), "TERM");
+        let deadline = std::time::Instant::now() + STOP_ON_PANIC_WAIT;
+        while matches!(self.child.try_wait(), Ok(None)) {
+            if std::time::Instant::now() >= deadline {
+                let _ = self.child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.wait();
+    }
+}
+
 /// Sends a signal with kill(1).
 pub fn signal(pid: u32, sig: &str) {
     let st = Command::new("kill")
