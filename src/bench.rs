@@ -11,12 +11,14 @@ use plexus_proto::Cursor;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
-use crate::cli::{runtime, BenchArgs, CliResult, Workload};
+use crate::cli::{BenchArgs, CliResult, Workload};
 
 /// Entries per timeline read page, and per owner filled before a read run.
 const READ_PAGE: u32 = 50;
 /// Largest concurrency accepted (each is a task and an in-flight request).
 const CONCURRENCY_MAX: usize = 4_096;
+/// Most runtime threads `--client-threads` accepts.
+const CLIENT_THREADS_MAX: usize = 64;
 
 fn new_hist() -> CliResult<Histogram<u64>> {
     Histogram::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())
@@ -56,7 +58,17 @@ pub fn run(args: BenchArgs) -> CliResult {
     if args.owners == 0 {
         return Err("--owners must be at least 1".into());
     }
-    runtime()?.block_on(async move {
+    if args.client_threads == 0 || args.client_threads > CLIENT_THREADS_MAX {
+        return Err(format!("--client-threads must be in 1..={CLIENT_THREADS_MAX}"));
+    }
+    let runtime = match args.client_threads {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    };
+    runtime.map_err(|e| format!("tokio runtime: {e}"))?.block_on(async move {
         let cfg = ClientConfig::load(&args.client.config).map_err(|e| format!("{}: {e}", args.client.config.display()))?;
         let cfg = ClientConfig { in_flight_max: args.concurrency.max(cfg.in_flight_max), ..cfg };
         let client = Client::connect(cfg).await.map_err(|e| format!("connect: {e}"))?;

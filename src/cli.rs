@@ -220,6 +220,11 @@ pub struct BenchArgs {
     /// Item size in bytes for writes.
     #[arg(long, default_value_t = 64)]
     pub item_bytes: usize,
+    /// Runtime threads of the benchmark client. 1 (the default) runs the client and every
+    /// request loop on one thread, like redis-benchmark and the etcd driver: a load generator
+    /// that shares a small machine with the nodes then does not wake a second thread per reply.
+    #[arg(long, default_value_t = 1)]
+    pub client_threads: usize,
     #[command(flatten)]
     pub client: ClientOpts,
 }

@@ -99,6 +99,35 @@ async fn full_restart_keeps_all_data() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     c.close().await;
+
+    // `plexus bench` drives the restarted cluster on one client thread (its default) and on two,
+    // and refuses a thread count of zero before it connects.
+    let config = dir.join("client.toml");
+    let bench = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_plexus"))
+            .arg("bench")
+            .arg("--config")
+            .arg(&config)
+            .args(["--concurrency", "4", "--duration", "1", "--owners", "3", "--json"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    for extra in [
+        &["--workload", "read"][..],
+        &["--workload", "write", "--client-threads", "2"],
+    ] {
+        let out = bench(extra);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "bench {extra:?}: {stderr}");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(report["ops"].as_u64().unwrap() > 0, "bench {extra:?}: {report}");
+        assert_eq!(report["errors"], 0, "bench {extra:?}: {report}");
+    }
+    let out = bench(&["--workload", "read", "--client-threads", "0"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--client-threads must be in 1..=64"), "{stderr}");
     up.stop();
 }
 

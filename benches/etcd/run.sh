@@ -2,7 +2,8 @@
 # Replicated-write throughput of plexus against etcd, measured on this machine in
 # one run, printed as a ratio (see README.md beside this file).
 #
-#   benches/etcd/run.sh [--concurrency C] [--duration SECS] [--rounds N] [--etcd-only] [--keep]
+#   benches/etcd/run.sh [--concurrency C] [--duration SECS] [--rounds N] [--client-threads T]
+#                       [--etcd-only] [--keep]
 #
 # Both systems run 3 members on 127.0.0.1 with fsync on: etcd fsyncs its WAL on
 # every commit by default and this script does not pass --unsafe-no-fsync; plexus
@@ -10,6 +11,8 @@
 # values for SECS seconds, then is stopped before the other starts. With --rounds N
 # (default 1) the pair is measured N times, alternating, each time on fresh
 # clusters, and the median of the N ratios is reported (shared machines are noisy).
+# Both load generators run on T runtime threads (default 1: one thread, like
+# redis-benchmark; see README.md for the figures with 2).
 #
 # Environment: CARGO_TARGET_DIR (driver build dir only; default benches/etcd/driver/target),
 # PLEXUS_BIN (use this plexus binary instead of building target/release/plexus).
@@ -18,6 +21,7 @@ set -euo pipefail
 concurrency=64
 duration=10
 rounds=1
+client_threads=1
 etcd_only=0
 keep=0
 while [[ $# -gt 0 ]]; do
@@ -25,15 +29,17 @@ while [[ $# -gt 0 ]]; do
         --concurrency) concurrency="${2:?--concurrency needs a value}"; shift 2 ;;
         --duration) duration="${2:?--duration needs a value}"; shift 2 ;;
         --rounds) rounds="${2:?--rounds needs a value}"; shift 2 ;;
+        --client-threads) client_threads="${2:?--client-threads needs a value}"; shift 2 ;;
         --etcd-only) etcd_only=1; shift ;;
         --keep) keep=1; shift ;;
-        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
 [[ "$concurrency" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: --concurrency must be a positive integer" >&2; exit 2; }
 [[ "$duration" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: --duration must be a positive integer" >&2; exit 2; }
 [[ "$rounds" =~ ^[1-9][0-9]*$ && "$rounds" -le 20 ]] || { echo "run.sh: --rounds must be an integer from 1 to 20" >&2; exit 2; }
+[[ "$client_threads" =~ ^[1-9][0-9]*$ && "$client_threads" -le 64 ]] || { echo "run.sh: --client-threads must be an integer from 1 to 64" >&2; exit 2; }
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -106,7 +112,7 @@ measure_etcd() { # round: a fresh 3-member etcd, one measurement; sets etcd_json
     done
     log "etcd healthy; measuring writes: concurrency $concurrency, ${duration}s"
     bounded "$((duration + bench_slack_secs))" "$tmp/etcd-r$r.json" "$driver" --endpoints "$endpoints" \
-        --concurrency "$concurrency" --duration "$duration"
+        --concurrency "$concurrency" --duration "$duration" --threads "$client_threads"
     etcd_json="$(cat "$tmp/etcd-r$r.json")"
     echo "etcd:   $etcd_json"
     stop_all
@@ -118,7 +124,7 @@ measure_plexus() { # round: a fresh 3-node plexus cluster, one measurement; sets
     log "round $r: starting plexus"
     start_plexus "$tmp/plexus-r$r" "$tmp/plexus-r$r-up.log"
     log "plexus ready; measuring writes: concurrency $concurrency, ${duration}s"
-    plexus_bench "$r" write
+    plexus_bench "$r" write --client-threads "$client_threads"
     stop_all
 }
 

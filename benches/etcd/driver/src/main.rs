@@ -27,6 +27,8 @@ use crate::load::{run_load, wait_ready, LoadSpec};
 /// Largest concurrency accepted (each is a task with one put in flight), the same
 /// limit as `plexus bench`.
 const CONCURRENCY_MAX: usize = 4_096;
+/// Most runtime worker threads accepted, the same limit as `plexus bench --client-threads`.
+const THREADS_MAX: usize = 64;
 /// Largest value size accepted, in bytes; etcd's default request limit is 1.5 MiB.
 const VALUE_BYTES_MAX: usize = 1 << 20;
 
@@ -89,6 +91,10 @@ struct Args {
     /// Per-request deadline in milliseconds; a put past it counts as an error.
     #[arg(long, default_value_t = 5_000)]
     request_timeout_ms: u64,
+    /// Runtime worker threads of the driver: 1 runs everything on one thread (like
+    /// `plexus bench --client-threads 1`, its default).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
 }
 
 fn validate(args: &Args) -> Result<(), DriverError> {
@@ -107,6 +113,9 @@ fn validate(args: &Args) -> Result<(), DriverError> {
         return Err(DriverError::BadArgs(format!(
             "--value-bytes must be at most {VALUE_BYTES_MAX}"
         )));
+    }
+    if args.threads == 0 || args.threads > THREADS_MAX {
+        return Err(DriverError::BadArgs(format!("--threads must be in 1..={THREADS_MAX}")));
     }
     if args.endpoints.iter().any(|e| e.trim().is_empty()) {
         return Err(DriverError::BadArgs("--endpoints has an empty entry".into()));
@@ -159,7 +168,19 @@ async fn run(args: Args) -> Result<serde_json::Value, DriverError> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Checked before the runtime is built: a zero thread count would panic in tokio.
+    if let Err(e) = validate(&args) {
+        eprintln!("etcd-bench-driver: {e}");
+        return ExitCode::FAILURE;
+    }
+    let built = match args.threads {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    };
+    let runtime = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("etcd-bench-driver: tokio runtime: {e}");
@@ -199,13 +220,16 @@ mod tests {
             a.endpoints,
             vec!["http://127.0.0.1:1".to_string(), "http://127.0.0.1:2".to_string()]
         );
-        assert_eq!((a.concurrency, a.duration, a.owners, a.value_bytes), (64, 10, 1000, 64));
+        assert_eq!(
+            (a.concurrency, a.duration, a.owners, a.value_bytes, a.threads),
+            (64, 10, 1000, 64, 1)
+        );
         assert!(validate(&a).is_ok());
     }
 
     #[test]
     fn out_of_range_arguments_are_rejected() {
-        let cases: [(&[&str], &str); 4] = [
+        let cases: [(&[&str], &str); 6] = [
             (
                 &["--concurrency", "0"],
                 "bad argument: --concurrency must be in 1..=4096",
@@ -216,6 +240,8 @@ mod tests {
                 &["--value-bytes", "1048577"],
                 "bad argument: --value-bytes must be at most 1048576",
             ),
+            (&["--threads", "0"], "bad argument: --threads must be in 1..=64"),
+            (&["--threads", "65"], "bad argument: --threads must be in 1..=64"),
         ];
         for (extra, want) in cases {
             let err = validate(&args(extra)).err().map(|e| e.to_string());
