@@ -74,7 +74,7 @@ async fn mtu_discovery_climbs_past_ethernet_size_on_loopback() {
     mtu.upper_bound(limits.udp_payload_bytes_max);
     let mut transport = quinn::TransportConfig::default();
     transport.mtu_discovery_config(Some(mtu));
-    let mut cfg = client_config(&ca.cert_pem, plexus_proto::ALPN_CLIENT);
+    let mut cfg = client_config(&ca.cert_pem, plexus_proto::ALPN_CLIENT, None);
     cfg.transport_config(Arc::new(transport));
     let conn = ep
         .connect_with(cfg, n.local_addr(), SERVER_NAME)

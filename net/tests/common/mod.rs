@@ -81,19 +81,8 @@ pub fn node(id: u64, tls: &TlsMaterial, limits: NetLimits) -> (NodeEndpoint, Arc
     (ep, peer)
 }
 
-/// A quinn client config that trusts `ca_pem` and speaks `alpn`, presenting no certificate.
-pub fn client_config(ca_pem: &str, alpn: &[u8]) -> quinn::ClientConfig {
-    let mut cfg = rustls::ClientConfig::builder_with_provider(crypto_provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(ca_roots(ca_pem).unwrap())
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![alpn.to_vec()];
-    quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(cfg).unwrap()))
-}
-
-/// A quinn client endpoint that trusts `ca_pem`, speaks `alpn`, and presents `client_cert` if given.
-pub fn client_endpoint(ca_pem: &str, alpn: &[u8], client_cert: Option<&CertKey>) -> quinn::Endpoint {
+/// A quinn client config that trusts `ca_pem`, speaks `alpn`, and presents `client_cert` if given.
+pub fn client_config(ca_pem: &str, alpn: &[u8], client_cert: Option<&CertKey>) -> quinn::ClientConfig {
     let builder = rustls::ClientConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
@@ -105,10 +94,13 @@ pub fn client_endpoint(ca_pem: &str, alpn: &[u8], client_cert: Option<&CertKey>)
         None => builder.with_no_client_auth(),
     };
     cfg.alpn_protocols = vec![alpn.to_vec()];
+    quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(cfg).unwrap()))
+}
+
+/// A quinn client endpoint that trusts `ca_pem`, speaks `alpn`, and presents `client_cert` if given.
+pub fn client_endpoint(ca_pem: &str, alpn: &[u8], client_cert: Option<&CertKey>) -> quinn::Endpoint {
     let mut ep = quinn::Endpoint::client(localhost()).unwrap();
-    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(
-        QuicClientConfig::try_from(cfg).unwrap(),
-    )));
+    ep.set_default_client_config(client_config(ca_pem, alpn, client_cert));
     ep
 }
 
