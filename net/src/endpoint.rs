@@ -348,10 +348,11 @@ fn udp_socket(listen: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
         Some(socket2::Protocol::UDP),
     )?;
     // Linux caps both sizes at its `net.core.*mem_max` without an error and reports back twice
-    // what it granted, so what it granted is read back.
+    // what it granted (its bookkeeping overhead), so what it granted is read back and halved.
     let _ = socket.set_recv_buffer_size(UDP_SOCKET_BUFFER_BYTES);
     let _ = socket.set_send_buffer_size(UDP_SOCKET_BUFFER_BYTES);
-    let granted = socket.recv_buffer_size().unwrap_or(0);
+    let reported_per_granted = if cfg!(target_os = "linux") { 2 } else { 1 };
+    let granted = socket.recv_buffer_size().unwrap_or(0) / reported_per_granted;
     if granted < UDP_SOCKET_BUFFER_BYTES {
         info!(
             granted_bytes = granted,
