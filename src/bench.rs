@@ -74,14 +74,12 @@ pub fn run(args: BenchArgs) -> CliResult {
         let client = Client::connect(cfg).await.map_err(|e| format!("connect: {e}"))?;
         let item = vec![b'x'; args.item_bytes];
         if args.workload == Workload::Read {
+            // Progress goes to stderr in both modes: a fill takes seconds, and `--json` keeps
+            // stdout for the one result object.
             let t = Instant::now();
-            if !args.client.json {
-                eprintln!("filling {} timelines with {READ_PAGE} entries each", args.owners);
-            }
+            eprintln!("filling {} timelines with {READ_PAGE} entries each", args.owners);
             prefill(&client, args.owners, args.concurrency, &item).await?;
-            if !args.client.json {
-                eprintln!("filled in {:.1}s", t.elapsed().as_secs_f64());
-            }
+            eprintln!("filled in {:.1}s", t.elapsed().as_secs_f64());
         }
         let deadline = Instant::now() + Duration::from_secs(args.duration);
         let start = Instant::now();
