@@ -11,6 +11,9 @@ use std::time::Duration;
 use plexus_client::{Client, ClientConfig};
 use plexus_proto::{Consistency, Op, ReadOp, Reply, Request};
 
+pub mod docker;
+pub mod workload;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_plexus");
 
 /// A `plexus up` child process.

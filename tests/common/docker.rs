@@ -1,0 +1,335 @@
+//! A plexus cluster in Docker containers, one node per container, each with its own address on
+//! a private bridge network: what loopback processes cannot give a test is cutting one node
+//! off the network while it keeps running.
+//!
+//! The image is built from the test's own `plexus` binary and the shared libraries it links
+//! (`ldd`), on `scratch`: this machine has no image registry. Everything the cluster makes
+//! (containers, network, image) is removed when the `DockerCluster` is dropped, panics included.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use plexus_client::{Client, ClientConfig};
+
+/// Shards of the test cluster: few, so that it is ready in seconds.
+pub const SHARDS: u32 = 8;
+/// Nodes, one per container.
+pub const NODES: u64 = 3;
+/// The UDP port every node listens on, inside its own container.
+const PORT: u16 = 7401;
+
+/// Runs `docker args...`; its output, or a panic naming the command and its stderr.
+pub fn docker(args: &[&str]) -> Output {
+    let out = Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("docker {args:?}: cannot run docker: {e}"));
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    out
+}
+
+/// Whether a Docker Engine answers; the reason when it does not.
+pub fn engine() -> Result<String, String> {
+    let out = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run docker: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+/// A running cluster of `NODES` containers.
+pub struct DockerCluster {
+    /// Prefix of every name this cluster gives Docker (network, containers, image tag).
+    pub name: String,
+    pub network: String,
+    image: String,
+    containers: Vec<String>,
+    /// Node `i` (1-based) has address `ips[i - 1]`.
+    pub ips: Vec<String>,
+    pub dir: PathBuf,
+}
+
+impl DockerCluster {
+    /// Builds the image, makes certificates and configs under `dir`, creates the network and
+    /// starts one container per node.
+    pub fn start(dir: &Path) -> Self {
+        let name = format!("plexus-e2e-{}", std::process::id());
+        let mut cluster = DockerCluster {
+            network: name.clone(),
+            image: format!("{name}:test"),
+            name,
+            containers: Vec::new(),
+            ips: Vec::new(),
+            dir: dir.to_path_buf(),
+        };
+        cluster.build_image();
+        let prefix = cluster.create_network();
+        cluster.ips = (1..=NODES).map(|i| format!("{prefix}.{}", 10 + i)).collect();
+        cluster.write_configs();
+        for id in 1..=NODES {
+            cluster.run_node(id);
+        }
+        cluster
+    }
+
+    fn build_image(&self) {
+        let ctx = self.dir.join("image");
+        let root = ctx.join("rootfs");
+        std::fs::create_dir_all(&root).unwrap();
+        // Without debug info the context is a tenth of the size; a copy if `strip` is missing.
+        let stripped = Command::new("strip")
+            .arg("--strip-debug")
+            .arg("-o")
+            .arg(root.join("plexus"))
+            .arg(super::BIN)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !stripped {
+            std::fs::copy(super::BIN, root.join("plexus")).unwrap();
+        }
+        let ldd = Command::new("ldd").arg(super::BIN).output().expect("run ldd");
+        assert!(
+            ldd.status.success(),
+            "ldd {}: {}",
+            super::BIN,
+            String::from_utf8_lossy(&ldd.stderr)
+        );
+        for lib in String::from_utf8_lossy(&ldd.stdout)
+            .split_whitespace()
+            .filter(|w| w.starts_with('/'))
+        {
+            let to = root.join(lib.trim_start_matches('/'));
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            // `copy` follows symlinks, so the image gets the library itself.
+            std::fs::copy(lib, &to).unwrap_or_else(|e| panic!("copy {lib}: {e}"));
+        }
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            "FROM scratch\nCOPY rootfs/ /\nENTRYPOINT [\"/plexus\"]\n",
+        )
+        .unwrap();
+        docker(&["build", "--quiet", "-t", &self.image, ctx.to_str().unwrap()]);
+    }
+
+    /// A private /24 that no other network on this machine uses; returns its first three octets.
+    fn create_network(&self) -> String {
+        let salt = std::process::id() as usize;
+        let mut last = String::new();
+        for attempt in 0..32 {
+            let k = (salt + attempt * 37) % 4096;
+            let prefix = format!("10.{}.{}", 200 + k / 256 % 50, k % 256);
+            let out = Command::new("docker")
+                .args(["network", "create", "--driver", "bridge"])
+                .arg(format!("--subnet={prefix}.0/24"))
+                .arg(&self.network)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run docker network create");
+            if out.status.success() {
+                return prefix;
+            }
+            last = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        }
+        panic!("docker network create: no free /24 found; last error: {last}");
+    }
+
+    fn write_configs(&self) {
+        let bin = super::BIN;
+        let ca = self.dir.join("ca");
+        run(Command::new(bin).args(["certs", "ca", "--out"]).arg(&ca));
+        let token = format!("e2e-docker-token-{}", std::process::id());
+        let peers: String = (1..=NODES)
+            .map(|i| format!("[[peers]]\nid = {i}\naddr = \"{}:{PORT}\"\n", self.ips[i as usize - 1]))
+            .collect();
+        for id in 1..=NODES {
+            let conf = self.conf_dir(id);
+            run(Command::new(bin)
+                .args(["certs", "node", "--ca-dir"])
+                .arg(&ca)
+                .args(["--id", &id.to_string(), "--san", &self.ips[id as usize - 1], "--out"])
+                .arg(&conf));
+            std::fs::create_dir_all(self.data_dir(id)).unwrap();
+            let toml = format!(
+                "node_id = {id}\nlisten = \"0.0.0.0:{PORT}\"\ndata_dir = \"/var/lib/plexus\"\ntoken = \"{token}\"\n\
+                 shard_count = {SHARDS}\nreplication = 3\n\
+                 [tls]\nca_cert = \"/etc/plexus/ca.pem\"\nnode_cert = \"/etc/plexus/node-{id}.pem\"\n\
+                 node_key = \"/etc/plexus/node-{id}-key.pem\"\n{peers}"
+            );
+            std::fs::write(conf.join("node.toml"), toml).unwrap();
+        }
+        let seeds: Vec<String> = self.ips.iter().map(|ip| format!("\"{ip}:{PORT}\"")).collect();
+        std::fs::write(
+            self.dir.join("client.toml"),
+            format!(
+                "seeds = [{}]\nca_cert = \"ca/ca.pem\"\ntoken = \"{token}\"\n",
+                seeds.join(", ")
+            ),
+        )
+        .unwrap();
+    }
+
+    fn conf_dir(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node-{id}"))
+    }
+
+    fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("data-{id}"))
+    }
+
+    /// The container of node `id`.
+    pub fn container(&self, id: u64) -> String {
+        format!("{}-node{id}", self.name)
+    }
+
+    fn run_node(&mut self, id: u64) {
+        let container = self.container(id);
+        let conf = format!("{}:/etc/plexus:ro", self.conf_dir(id).display());
+        let data = format!("{}:/var/lib/plexus", self.data_dir(id).display());
+        docker(&[
+            "run",
+            "--detach",
+            "--name",
+            &container,
+            "--network",
+            &self.network,
+            "--ip",
+            &self.ips[id as usize - 1],
+            "--stop-signal",
+            "SIGTERM",
+            "--volume",
+            &conf,
+            "--volume",
+            &data,
+            &self.image,
+            "node",
+            "--config",
+            "/etc/plexus/node.toml",
+        ]);
+        self.containers.push(container);
+    }
+
+    /// A client of the cluster, once every shard has a leader (bounded by `within`).
+    pub async fn ready_client(&self, within: Duration) -> Client {
+        let deadline = Instant::now() + within;
+        let cfg = ClientConfig::load(&self.dir.join("client.toml")).expect("load client.toml");
+        let client = loop {
+            match Client::connect(cfg.clone()).await {
+                Ok(c) => break c,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("[docker] not connected yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => panic!("no node of {} answered a client within {within:?}: {e}", self.name),
+            }
+        };
+        loop {
+            let mut led = std::collections::BTreeSet::new();
+            for ip in &self.ips {
+                if let Ok(st) = client.node_status(&format!("{ip}:{PORT}")).await {
+                    led.extend(st.shards.iter().filter(|s| s.leader.is_some()).map(|s| s.shard));
+                }
+            }
+            if (0..SHARDS).all(|s| led.contains(&s)) {
+                return client;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "shards without a leader after {within:?}: {:?}; logs: docker logs {}",
+                (0..SHARDS).filter(|s| !led.contains(s)).collect::<Vec<_>>(),
+                self.container(1)
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// Cuts node `id` off the network: its process keeps running with no route to anyone.
+    pub fn disconnect(&self, id: u64) {
+        docker(&["network", "disconnect", &self.network, &self.container(id)]);
+    }
+
+    /// Puts node `id` back on the network at its old address.
+    pub fn reconnect(&self, id: u64) {
+        docker(&[
+            "network",
+            "connect",
+            "--ip",
+            &self.ips[id as usize - 1],
+            &self.network,
+            &self.container(id),
+        ]);
+    }
+
+    /// SIGTERMs every node and waits for each to exit; returns (node, exit code, log tail) for
+    /// every node that did not exit 0.
+    pub fn stop_all(&self) -> Vec<(u64, String, String)> {
+        let mut bad = Vec::new();
+        for id in 1..=NODES {
+            let c = self.container(id);
+            docker(&["stop", "--time", "30", &c]);
+            let code = docker(&["inspect", "--format", "{{.State.ExitCode}}", &c]);
+            let code = String::from_utf8_lossy(&code.stdout).trim().to_string();
+            if code != "0" {
+                bad.push((id, code, self.log_tail(id)));
+            }
+        }
+        bad
+    }
+
+    /// The last lines node `id` logged.
+    pub fn log_tail(&self, id: u64) -> String {
+        let out = Command::new("docker")
+            .args(["logs", "--tail", "30", &self.container(id)])
+            .output()
+            .map(|o| {
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            })
+            .unwrap_or_default();
+        out
+    }
+}
+
+/// Runs a setup command (certificates); panics with its output if it fails.
+fn run(cmd: &mut Command) {
+    let out = cmd.output().expect("spawn plexus");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Drop for DockerCluster {
+    fn drop(&mut self) {
+        // Best effort, errors ignored: a cleanup that panics inside a panic would abort.
+        let quiet = |args: &[&str]| {
+            let _ = Command::new("docker")
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        };
+        for c in &self.containers {
+            quiet(&["rm", "--force", "--volumes", c]);
+        }
+        quiet(&["network", "rm", &self.network]);
+        quiet(&["image", "rm", "--force", &self.image]);
+    }
+}
