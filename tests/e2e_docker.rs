@@ -13,7 +13,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::docker::{engine, DockerCluster, SHARDS};
+use common::docker::{engine, DockerCluster, NODES, SHARDS};
 use common::workload::{leader_of, Workload};
 use plexus_proto::{shard_for_key, ShardKey};
 
@@ -21,18 +21,28 @@ const OWNERS: u64 = 16;
 /// How long the leader stays cut off: several election timeouts (1-2 s by default).
 const PARTITION: Duration = Duration::from_secs(8);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn partitioned_leader_loses_no_acknowledged_write() {
+/// Whether to run: an engine answers (true), or it does not and the user asked to skip (false).
+fn docker_engine_or_skip() -> bool {
     match engine() {
-        Ok(version) => eprintln!("docker engine {version}"),
+        Ok(version) => {
+            eprintln!("docker engine {version}");
+            true
+        }
         Err(why) if std::env::var("PLEXUS_E2E_DOCKER").as_deref() == Ok("skip") => {
             eprintln!("SKIPPED (PLEXUS_E2E_DOCKER=skip): no Docker Engine: {why}");
-            return;
+            false
         }
         Err(why) => panic!("this test needs a running Docker Engine ({why}); PLEXUS_E2E_DOCKER=skip skips it"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partitioned_leader_loses_no_acknowledged_write() {
+    if !docker_engine_or_skip() {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
-    let cluster = DockerCluster::start(tmp.path());
+    let cluster = DockerCluster::start(tmp.path(), "cut");
     let client = cluster.ready_client(Duration::from_secs(120)).await;
 
     let workload = Workload::start(&client, OWNERS);
@@ -40,26 +50,74 @@ async fn partitioned_leader_loses_no_acknowledged_write() {
 
     let shard0 = shard_for_key(&ShardKey::Id(0), SHARDS);
     let (victim, _) = leader_of(&client, shard0).await.expect("shard 0 has a leader");
-    let before = workload.acked_count(0);
-    eprintln!("cutting node {victim}, leader of shard {shard0}, off the network ({before} writes of owner 0 acked)");
+    let on_shard0 = |owner: u64| shard_for_key(&ShardKey::Id(owner), SHARDS) == shard0;
+    let before = workload.acked_where(on_shard0);
+    eprintln!("cutting node {victim}, leader of shard {shard0}, off the network ({before} writes to it acked)");
     cluster.disconnect(victim);
     tokio::time::sleep(PARTITION).await;
-    let during = workload.acked_count(0) - before;
+    let during = workload.acked_where(on_shard0) - before;
     let (new_leader, _) = leader_of(&client, shard0)
         .await
         .expect("shard 0 has a leader while its old one is cut off");
     cluster.reconnect(victim);
-    eprintln!("node {victim} back; {during} writes of owner 0 acked meanwhile; shard {shard0} led by {new_leader}");
+    eprintln!("node {victim} back; {during} writes to shard {shard0} acked meanwhile, now led by {new_leader}");
     assert_ne!(new_leader, victim, "the cut-off node still leads shard {shard0}");
     assert!(
         during > 0,
-        "no write of owner 0 (shard {shard0}) was acknowledged while its old leader was cut off"
+        "no write to shard {shard0} was acknowledged while its old leader was cut off"
     );
     tokio::time::sleep(Duration::from_secs(4)).await;
     // Every acknowledged write is on every replica (after catch-up; the node that was cut off
     // is a replica of shard 0 and must catch up too), and reads were linearizable throughout.
     workload.finish(&client, Duration::from_secs(60)).await;
 
+    client.close().await;
+    let unclean = cluster.stop_all();
+    assert!(
+        unclean.is_empty(),
+        "nodes that did not stop cleanly on SIGTERM: {unclean:?}"
+    );
+}
+
+/// An operator's rolling restart (an upgrade, say): each node in turn gets SIGTERM, must exit 0
+/// (a graceful stop hands its groups over first), and starts again on the same data and
+/// address, while the client keeps writing. Writes must be acknowledged while each node is
+/// down, and nothing acknowledged may be missing from any replica at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rolling_restart_keeps_acknowledging_writes() {
+    if !docker_engine_or_skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = DockerCluster::start(tmp.path(), "roll");
+    let client = cluster.ready_client(Duration::from_secs(120)).await;
+    let workload = Workload::start(&client, OWNERS);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    for id in 1..=NODES {
+        let before = workload.acked_where(|_| true);
+        let code = cluster.stop(id);
+        assert_eq!(
+            code,
+            "0",
+            "node {id} did not stop cleanly on SIGTERM: {}",
+            cluster.log_tail(id)
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let while_down = workload.acked_where(|_| true) - before;
+        cluster.start_again(id);
+        eprintln!("node {id} restarted; {while_down} writes acknowledged while it was down");
+        assert!(while_down > 0, "no write was acknowledged while node {id} was down");
+        // The next node stops only once this one answers again, as an operator's script would
+        // wait: otherwise two of three replicas could be down at once.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while client.node_status(&cluster.addr(id)).await.is_err() {
+            assert!(std::time::Instant::now() < deadline, "node {id} did not come back");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    workload.finish(&client, Duration::from_secs(60)).await;
     client.close().await;
     let unclean = cluster.stop_all();
     assert!(

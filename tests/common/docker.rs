@@ -63,9 +63,9 @@ pub struct DockerCluster {
 
 impl DockerCluster {
     /// Builds the image, makes certificates and configs under `dir`, creates the network and
-    /// starts one container per node.
-    pub fn start(dir: &Path) -> Self {
-        let name = format!("plexus-e2e-{}", std::process::id());
+    /// starts one container per node. `tag` tells apart the clusters of one test process.
+    pub fn start(dir: &Path, tag: &str) -> Self {
+        let name = format!("plexus-e2e-{}-{tag}", std::process::id());
         let mut cluster = DockerCluster {
             network: name.clone(),
             image: format!("{name}:test"),
@@ -125,7 +125,7 @@ impl DockerCluster {
 
     /// A private /24 that no other network on this machine uses; returns its first three octets.
     fn create_network(&self) -> String {
-        let salt = std::process::id() as usize;
+        let salt = (std::process::id() as usize).wrapping_add(self.name.bytes().map(usize::from).sum::<usize>());
         let mut last = String::new();
         for attempt in 0..32 {
             let k = (salt + attempt * 37) % 4096;
@@ -236,8 +236,8 @@ impl DockerCluster {
         };
         loop {
             let mut led = std::collections::BTreeSet::new();
-            for ip in &self.ips {
-                if let Ok(st) = client.node_status(&format!("{ip}:{PORT}")).await {
+            for id in 1..=NODES {
+                if let Ok(st) = client.node_status(&self.addr(id)).await {
                     led.extend(st.shards.iter().filter(|s| s.leader.is_some()).map(|s| s.shard));
                 }
             }
@@ -271,15 +271,30 @@ impl DockerCluster {
         ]);
     }
 
+    /// SIGTERMs node `id` and waits (up to 30 s, then SIGKILL) for it to exit; its exit code.
+    pub fn stop(&self, id: u64) -> String {
+        let c = self.container(id);
+        docker(&["stop", "--time", "30", &c]);
+        let code = docker(&["inspect", "--format", "{{.State.ExitCode}}", &c]);
+        String::from_utf8_lossy(&code.stdout).trim().to_string()
+    }
+
+    /// Starts node `id`'s stopped container again: same address, same data.
+    pub fn start_again(&self, id: u64) {
+        docker(&["start", &self.container(id)]);
+    }
+
+    /// The client address of node `id`.
+    pub fn addr(&self, id: u64) -> String {
+        format!("{}:{PORT}", self.ips[id as usize - 1])
+    }
+
     /// SIGTERMs every node and waits for each to exit; returns (node, exit code, log tail) for
     /// every node that did not exit 0.
     pub fn stop_all(&self) -> Vec<(u64, String, String)> {
         let mut bad = Vec::new();
         for id in 1..=NODES {
-            let c = self.container(id);
-            docker(&["stop", "--time", "30", &c]);
-            let code = docker(&["inspect", "--format", "{{.State.ExitCode}}", &c]);
-            let code = String::from_utf8_lossy(&code.stdout).trim().to_string();
+            let code = self.stop(id);
             if code != "0" {
                 bad.push((id, code, self.log_tail(id)));
             }

@@ -14,11 +14,14 @@ use tokio::task::JoinHandle;
 
 /// Per owner, below the 800-entry timeline cap so nothing acknowledged is trimmed.
 pub const APPENDS_PER_OWNER_MAX: usize = 300;
+/// Per writer: a bound on a run, far more than any test's few seconds of writing need.
+const APPENDS_PER_WRITER_MAX: usize = APPENDS_PER_OWNER_MAX * 2 * 100;
 
 /// Acknowledged timeline ids per owner.
 pub type Acked = Arc<Mutex<BTreeMap<u64, BTreeSet<u64>>>>;
 
-/// A running workload over owners `0..owners` (an even number: each writer takes two).
+/// A running workload: `owners / 2` writers, each appending to two owners at a time (owners
+/// `0..owners` first, then `owners..2 * owners`, ...), and one reader.
 pub struct Workload {
     stop: Arc<AtomicBool>,
     writers: Vec<JoinHandle<()>>,
@@ -39,8 +42,11 @@ impl Workload {
             let (c, acked, stop) = (client.clone(), acked.clone(), stop.clone());
             writers.push(tokio::spawn(async move {
                 let mut n = 0usize;
-                while !stop.load(Ordering::Relaxed) && n < APPENDS_PER_OWNER_MAX * 2 {
-                    let owner = w * 2 + (n as u64 % 2);
+                while !stop.load(Ordering::Relaxed) && n < APPENDS_PER_WRITER_MAX {
+                    // Two owners at a time; once they hold APPENDS_PER_OWNER_MAX each, the next
+                    // two (`owners` further on), so a slow test never runs out of writes.
+                    let generation = (n / (APPENDS_PER_OWNER_MAX * 2)) as u64;
+                    let owner = generation * owners + w * 2 + (n as u64 % 2);
                     if let Ok(id) = c.timeline_append(owner, format!("w{w}-{n}").into_bytes()).await {
                         acked.lock().unwrap().entry(owner).or_default().insert(id);
                     }
@@ -54,10 +60,17 @@ impl Workload {
             let (c, acked, stop) = (client.clone(), acked.clone(), stop.clone());
             tokio::spawn(async move {
                 let mut checked = 0u64;
-                let mut owner = 0u64;
+                let mut turn = 0usize;
                 while !stop.load(Ordering::Relaxed) {
-                    owner = (owner + 1) % owners;
-                    let before: BTreeSet<u64> = acked.lock().unwrap().get(&owner).cloned().unwrap_or_default();
+                    // Every owner written so far, in turn.
+                    let (owner, before) = {
+                        let acked = acked.lock().unwrap();
+                        match acked.iter().nth(turn % acked.len().max(1)) {
+                            Some((owner, ids)) => (*owner, ids.clone()),
+                            None => (0, BTreeSet::new()),
+                        }
+                    };
+                    turn += 1;
                     if let Ok(page) = c.timeline_read(owner, Cursor::Latest, 1000).await {
                         let seen: BTreeSet<u64> = page.entries.iter().map(|e| e.id).collect();
                         let missing: Vec<_> = before.difference(&seen).collect();
@@ -81,9 +94,14 @@ impl Workload {
         }
     }
 
-    /// How many writes of `owner` were acknowledged so far.
-    pub fn acked_count(&self, owner: u64) -> usize {
-        self.acked.lock().unwrap().get(&owner).map_or(0, BTreeSet::len)
+    /// How many writes were acknowledged so far to the owners `owner_in` accepts.
+    pub fn acked_where(&self, owner_in: impl Fn(u64) -> bool) -> usize {
+        let acked = self.acked.lock().unwrap();
+        acked
+            .iter()
+            .filter(|(o, _)| owner_in(**o))
+            .map(|(_, ids)| ids.len())
+            .sum()
     }
 
     /// Stops writers and reader; returns the acknowledged ids and how many reads were checked.
