@@ -15,11 +15,38 @@ use std::time::Duration;
 
 use common::docker::{engine, DockerCluster, NODES, SHARDS};
 use common::workload::{leader_of, Workload};
+use plexus_client::Client;
 use plexus_proto::{shard_for_key, ShardKey};
 
 const OWNERS: u64 = 16;
 /// How long the leader stays cut off: several election timeouts (1-2 s by default).
 const PARTITION: Duration = Duration::from_secs(8);
+
+/// A ready cluster under `tmp` with the workload running for two seconds; `None` when there is
+/// no Docker Engine and the user asked to skip.
+async fn start(tmp: &tempfile::TempDir, tag: &str) -> Option<(DockerCluster, Client, Workload)> {
+    if !docker_engine_or_skip() {
+        return None;
+    }
+    let cluster = DockerCluster::start(tmp.path(), tag);
+    let client = cluster.ready_client(Duration::from_secs(120)).await;
+    let workload = Workload::start(&client, OWNERS);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Some((cluster, client, workload))
+}
+
+/// Every acknowledged write is on every replica (after catch-up: a node that was cut off or
+/// restarted must catch up too), reads were linearizable throughout, and every node stops
+/// cleanly on SIGTERM.
+async fn finish(cluster: DockerCluster, client: Client, workload: Workload) {
+    workload.finish(&client, Duration::from_secs(60)).await;
+    client.close().await;
+    let unclean = cluster.stop_all();
+    assert!(
+        unclean.is_empty(),
+        "nodes that did not stop cleanly on SIGTERM: {unclean:?}"
+    );
+}
 
 /// Whether to run: an engine answers (true), or it does not and the user asked to skip (false).
 fn docker_engine_or_skip() -> bool {
@@ -38,15 +65,10 @@ fn docker_engine_or_skip() -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn partitioned_leader_loses_no_acknowledged_write() {
-    if !docker_engine_or_skip() {
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
-    let cluster = DockerCluster::start(tmp.path(), "cut");
-    let client = cluster.ready_client(Duration::from_secs(120)).await;
-
-    let workload = Workload::start(&client, OWNERS);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let Some((cluster, client, workload)) = start(&tmp, "cut").await else {
+        return;
+    };
 
     let shard0 = shard_for_key(&ShardKey::Id(0), SHARDS);
     let (victim, _) = leader_of(&client, shard0).await.expect("shard 0 has a leader");
@@ -67,16 +89,7 @@ async fn partitioned_leader_loses_no_acknowledged_write() {
         "no write to shard {shard0} was acknowledged while its old leader was cut off"
     );
     tokio::time::sleep(Duration::from_secs(4)).await;
-    // Every acknowledged write is on every replica (after catch-up; the node that was cut off
-    // is a replica of shard 0 and must catch up too), and reads were linearizable throughout.
-    workload.finish(&client, Duration::from_secs(60)).await;
-
-    client.close().await;
-    let unclean = cluster.stop_all();
-    assert!(
-        unclean.is_empty(),
-        "nodes that did not stop cleanly on SIGTERM: {unclean:?}"
-    );
+    finish(cluster, client, workload).await;
 }
 
 /// An operator's rolling restart (an upgrade, say): each node in turn gets SIGTERM, must exit 0
@@ -85,14 +98,10 @@ async fn partitioned_leader_loses_no_acknowledged_write() {
 /// down, and nothing acknowledged may be missing from any replica at the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rolling_restart_keeps_acknowledging_writes() {
-    if !docker_engine_or_skip() {
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
-    let cluster = DockerCluster::start(tmp.path(), "roll");
-    let client = cluster.ready_client(Duration::from_secs(120)).await;
-    let workload = Workload::start(&client, OWNERS);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let Some((cluster, client, workload)) = start(&tmp, "roll").await else {
+        return;
+    };
 
     for id in 1..=NODES {
         let before = workload.acked_where(|_| true);
@@ -117,11 +126,5 @@ async fn rolling_restart_keeps_acknowledging_writes() {
         }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    workload.finish(&client, Duration::from_secs(60)).await;
-    client.close().await;
-    let unclean = cluster.stop_all();
-    assert!(
-        unclean.is_empty(),
-        "nodes that did not stop cleanly on SIGTERM: {unclean:?}"
-    );
+    finish(cluster, client, workload).await;
 }
