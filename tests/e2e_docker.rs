@@ -1,22 +1,25 @@
 //! Three nodes in Docker containers, each with its own address on a private network, and a
-//! client on the host. While the client writes and reads, the leader of a shard is cut off
-//! the network (its process keeps running, as in a real partition, which loopback processes
-//! cannot show): the other two must elect a leader and go on acknowledging writes; once the
-//! node is back, every acknowledged write must be on every replica, reads must have been
+//! client on the host writing and reading throughout. What loopback processes cannot show: a
+//! leader cut off the network whose process keeps running (the others must elect a leader and
+//! go on acknowledging writes); a leader cut off from its peers but not from clients (it must
+//! not answer a linearizable read without its successor's writes); and a rolling restart.
+//! Afterwards every acknowledged write must be on every replica, reads must have been
 //! linearizable throughout, and every node must stop cleanly on SIGTERM.
 //!
-//! Needs a Docker Engine (this project's machines have one; `.ci/run` checks for it). On a
-//! machine without one, `PLEXUS_E2E_DOCKER=skip` skips this test and says so; without that,
-//! a missing engine is a failure, so a CI run can never pass it by accident.
+//! Needs a Docker Engine (this project's machines have one; `.ci/run` checks for it), and root
+//! for `iptables` (one test cuts a node off its peers with host firewall rules). On a machine
+//! without an engine, `PLEXUS_E2E_DOCKER=skip` skips these tests and says so; without that, a
+//! missing engine is a failure, so a CI run can never pass them by accident.
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::docker::{engine, DockerCluster, NODES, SHARDS};
-use common::workload::{leader_of, Workload};
+use common::workload::{leader_of, leaders_of, Workload};
 use plexus_client::Client;
-use plexus_proto::{shard_for_key, ShardKey};
+use plexus_proto::{shard_for_key, Consistency, Cursor, Op, ReadOp, Reply, Request, ShardKey};
 
 const OWNERS: u64 = 16;
 /// How long the leader stays cut off: several election timeouts (1-2 s by default).
@@ -29,6 +32,7 @@ async fn start(tmp: &tempfile::TempDir, tag: &str) -> Option<(DockerCluster, Cli
         return None;
     }
     let cluster = DockerCluster::start(tmp.path(), tag);
+    eprintln!("[{tag}] cluster {} on {:?}", cluster.name, cluster.ips);
     let client = cluster.ready_client(Duration::from_secs(120)).await;
     let workload = Workload::start(&client, OWNERS);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -46,6 +50,25 @@ async fn finish(cluster: DockerCluster, client: Client, workload: Workload) {
         unclean.is_empty(),
         "nodes that did not stop cleanly on SIGTERM: {unclean:?}"
     );
+}
+
+/// Cuts the leader of owner 0's shard off (`cut`, told the node; `what` names what it is cut
+/// off from, for the log) and waits `PARTITION` with the workload running. Returns the shard,
+/// the node cut off, and how many writes to the shard were acknowledged meanwhile.
+async fn cut_shard0_leader(
+    client: &Client,
+    workload: &Workload,
+    what: &str,
+    cut: impl FnOnce(u64),
+) -> (u32, u64, usize) {
+    let shard0 = shard_for_key(&ShardKey::Id(0), SHARDS);
+    let (victim, _) = leader_of(client, shard0).await.expect("shard 0 has a leader");
+    let on_shard0 = |owner: u64| shard_for_key(&ShardKey::Id(owner), SHARDS) == shard0;
+    let before = workload.acked_where(on_shard0);
+    eprintln!("cutting node {victim}, leader of shard {shard0}, off {what} ({before} writes to it acked)");
+    cut(victim);
+    tokio::time::sleep(PARTITION).await;
+    (shard0, victim, workload.acked_where(on_shard0) - before)
 }
 
 /// Whether to run: an engine answers (true), or it does not and the user asked to skip (false).
@@ -70,14 +93,8 @@ async fn partitioned_leader_loses_no_acknowledged_write() {
         return;
     };
 
-    let shard0 = shard_for_key(&ShardKey::Id(0), SHARDS);
-    let (victim, _) = leader_of(&client, shard0).await.expect("shard 0 has a leader");
-    let on_shard0 = |owner: u64| shard_for_key(&ShardKey::Id(owner), SHARDS) == shard0;
-    let before = workload.acked_where(on_shard0);
-    eprintln!("cutting node {victim}, leader of shard {shard0}, off the network ({before} writes to it acked)");
-    cluster.disconnect(victim);
-    tokio::time::sleep(PARTITION).await;
-    let during = workload.acked_where(on_shard0) - before;
+    let (shard0, victim, during) =
+        cut_shard0_leader(&client, &workload, "the network", |v| cluster.disconnect(v)).await;
     let (new_leader, _) = leader_of(&client, shard0)
         .await
         .expect("shard 0 has a leader while its old one is cut off");
@@ -126,5 +143,67 @@ async fn rolling_restart_keeps_acknowledging_writes() {
         }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
+    finish(cluster, client, workload).await;
+}
+
+/// A leader cut off from the other replicas but not from clients (firewall rules between the
+/// nodes only) still believes it leads. The others must elect a new leader and go on
+/// acknowledging writes, and a linearizable read sent to the old leader must not answer
+/// without a write the new leader acknowledged: its read lease runs out and it cannot confirm
+/// its leadership, so it must fail or redirect, never serve stale data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_cut_off_from_peers_serves_no_stale_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((mut cluster, client, workload)) = start(&tmp, "peers").await else {
+        return;
+    };
+    let (shard0, victim, during) =
+        cut_shard0_leader(&client, &workload, "its peers", |v| cluster.isolate_from_peers(v)).await;
+    let on_shard0 = |owner: u64| shard_for_key(&ShardKey::Id(owner), SHARDS) == shard0;
+    let leaders = leaders_of(&client, shard0).await;
+    eprintln!("{during} writes to shard {shard0} acked meanwhile; nodes claiming it: {leaders:?}");
+    assert!(
+        leaders.iter().any(|(id, _)| *id != victim),
+        "no node but the cut-off one leads shard {shard0}: {leaders:?}"
+    );
+    assert!(
+        during > 0,
+        "no write to shard {shard0} was acknowledged while its old leader was cut off"
+    );
+
+    // The read probe, on an owner of shard 0 with writes acknowledged by the new leader.
+    let owner = (0..OWNERS * 100)
+        .filter(|o| on_shard0(*o))
+        .max_by_key(|o| workload.acked_ids(*o).len())
+        .expect("an owner on shard 0");
+    let mut answered = 0;
+    for _ in 0..5 {
+        let acked = workload.acked_ids(owner);
+        let req = Request {
+            shard: shard0,
+            consistency: Consistency::Linearizable,
+            session: None,
+            op: Op::Read(ReadOp::TimelineRead {
+                owner,
+                cursor: Cursor::Latest,
+                limit: 1000,
+            }),
+        };
+        match client.call_at(&cluster.addr(victim), req).await {
+            Ok(Ok(Reply::Page(page))) => {
+                let seen: BTreeSet<u64> = page.entries.iter().map(|e| e.id).collect();
+                let missing = acked.difference(&seen).count();
+                assert_eq!(
+                    missing, 0,
+                    "the cut-off node answered a linearizable read of owner {owner} missing {missing} acked writes"
+                );
+                answered += 1;
+            }
+            other => eprintln!("read at the cut-off node: {other:?}"),
+        }
+    }
+    eprintln!("cut-off node answered {answered} of 5 linearizable reads, none stale");
+    cluster.heal();
+    tokio::time::sleep(Duration::from_secs(4)).await;
     finish(cluster, client, workload).await;
 }

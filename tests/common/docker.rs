@@ -59,6 +59,9 @@ pub struct DockerCluster {
     /// Node `i` (1-based) has address `ips[i - 1]`.
     pub ips: Vec<String>,
     pub dir: PathBuf,
+    /// Host firewall rules this cluster added (`iptables` arguments after the chain), removed by
+    /// `heal` and on drop.
+    rules: Vec<[String; 4]>,
 }
 
 impl DockerCluster {
@@ -73,6 +76,7 @@ impl DockerCluster {
             containers: Vec::new(),
             ips: Vec::new(),
             dir: dir.to_path_buf(),
+            rules: Vec::new(),
         };
         cluster.build_image();
         let prefix = cluster.create_network();
@@ -271,6 +275,28 @@ impl DockerCluster {
         ]);
     }
 
+    /// Drops every packet between node `id` and the other nodes, both ways, with host firewall
+    /// rules on the bridge (Docker's `DOCKER-USER` chain); the host, and so the test's client,
+    /// still reaches every node. A leader cut off this way still answers clients.
+    pub fn isolate_from_peers(&mut self, id: u64) {
+        let me = self.ips[id as usize - 1].clone();
+        for peer in (1..=NODES).filter(|p| *p != id) {
+            let other = self.ips[peer as usize - 1].clone();
+            for (src, dst) in [(&me, &other), (&other, &me)] {
+                let rule = ["-s".to_string(), src.clone(), "-d".to_string(), dst.clone()];
+                iptables("-I", &rule);
+                self.rules.push(rule);
+            }
+        }
+    }
+
+    /// Removes every rule `isolate_from_peers` added.
+    pub fn heal(&mut self) {
+        for rule in std::mem::take(&mut self.rules) {
+            iptables("-D", &rule);
+        }
+    }
+
     /// SIGTERMs node `id` and waits (up to 30 s, then SIGKILL) for it to exit; its exit code.
     pub fn stop(&self, id: u64) -> String {
         let c = self.container(id);
@@ -319,6 +345,22 @@ impl DockerCluster {
     }
 }
 
+/// `iptables OP DOCKER-USER RULE... -j DROP`; panics if it fails (a rule left behind would cut
+/// the addresses of a later network that reuses this subnet, so a failure must be loud).
+fn iptables(op: &str, rule: &[String; 4]) {
+    let out = Command::new("iptables")
+        .args([op, "DOCKER-USER"])
+        .args(rule)
+        .args(["-j", "DROP"])
+        .output()
+        .unwrap_or_else(|e| panic!("iptables {op} {rule:?}: cannot run iptables: {e}"));
+    assert!(
+        out.status.success(),
+        "iptables {op} DOCKER-USER {rule:?} -j DROP: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
 /// Runs a setup command (certificates); panics with its output if it fails.
 fn run(cmd: &mut Command) {
     let out = cmd.output().expect("spawn plexus");
@@ -341,6 +383,13 @@ impl Drop for DockerCluster {
                 .stderr(Stdio::null())
                 .status();
         };
+        for rule in &self.rules {
+            let _ = Command::new("iptables")
+                .args(["-D", "DOCKER-USER"])
+                .args(rule)
+                .args(["-j", "DROP"])
+                .status();
+        }
         for c in &self.containers {
             quiet(&["rm", "--force", "--volumes", c]);
         }

@@ -104,6 +104,11 @@ impl Workload {
             .sum()
     }
 
+    /// The ids acknowledged so far to `owner`.
+    pub fn acked_ids(&self, owner: u64) -> BTreeSet<u64> {
+        self.acked.lock().unwrap().get(&owner).cloned().unwrap_or_default()
+    }
+
     /// Stops writers and reader; returns the acknowledged ids and how many reads were checked.
     async fn stop(self) -> (BTreeMap<u64, BTreeSet<u64>>, u64) {
         self.stop.store(true, Ordering::Relaxed);
@@ -160,16 +165,25 @@ pub async fn assert_on_every_replica(client: &Client, acked: &BTreeMap<u64, BTre
     }
 }
 
-/// The node that leads `shard`, as the nodes' own status reports say.
+/// The node that leads `shard`, as the nodes' own status reports say, with its pid.
 pub async fn leader_of(client: &Client, shard: u32) -> Option<(u64, u32)> {
-    client.refresh_shard_map().await.ok()?;
+    leaders_of(client, shard).await.into_iter().next()
+}
+
+/// Every node whose status says it leads `shard` (two, for a while, when an old leader is cut
+/// off from its group but not from clients), with their pids.
+pub async fn leaders_of(client: &Client, shard: u32) -> Vec<(u64, u32)> {
+    if client.refresh_shard_map().await.is_err() {
+        return Vec::new();
+    }
     let map = client.shard_map();
+    let mut leaders = Vec::new();
     for n in &map.nodes {
         if let Ok(st) = client.node_status(&n.client_addr).await {
             if st.shards.iter().any(|s| s.shard == shard && s.leader == Some(n.id)) {
-                return Some((n.id, st.pid));
+                leaders.push((n.id, st.pid));
             }
         }
     }
-    None
+    leaders
 }
