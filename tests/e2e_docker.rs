@@ -13,8 +13,8 @@
 
 mod common;
 
-use std::collections::BTreeSet;
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use common::docker::{engine, DockerCluster, NODES, SHARDS};
 use common::workload::{leader_of, leaders_of, Workload};
@@ -69,6 +69,54 @@ async fn cut_shard0_leader(
     cut(victim);
     tokio::time::sleep(PARTITION).await;
     (shard0, victim, workload.acked_where(on_shard0) - before)
+}
+
+/// Waits until node `id` answers and each of its replicas has applied at least what its group's
+/// leader had applied when the node first answered; how long that took. Panics past `within`.
+async fn caught_up(client: &Client, cluster: &DockerCluster, id: u64, within: Duration) -> Duration {
+    let start = Instant::now();
+    let deadline = start + within;
+    while client.node_status(&cluster.addr(id)).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "node {id} did not come back within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("node {id} answers {:?} after its start", start.elapsed());
+    // Each group's applied index at its leader, now (the meta group included).
+    let mut targets = BTreeMap::new();
+    while targets.len() < SHARDS as usize + 1 {
+        for node in 1..=NODES {
+            if let Ok(st) = client.node_status(&cluster.addr(node)).await {
+                for r in st.shards.iter().filter(|r| r.leader == Some(node)) {
+                    targets.insert(r.shard, r.applied_index);
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "groups without a leader: only {targets:?} have one"
+        );
+    }
+    loop {
+        // Groups still behind; `None` while the node does not answer.
+        let behind: Option<Vec<u32>> = client.node_status(&cluster.addr(id)).await.ok().map(|st| {
+            st.shards
+                .iter()
+                .filter(|r| r.applied_index < targets.get(&r.shard).copied().unwrap_or(0))
+                .map(|r| r.shard)
+                .collect()
+        });
+        if behind.as_ref().is_some_and(Vec::is_empty) {
+            return start.elapsed();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {id} has not caught up on groups {behind:?} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Whether to run: an engine answers (true), or it does not and the user asked to skip (false).
@@ -136,13 +184,11 @@ async fn rolling_restart_keeps_acknowledging_writes() {
         cluster.start_again(id);
         eprintln!("node {id} restarted; {while_down} writes acknowledged while it was down");
         assert!(while_down > 0, "no write was acknowledged while node {id} was down");
-        // The next node stops only once this one answers again, as an operator's script would
-        // wait: otherwise two of three replicas could be down at once.
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while client.node_status(&cluster.addr(id)).await.is_err() {
-            assert!(std::time::Instant::now() < deadline, "node {id} did not come back");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        // The next node stops only once this one has caught up, as an operator's script should
+        // wait: a replica that answers but lags cannot help its group commit, so stopping the
+        // next node then would leave groups with one current replica of three.
+        let took = caught_up(&client, &cluster, id, Duration::from_secs(60)).await;
+        eprintln!("node {id} caught up {took:?} after its start");
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     finish(cluster, client, workload).await;
