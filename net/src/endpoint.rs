@@ -54,8 +54,14 @@ pub struct NetLimits {
     pub client_streams_max: u32,
     /// Concurrent bidirectional streams (batches) a peer connection may open.
     pub peer_streams_max: u32,
-    /// A connection with no traffic for this long is closed, in milliseconds; also the dial timeout.
+    /// A connection with no traffic for this long is closed, in milliseconds.
     pub idle_timeout_ms: u64,
+    /// A dial (QUIC handshake) to a peer that has not completed in this long is given up, in
+    /// milliseconds, and retried after the redial backoff. Short, because a dial started while
+    /// the peer was down retransmits its first packet on a doubling timer (about 1, 2, 4 s), so
+    /// a peer that comes back is found only on the next retransmission: with the idle timeout
+    /// (30 s) as the dial's limit, a restarted node waited seconds for its peers to reconnect.
+    pub dial_timeout_ms: u64,
     /// Most messages in one peer batch.
     pub peer_batch_msgs_max: usize,
     /// Most message bytes in one peer batch.
@@ -87,6 +93,7 @@ impl Default for NetLimits {
             client_streams_max: 256,
             peer_streams_max: 256,
             idle_timeout_ms: 30_000,
+            dial_timeout_ms: 2_000,
             peer_batch_msgs_max: 256,
             peer_batch_bytes_max: 4 * 1024 * 1024,
             peer_queue_msgs_max: 8192,
@@ -107,6 +114,7 @@ impl NetLimits {
             ("client_streams_max", self.client_streams_max.into()),
             ("peer_streams_max", self.peer_streams_max.into()),
             ("idle_timeout_ms", self.idle_timeout_ms),
+            ("dial_timeout_ms", self.dial_timeout_ms),
             ("peer_batch_msgs_max", self.peer_batch_msgs_max as u64),
             ("peer_batch_bytes_max", self.peer_batch_bytes_max as u64),
             ("peer_queue_msgs_max", self.peer_queue_msgs_max as u64),

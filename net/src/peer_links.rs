@@ -19,7 +19,7 @@ use plexus_proto::FrameKind;
 use quinn::{Connection, VarInt};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, Instrument};
 
 use crate::certs::SERVER_NAME;
 use crate::endpoint::{CLOSE_SHUTDOWN, CLOSE_WRONG_PEER};
@@ -30,8 +30,9 @@ use crate::wire::{PeerBatch, PeerBatchReply, WireBytes};
 
 /// First wait before redialing a peer after a failed dial, in milliseconds.
 pub const REDIAL_BACKOFF_MS_MIN: u64 = 50;
-/// Longest wait between dial attempts to one peer, in milliseconds.
-pub const REDIAL_BACKOFF_MS_MAX: u64 = 5_000;
+/// Longest wait between dial attempts to one peer, in milliseconds: a dial is a few packets, and
+/// a peer that restarts is found again within about this long (plus `dial_timeout_ms`).
+pub const REDIAL_BACKOFF_MS_MAX: u64 = 1_000;
 /// Bytes a batch frame spends besides its messages: frame header plus the `from` and count varints.
 pub const BATCH_OVERHEAD_BYTES: usize = 32;
 /// Bytes one message spends in a batch besides its own: its length varint.
@@ -261,7 +262,9 @@ async fn connection(shared: &Arc<PeerShared>, peer: u64, dialer: &mut Dialer) ->
                 NetError::Unreachable { reason, .. } => reason.clone(),
                 other => other.to_string(),
             };
-            warn!(%addr, error = %reason, backoff_ms = dialer.backoff_ms, "dial failed");
+            // At debug: the callers' failures reach `peer_health`, which reports a failing peer
+            // at warn once and then every `PEER_FAILING_REPORT_MS`, not once per dial.
+            debug!(%addr, error = %reason, backoff_ms = dialer.backoff_ms, "dial failed");
             dialer.next_attempt = Instant::now() + Duration::from_millis(dialer.backoff_ms);
             dialer.backoff_ms = (dialer.backoff_ms * 2).min(REDIAL_BACKOFF_MS_MAX);
             dialer.last_error = Some(reason.clone());
@@ -283,14 +286,14 @@ async fn dial(shared: &Arc<PeerShared>, peer: u64, addr: SocketAddr) -> Result<C
         .endpoint
         .connect_with(shared.dial_config.clone(), addr, SERVER_NAME)
         .map_err(|e| unreachable(e.to_string()))?;
-    let dial_timeout = Duration::from_millis(shared.limits.idle_timeout_ms);
+    let dial_timeout = Duration::from_millis(shared.limits.dial_timeout_ms);
     let conn = match tokio::time::timeout(dial_timeout, connecting).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return Err(unreachable(e.to_string())),
         Err(_) => {
             return Err(unreachable(format!(
                 "handshake timed out after {} ms",
-                shared.limits.idle_timeout_ms
+                shared.limits.dial_timeout_ms
             )))
         }
     };

@@ -81,12 +81,14 @@ async fn unknown_and_unreachable_peers() {
         Err(NetError::UnknownPeer(9))
     ));
 
-    // A bound UDP socket that never answers QUIC: the dial times out after the idle timeout.
+    // A bound UDP socket that never answers QUIC: the dial times out after the dial timeout,
+    // not after the (much longer) idle timeout.
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let limits = NetLimits {
-        idle_timeout_ms: 300,
+        dial_timeout_ms: 300,
         ..NetLimits::default()
     };
+    assert!(limits.idle_timeout_ms > 10 * limits.dial_timeout_ms);
     let (c, _) = node(3, &material(&ca, 3), limits);
     c.peer_links().set_peer(4, silent.local_addr().unwrap());
     match c.peer_links().call(4, b"x".to_vec(), T).await {
