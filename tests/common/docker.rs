@@ -18,6 +18,62 @@ pub const SHARDS: u32 = 8;
 pub const NODES: u64 = 3;
 /// The UDP port every node listens on, inside its own container.
 const PORT: u16 = 7401;
+/// Every name this harness gives Docker (and every firewall rule's comment) starts with this,
+/// then the test process's id.
+const PREFIX: &str = "plexus-e2e-";
+
+/// Removes containers, networks, images and firewall rules that an earlier test process left
+/// behind (one killed before its `Drop` ran: a CI timeout, say), found by the dead process's id
+/// in their names. A live process's resources are left alone, so concurrent runs are safe.
+fn remove_leftovers() {
+    let dead = |name: &str| {
+        let pid = name.strip_prefix(PREFIX).and_then(|rest| rest.split(['-', ':']).next());
+        pid.is_some_and(|p| p.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{p}")).exists())
+    };
+    let list = |args: &[&str]| -> Vec<String> {
+        Command::new("docker")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect())
+            .unwrap_or_default()
+    };
+    let filter = format!("name=^{PREFIX}");
+    for c in list(&["ps", "--all", "--filter", &filter, "--format", "{{.Names}}"])
+        .iter()
+        .filter(|n| dead(n))
+    {
+        eprintln!("[docker] removing container {c} left by a dead test process");
+        let _ = Command::new("docker").args(["rm", "--force", "--volumes", c]).output();
+    }
+    for n in list(&["network", "ls", "--filter", &filter, "--format", "{{.Name}}"])
+        .iter()
+        .filter(|n| dead(n))
+    {
+        eprintln!("[docker] removing network {n} left by a dead test process");
+        let _ = Command::new("docker").args(["network", "rm", n]).output();
+    }
+    let images = list(&["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"]);
+    for i in images.iter().filter(|i| i.starts_with(PREFIX) && dead(i)) {
+        let _ = Command::new("docker").args(["image", "rm", "--force", i]).output();
+    }
+    let rules = Command::new("iptables").args(["-S", "DOCKER-USER"]).output();
+    for line in rules
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+        .lines()
+    {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let owner = words
+            .iter()
+            .position(|w| *w == "--comment")
+            .and_then(|i| words.get(i + 1));
+        if words.first() == Some(&"-A") && owner.is_some_and(|o| dead(o)) {
+            eprintln!("[docker] removing firewall rule left by a dead test process: {line}");
+            let _ = Command::new("iptables").arg("-D").args(&words[1..]).output();
+        }
+    }
+}
 
 /// Runs `docker args...`; its output, or a panic naming the command and its stderr.
 pub fn docker(args: &[&str]) -> Output {
@@ -59,16 +115,17 @@ pub struct DockerCluster {
     /// Node `i` (1-based) has address `ips[i - 1]`.
     pub ips: Vec<String>,
     pub dir: PathBuf,
-    /// Host firewall rules this cluster added (`iptables` arguments after the chain), removed by
-    /// `heal` and on drop.
-    rules: Vec<[String; 4]>,
+    /// Host firewall rules this cluster added (`iptables` arguments after the chain, before the
+    /// target), removed by `heal` and on drop.
+    rules: Vec<Vec<String>>,
 }
 
 impl DockerCluster {
     /// Builds the image, makes certificates and configs under `dir`, creates the network and
     /// starts one container per node. `tag` tells apart the clusters of one test process.
     pub fn start(dir: &Path, tag: &str) -> Self {
-        let name = format!("plexus-e2e-{}-{tag}", std::process::id());
+        remove_leftovers();
+        let name = format!("{PREFIX}{}-{tag}", std::process::id());
         let mut cluster = DockerCluster {
             network: name.clone(),
             image: format!("{name}:test"),
@@ -283,11 +340,21 @@ impl DockerCluster {
         for peer in (1..=NODES).filter(|p| *p != id) {
             let other = self.ips[peer as usize - 1].clone();
             for (src, dst) in [(&me, &other), (&other, &me)] {
-                let rule = ["-s".to_string(), src.clone(), "-d".to_string(), dst.clone()];
+                // The comment names this process, so a run that was killed before its cleanup
+                // can have its rules found and removed by the next (`remove_leftovers`).
+                let rule: Vec<String> = ["-s", src, "-d", dst, "-m", "comment", "--comment", &self.owner_tag()]
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect();
                 iptables("-I", &rule);
                 self.rules.push(rule);
             }
         }
+    }
+
+    /// What marks this process's resources: `plexus-e2e-PID`.
+    fn owner_tag(&self) -> String {
+        format!("{PREFIX}{}", std::process::id())
     }
 
     /// Removes every rule `isolate_from_peers` added.
@@ -347,7 +414,7 @@ impl DockerCluster {
 
 /// `iptables OP DOCKER-USER RULE... -j DROP`; panics if it fails (a rule left behind would cut
 /// the addresses of a later network that reuses this subnet, so a failure must be loud).
-fn iptables(op: &str, rule: &[String; 4]) {
+fn iptables(op: &str, rule: &[String]) {
     let out = Command::new("iptables")
         .args([op, "DOCKER-USER"])
         .args(rule)
