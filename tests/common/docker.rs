@@ -4,7 +4,8 @@
 //!
 //! The image is built from the test's own `plexus` binary and the shared libraries it links
 //! (`ldd`), on `scratch`: this machine has no image registry. Everything the cluster makes
-//! (containers, network, image) is removed when the `DockerCluster` is dropped, panics included.
+//! (containers, network, image, host firewall rules) is removed when the `DockerCluster` is
+//! dropped, panics included, and what a killed test process left is removed by the next start.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
