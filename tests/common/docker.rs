@@ -31,39 +31,33 @@ fn remove_leftovers() {
         let pid = name.strip_prefix(PREFIX).and_then(|rest| rest.split(['-', ':']).next());
         pid.is_some_and(|p| p.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{p}")).exists())
     };
-    let list = |args: &[&str]| -> Vec<String> {
-        Command::new("docker")
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
+    let lines = |program: &str, args: &[&str]| -> Vec<String> {
+        try_run(program, args)
             .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect())
             .unwrap_or_default()
     };
     let filter = format!("name=^{PREFIX}");
-    for c in list(&["ps", "--all", "--filter", &filter, "--format", "{{.Names}}"])
-        .iter()
-        .filter(|n| dead(n))
-    {
+    let containers = lines(
+        "docker",
+        &["ps", "--all", "--filter", &filter, "--format", "{{.Names}}"],
+    );
+    for c in containers.iter().filter(|n| dead(n)) {
         eprintln!("[docker] removing container {c} left by a dead test process");
-        let _ = Command::new("docker").args(["rm", "--force", "--volumes", c]).output();
+        let _ = try_run("docker", &["rm", "--force", "--volumes", c]);
     }
-    for n in list(&["network", "ls", "--filter", &filter, "--format", "{{.Name}}"])
-        .iter()
-        .filter(|n| dead(n))
-    {
+    let networks = lines(
+        "docker",
+        &["network", "ls", "--filter", &filter, "--format", "{{.Name}}"],
+    );
+    for n in networks.iter().filter(|n| dead(n)) {
         eprintln!("[docker] removing network {n} left by a dead test process");
-        let _ = Command::new("docker").args(["network", "rm", n]).output();
+        let _ = try_run("docker", &["network", "rm", n]);
     }
-    let images = list(&["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"]);
+    let images = lines("docker", &["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"]);
     for i in images.iter().filter(|i| i.starts_with(PREFIX) && dead(i)) {
-        let _ = Command::new("docker").args(["image", "rm", "--force", i]).output();
+        let _ = try_run("docker", &["image", "rm", "--force", i]);
     }
-    let rules = Command::new("iptables").args(["-S", "DOCKER-USER"]).output();
-    for line in rules
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
-        .lines()
-    {
+    for line in lines("iptables", &["-S", "DOCKER-USER"]) {
         let words: Vec<&str> = line.split_whitespace().collect();
         let owner = words
             .iter()
@@ -71,39 +65,41 @@ fn remove_leftovers() {
             .and_then(|i| words.get(i + 1));
         if words.first() == Some(&"-A") && owner.is_some_and(|o| dead(o)) {
             eprintln!("[docker] removing firewall rule left by a dead test process: {line}");
-            let _ = Command::new("iptables").arg("-D").args(&words[1..]).output();
+            let mut args = vec!["-D"];
+            args.extend(&words[1..]);
+            let _ = try_run("iptables", &args);
         }
+    }
+}
+
+/// Runs `program args...` with no input; its output, or why it could not run or failed (with its
+/// stderr). Every external command of this harness goes through here.
+fn try_run(program: &str, args: &[&str]) -> Result<Output, String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{program} {args:?}: cannot run {program}: {e}"))?;
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(format!(
+            "{program} {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
 /// Runs `docker args...`; its output, or a panic naming the command and its stderr.
 pub fn docker(args: &[&str]) -> Output {
-    let out = Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("docker {args:?}: cannot run docker: {e}"));
-    assert!(
-        out.status.success(),
-        "docker {args:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    out
+    try_run("docker", args).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Whether a Docker Engine answers; the reason when it does not.
 pub fn engine() -> Result<String, String> {
-    let out = Command::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run docker: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
+    try_run("docker", &["version", "--format", "{{.Server.Version}}"])
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// A running cluster of `NODES` containers.
@@ -161,13 +157,7 @@ impl DockerCluster {
         if !stripped {
             std::fs::copy(super::BIN, root.join("plexus")).unwrap();
         }
-        let ldd = Command::new("ldd").arg(super::BIN).output().expect("run ldd");
-        assert!(
-            ldd.status.success(),
-            "ldd {}: {}",
-            super::BIN,
-            String::from_utf8_lossy(&ldd.stderr)
-        );
+        let ldd = try_run("ldd", &[super::BIN]).unwrap_or_else(|e| panic!("{e}"));
         for lib in String::from_utf8_lossy(&ldd.stdout)
             .split_whitespace()
             .filter(|w| w.starts_with('/'))
@@ -192,17 +182,14 @@ impl DockerCluster {
         for attempt in 0..32 {
             let k = (salt + attempt * 37) % 4096;
             let prefix = format!("10.{}.{}", 200 + k / 256 % 50, k % 256);
-            let out = Command::new("docker")
-                .args(["network", "create", "--driver", "bridge"])
-                .arg(format!("--subnet={prefix}.0/24"))
-                .arg(&self.network)
-                .stdin(Stdio::null())
-                .output()
-                .expect("run docker network create");
-            if out.status.success() {
-                return prefix;
+            let subnet = format!("--subnet={prefix}.0/24");
+            match try_run(
+                "docker",
+                &["network", "create", "--driver", "bridge", &subnet, &self.network],
+            ) {
+                Ok(_) => return prefix,
+                Err(e) => last = e,
             }
-            last = String::from_utf8_lossy(&out.stderr).trim().to_string();
         }
         panic!("docker network create: no free /24 found; last error: {last}");
     }
@@ -398,35 +385,29 @@ impl DockerCluster {
 
     /// The last lines node `id` logged.
     pub fn log_tail(&self, id: u64) -> String {
-        let out = Command::new("docker")
-            .args(["logs", "--tail", "30", &self.container(id)])
-            .output()
-            .map(|o| {
-                format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&o.stdout),
-                    String::from_utf8_lossy(&o.stderr)
-                )
-            })
-            .unwrap_or_default();
-        out
+        match try_run("docker", &["logs", "--tail", "30", &self.container(id)]) {
+            Ok(o) => format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => e,
+        }
     }
 }
 
-/// `iptables OP DOCKER-USER RULE... -j DROP`; panics if it fails (a rule left behind would cut
-/// the addresses of a later network that reuses this subnet, so a failure must be loud).
+/// `iptables OP DOCKER-USER RULE... -j DROP`.
+fn iptables_drop(op: &str, rule: &[String]) -> Result<Output, String> {
+    let mut args = vec![op, "DOCKER-USER"];
+    args.extend(rule.iter().map(String::as_str));
+    args.extend(["-j", "DROP"]);
+    try_run("iptables", &args)
+}
+
+/// `iptables_drop`, panicking if it fails (a rule left behind would cut the addresses of a later
+/// network that reuses this subnet, so a failure must be loud).
 fn iptables(op: &str, rule: &[String]) {
-    let out = Command::new("iptables")
-        .args([op, "DOCKER-USER"])
-        .args(rule)
-        .args(["-j", "DROP"])
-        .output()
-        .unwrap_or_else(|e| panic!("iptables {op} {rule:?}: cannot run iptables: {e}"));
-    assert!(
-        out.status.success(),
-        "iptables {op} DOCKER-USER {rule:?} -j DROP: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+    iptables_drop(op, rule).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// Runs a setup command (certificates); panics with its output if it fails.
@@ -443,25 +424,13 @@ fn run(cmd: &mut Command) {
 impl Drop for DockerCluster {
     fn drop(&mut self) {
         // Best effort, errors ignored: a cleanup that panics inside a panic would abort.
-        let quiet = |args: &[&str]| {
-            let _ = Command::new("docker")
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        };
         for rule in &self.rules {
-            let _ = Command::new("iptables")
-                .args(["-D", "DOCKER-USER"])
-                .args(rule)
-                .args(["-j", "DROP"])
-                .status();
+            let _ = iptables_drop("-D", rule);
         }
         for c in &self.containers {
-            quiet(&["rm", "--force", "--volumes", c]);
+            let _ = try_run("docker", &["rm", "--force", "--volumes", c]);
         }
-        quiet(&["network", "rm", &self.network]);
-        quiet(&["image", "rm", "--force", &self.image]);
+        let _ = try_run("docker", &["network", "rm", &self.network]);
+        let _ = try_run("docker", &["image", "rm", "--force", &self.image]);
     }
 }
