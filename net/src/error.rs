@@ -23,6 +23,16 @@ pub enum NetError {
     /// A file or socket operation failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// A certificate or key file could not be read or parsed; names the file and what it holds.
+    #[error("{what} {}: {reason}", path.display())]
+    File {
+        /// What the file holds ("node key", ...).
+        what: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// The IO or parse error.
+        reason: String,
+    },
     /// No address is known for the peer and no live connection to it exists.
     #[error("unknown peer {0}")]
     UnknownPeer(u64),

@@ -44,17 +44,30 @@ impl std::fmt::Debug for TlsMaterial {
     }
 }
 
+/// What `TlsMaterial::from_pem_files` calls each file in its errors.
+const CA_CERT: &str = "cluster CA certificate";
+const NODE_CERT: &str = "node certificate";
+const NODE_KEY: &str = "node key";
+
 impl TlsMaterial {
     /// Reads the three PEM files (for example those `certs::write_pem_files` wrote) and checks they parse.
+    /// An error names the file and what it should hold, so an operator sees which one is
+    /// missing, unreadable (a key that the service's user may not read) or not what it claims.
     pub fn from_pem_files(ca_cert: &Path, node_cert: &Path, node_key: &Path) -> Result<Self, NetError> {
-        let m = Self {
-            ca_pem: std::fs::read_to_string(ca_cert)?,
-            cert_pem: std::fs::read_to_string(node_cert)?,
-            key_pem: std::fs::read_to_string(node_key)?,
+        let file = |what: &'static str, path: &Path, reason: String| NetError::File {
+            what,
+            path: path.to_path_buf(),
+            reason,
         };
-        parse_certs(&m.ca_pem)?;
-        parse_certs(&m.cert_pem)?;
-        parse_key(&m.key_pem)?;
+        let read = |what, path: &Path| std::fs::read_to_string(path).map_err(|e| file(what, path, e.to_string()));
+        let m = Self {
+            ca_pem: read(CA_CERT, ca_cert)?,
+            cert_pem: read(NODE_CERT, node_cert)?,
+            key_pem: read(NODE_KEY, node_key)?,
+        };
+        parse_certs(&m.ca_pem).map_err(|e| file(CA_CERT, ca_cert, e.to_string()))?;
+        parse_certs(&m.cert_pem).map_err(|e| file(NODE_CERT, node_cert, e.to_string()))?;
+        parse_key(&m.key_pem).map_err(|e| file(NODE_KEY, node_key, e.to_string()))?;
         Ok(m)
     }
 }
@@ -187,11 +200,23 @@ mod tests {
         assert_eq!(m.ca_pem, ca.cert_pem);
         assert_eq!(m.cert_pem, node.cert_pem);
         assert_eq!(m.key_pem, node.key_pem);
-        // A key where a certificate belongs.
-        assert!(matches!(
-            TlsMaterial::from_pem_files(&key, &crt, &key),
-            Err(NetError::Pem(_))
-        ));
+        // A key where a certificate belongs: the error names the file and its role.
+        let err = TlsMaterial::from_pem_files(&key, &crt, &key).unwrap_err();
+        assert!(matches!(&err, NetError::File { what: CA_CERT, path, .. } if *path == key));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cluster CA certificate {}: invalid pem: no certificate found",
+                key.display()
+            )
+        );
+        // A missing key file: named too, with the OS's reason.
+        let gone = dir.path().join("gone-key.pem");
+        let err = TlsMaterial::from_pem_files(&ca_crt, &crt, &gone)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with(&format!("node key {}: ", gone.display())), "{err}");
+        assert!(err.contains("No such file"), "{err}");
         assert!(matches!(parse_certs("garbage"), Err(NetError::Pem(m)) if m == "no certificate found"));
     }
 }
