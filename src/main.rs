@@ -13,6 +13,7 @@ mod client_cmds;
 mod kernels_cmd;
 mod node_cmd;
 mod score_cmd;
+mod sd_notify;
 mod sim_cmd;
 mod up;
 

@@ -3,14 +3,28 @@
 
 use std::path::Path;
 
-use plexus_actors::{start_node, NodeConfig};
+use plexus_actors::{start_node, NodeConfig, NodeError};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::{init_tracing, runtime, CliResult};
+use crate::sd_notify;
+
+/// Exit status of a node that cannot start because of its configuration, certificates, data
+/// directory or stored data (sysexits' `EX_CONFIG`): started again unchanged, it would fail the
+/// same way, so the systemd unit's `RestartPreventExitStatus=78` leaves it stopped, with its
+/// error in the journal, instead of restarting it every `RestartSec`. Other failures (the
+/// address still in use, say) exit with 1 and may be retried.
+pub const EXIT_CONFIG: i32 = 78;
+
+/// Prints the error as `main` would and exits with [`EXIT_CONFIG`].
+fn exit_config(e: impl std::fmt::Display) -> ! {
+    eprintln!("error: {e}");
+    std::process::exit(EXIT_CONFIG)
+}
 
 pub fn run(config: &Path) -> CliResult {
     init_tracing();
-    let cfg = NodeConfig::load(config).map_err(|e| e.to_string())?;
+    let cfg = NodeConfig::load(config).unwrap_or_else(|e| exit_config(e));
     let rt = match cfg.worker_threads {
         Some(n) => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(n.clamp(1, 256))
@@ -23,16 +37,22 @@ pub fn run(config: &Path) -> CliResult {
         let mut term = signal(SignalKind::terminate()).map_err(|e| format!("signal handler: {e}"))?;
         let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("signal handler: {e}"))?;
         let node_id = cfg.node_id;
-        let handle = start_node(cfg).await.map_err(|e| e.to_string())?;
+        let handle = match start_node(cfg).await {
+            Ok(handle) => handle,
+            Err(e @ (NodeError::Net(_) | NodeError::Actors(_))) => return Err(e.to_string()),
+            Err(e @ (NodeError::DataDir(..) | NodeError::Storage(_) | NodeError::Tls(_))) => exit_config(e),
+        };
         println!(
             "node {node_id} listening on {} (pid {})",
             handle.addr(),
             std::process::id()
         );
+        sd_notify::notify("READY=1");
         tokio::select! {
             _ = term.recv() => tracing::info!("sigterm: stopping"),
             _ = int.recv() => tracing::info!("sigint: stopping"),
         }
+        sd_notify::notify("STOPPING=1");
         handle.shutdown().await;
         tracing::info!("node stopped");
         Ok(())
