@@ -296,3 +296,61 @@ async fn a_good_client_is_served_throughout() {
     assert!(good.close_reason().is_none());
     n.shutdown().await;
 }
+
+/// A node that crashes sends no CONNECTION_CLOSE: its clients keep a connection the next process
+/// on that address knows nothing of. Started again with the same key, the node answers their
+/// next packet with a stateless reset they accept (its reset key derives from the node key), so
+/// they see the connection end at once and redial, instead of after the idle timeout (30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_resets_its_crashed_incarnations_connections() {
+    let ca = fresh_ca("reset");
+    let tls = material(&ca, 1);
+    // The first incarnation runs on a runtime of its own, so that it can die as a killed process
+    // does: its tasks dropped unpolled, nothing more sent.
+    let doomed = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (first, _) = {
+        let _in = doomed.enter();
+        node(1, &tls, NetLimits::default())
+    };
+    let addr = first.local_addr();
+    let (_ep, conn) = client(&ca.cert_pem, addr).await;
+    assert_eq!(call(&conn, &request(3)).await, Ok(Reply::Count(3)));
+    doomed.shutdown_background();
+    drop(first);
+
+    // Same address, same key. The old socket may take a moment to be released.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let second = loop {
+        match plexus_net::NodeEndpoint::bind(1, addr, &tls, TOKEN.to_string(), NetLimits::default()) {
+            Ok(ep) => break ep,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("rebinding {addr}: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot bind {addr} again: {e}"),
+        }
+    };
+    second.serve(Arc::new(EchoPeer::default()), Arc::new(EchoClient { node_id: 1 }));
+
+    // A request on the old connection draws the reset.
+    let started = std::time::Instant::now();
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    let _ = send
+        .write_all(&encode(FrameKind::Request, &request(4), 1 << 20).unwrap())
+        .await;
+    let _ = send.finish();
+    let why = tokio::time::timeout(std::time::Duration::from_secs(5), conn.closed())
+        .await
+        .expect("the old connection was not reset within 5 s (the idle timeout is 30 s)");
+    assert!(matches!(why, quinn::ConnectionError::Reset), "{why:?}");
+    eprintln!("old connection reset {:?} after the request", started.elapsed());
+
+    // A new connection to the new incarnation is served.
+    let (_ep2, conn2) = client(&ca.cert_pem, addr).await;
+    assert_eq!(call(&conn2, &request(5)).await, Ok(Reply::Count(5)));
+    second.shutdown().await;
+}

@@ -75,7 +75,12 @@ impl ClientHandler for EchoClient {
 
 /// A bound and serving node with echo handlers.
 pub fn node(id: u64, tls: &TlsMaterial, limits: NetLimits) -> (NodeEndpoint, Arc<EchoPeer>) {
-    let ep = NodeEndpoint::bind(id, localhost(), tls, TOKEN.to_string(), limits).unwrap();
+    node_at(id, localhost(), tls, limits)
+}
+
+/// `node`, bound to `addr`.
+pub fn node_at(id: u64, addr: SocketAddr, tls: &TlsMaterial, limits: NetLimits) -> (NodeEndpoint, Arc<EchoPeer>) {
+    let ep = NodeEndpoint::bind(id, addr, tls, TOKEN.to_string(), limits).unwrap();
     let peer = Arc::new(EchoPeer::default());
     ep.serve(peer.clone(), Arc::new(EchoClient { node_id: id }));
     (ep, peer)
