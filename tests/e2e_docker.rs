@@ -13,10 +13,10 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::collections::BTreeSet;
+use std::time::Duration;
 
-use common::docker::{engine, DockerCluster, NODES, SHARDS};
+use common::docker::{engine_or_skip, DockerCluster, NODES, SHARDS};
 use common::workload::{leader_of, leaders_of, Workload};
 use plexus_client::Client;
 use plexus_proto::{shard_for_key, Consistency, Cursor, Op, ReadOp, Reply, Request, ShardKey};
@@ -28,7 +28,7 @@ const PARTITION: Duration = Duration::from_secs(8);
 /// A ready cluster under `tmp` with the workload running for two seconds; `None` when there is
 /// no Docker Engine and the user asked to skip.
 async fn start(tmp: &tempfile::TempDir, tag: &str) -> Option<(DockerCluster, Client, Workload)> {
-    if !docker_engine_or_skip() {
+    if !engine_or_skip() {
         return None;
     }
     let cluster = DockerCluster::start(tmp.path(), tag);
@@ -69,69 +69,6 @@ async fn cut_shard0_leader(
     cut(victim);
     tokio::time::sleep(PARTITION).await;
     (shard0, victim, workload.acked_where(on_shard0) - before)
-}
-
-/// Waits until node `id` answers and each of its replicas has applied at least what its group's
-/// leader had applied when the node first answered; how long that took. Panics past `within`.
-async fn caught_up(client: &Client, cluster: &DockerCluster, id: u64, within: Duration) -> Duration {
-    let start = Instant::now();
-    let deadline = start + within;
-    while client.node_status(&cluster.addr(id)).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "node {id} did not come back within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    eprintln!("node {id} answers {:?} after its start", start.elapsed());
-    // Each group's applied index at its leader, now (the meta group included).
-    let mut targets = BTreeMap::new();
-    while targets.len() < SHARDS as usize + 1 {
-        for node in 1..=NODES {
-            if let Ok(st) = client.node_status(&cluster.addr(node)).await {
-                for r in st.shards.iter().filter(|r| r.leader == Some(node)) {
-                    targets.insert(r.shard, r.applied_index);
-                }
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "groups without a leader: only {targets:?} have one"
-        );
-    }
-    loop {
-        // Groups still behind; `None` while the node does not answer.
-        let behind: Option<Vec<u32>> = client.node_status(&cluster.addr(id)).await.ok().map(|st| {
-            st.shards
-                .iter()
-                .filter(|r| r.applied_index < targets.get(&r.shard).copied().unwrap_or(0))
-                .map(|r| r.shard)
-                .collect()
-        });
-        if behind.as_ref().is_some_and(Vec::is_empty) {
-            return start.elapsed();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node {id} has not caught up on groups {behind:?} within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Whether to run: an engine answers (true), or it does not and the user asked to skip (false).
-fn docker_engine_or_skip() -> bool {
-    match engine() {
-        Ok(version) => {
-            eprintln!("docker engine {version}");
-            true
-        }
-        Err(why) if std::env::var("PLEXUS_E2E_DOCKER").as_deref() == Ok("skip") => {
-            eprintln!("SKIPPED (PLEXUS_E2E_DOCKER=skip): no Docker Engine: {why}");
-            false
-        }
-        Err(why) => panic!("this test needs a running Docker Engine ({why}); PLEXUS_E2E_DOCKER=skip skips it"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -187,7 +124,7 @@ async fn rolling_restart_keeps_acknowledging_writes() {
         // The next node stops only once this one has caught up, as an operator's script should
         // wait: a replica that answers but lags cannot help its group commit, so stopping the
         // next node then would leave groups with one current replica of three.
-        let took = caught_up(&client, &cluster, id, Duration::from_secs(60)).await;
+        let took = cluster.caught_up(&client, id, Duration::from_secs(60)).await;
         eprintln!("node {id} caught up {took:?} after its start");
     }
     tokio::time::sleep(Duration::from_secs(2)).await;

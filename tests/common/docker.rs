@@ -7,6 +7,7 @@
 //! (containers, network, image, host firewall rules) is removed when the `DockerCluster` is
 //! dropped, panics included, and what a killed test process left is removed by the next start.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -74,7 +75,7 @@ fn remove_leftovers() {
 
 /// Runs `program args...` with no input; its output, or why it could not run or failed (with its
 /// stderr). Every external command of this harness goes through here.
-fn try_run(program: &str, args: &[&str]) -> Result<Output, String> {
+pub fn try_run(program: &str, args: &[&str]) -> Result<Output, String> {
     let out = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -102,8 +103,35 @@ pub fn engine() -> Result<String, String> {
         .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// Whether to run: an engine answers (true), or it does not and the user asked to skip (false).
+pub fn engine_or_skip() -> bool {
+    match engine() {
+        Ok(version) => {
+            eprintln!("docker engine {version}");
+            true
+        }
+        Err(why) if std::env::var("PLEXUS_E2E_DOCKER").as_deref() == Ok("skip") => {
+            eprintln!("SKIPPED (PLEXUS_E2E_DOCKER=skip): no Docker Engine: {why}");
+            false
+        }
+        Err(why) => panic!("this test needs a running Docker Engine ({why}); PLEXUS_E2E_DOCKER=skip skips it"),
+    }
+}
+
+/// How a node runs in its container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    /// The plexus binary is the container's only process (a `scratch` image); `docker stop`
+    /// sends it SIGTERM.
+    Scratch,
+    /// systemd is PID 1 and runs the node from the repository's unit (`systemd.rs`); the node
+    /// is stopped and started with `systemctl`.
+    Systemd,
+}
+
 /// A running cluster of `NODES` containers.
 pub struct DockerCluster {
+    pub flavor: Flavor,
     /// Prefix of every name this cluster gives Docker (network, containers, image tag).
     pub name: String,
     pub network: String,
@@ -121,9 +149,15 @@ impl DockerCluster {
     /// Builds the image, makes certificates and configs under `dir`, creates the network and
     /// starts one container per node. `tag` tells apart the clusters of one test process.
     pub fn start(dir: &Path, tag: &str) -> Self {
+        Self::start_flavor(dir, tag, Flavor::Scratch)
+    }
+
+    /// `start`, with nodes run the way `flavor` says.
+    pub fn start_flavor(dir: &Path, tag: &str, flavor: Flavor) -> Self {
         remove_leftovers();
         let name = format!("{PREFIX}{}-{tag}", std::process::id());
         let mut cluster = DockerCluster {
+            flavor,
             network: name.clone(),
             image: format!("{name}:test"),
             name,
@@ -166,6 +200,10 @@ impl DockerCluster {
             std::fs::create_dir_all(to.parent().unwrap()).unwrap();
             // `copy` follows symlinks, so the image gets the library itself.
             std::fs::copy(lib, &to).unwrap_or_else(|e| panic!("copy {lib}: {e}"));
+        }
+        if self.flavor == Flavor::Systemd {
+            // The base image has the libraries (it is the host's own Debian release).
+            return super::systemd::build_node_image(&ctx, &self.image);
         }
         std::fs::write(
             ctx.join("Dockerfile"),
@@ -217,6 +255,9 @@ impl DockerCluster {
                  node_key = \"/etc/plexus/node-{id}-key.pem\"\n{peers}"
             );
             std::fs::write(conf.join("node.toml"), toml).unwrap();
+            if self.flavor == Flavor::Systemd {
+                super::systemd::share_key_with_service(&conf.join(format!("node-{id}-key.pem")));
+            }
         }
         let seeds: Vec<String> = self.ips.iter().map(|ip| format!("\"{ip}:{PORT}\"")).collect();
         std::fs::write(
@@ -245,6 +286,17 @@ impl DockerCluster {
     fn run_node(&mut self, id: u64) {
         let container = self.container(id);
         let conf = format!("{}:/etc/plexus:ro", self.conf_dir(id).display());
+        if self.flavor == Flavor::Systemd {
+            // The data stays in the container (the unit's StateDirectory), which lives as long
+            // as the test: the node is restarted with systemctl, not by recreating it.
+            let mut args = vec!["run", "--detach", "--name", &container, "--network", &self.network];
+            args.extend(["--ip", &self.ips[id as usize - 1], "--volume", &conf]);
+            args.extend(super::systemd::RUN_ARGS);
+            args.extend([self.image.as_str(), "/sbin/init"]);
+            docker(&args);
+            self.containers.push(container);
+            return;
+        }
         let data = format!("{}:/var/lib/plexus", self.data_dir(id).display());
         docker(&[
             "run",
@@ -303,6 +355,54 @@ impl DockerCluster {
         }
     }
 
+    /// Waits until node `id` answers and each of its replicas has applied at least what its group's
+    /// leader had applied when the node first answered; how long that took. Panics past `within`.
+    pub async fn caught_up(&self, client: &Client, id: u64, within: Duration) -> Duration {
+        let start = Instant::now();
+        let deadline = start + within;
+        while client.node_status(&self.addr(id)).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "node {id} did not come back within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!("node {id} answers {:?} after its start", start.elapsed());
+        // Each group's applied index at its leader, now (the meta group included).
+        let mut targets = BTreeMap::new();
+        while targets.len() < SHARDS as usize + 1 {
+            for node in 1..=NODES {
+                if let Ok(st) = client.node_status(&self.addr(node)).await {
+                    for r in st.shards.iter().filter(|r| r.leader == Some(node)) {
+                        targets.insert(r.shard, r.applied_index);
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "groups without a leader: only {targets:?} have one"
+            );
+        }
+        loop {
+            // Groups still behind; `None` while the node does not answer.
+            let behind: Option<Vec<u32>> = client.node_status(&self.addr(id)).await.ok().map(|st| {
+                st.shards
+                    .iter()
+                    .filter(|r| r.applied_index < targets.get(&r.shard).copied().unwrap_or(0))
+                    .map(|r| r.shard)
+                    .collect()
+            });
+            if behind.as_ref().is_some_and(Vec::is_empty) {
+                return start.elapsed();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} has not caught up on groups {behind:?} within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Cuts node `id` off the network: its process keeps running with no route to anyone.
     pub fn disconnect(&self, id: u64) {
         docker(&["network", "disconnect", &self.network, &self.container(id)]);
@@ -353,15 +453,27 @@ impl DockerCluster {
     }
 
     /// SIGTERMs node `id` and waits (up to 30 s, then SIGKILL) for it to exit; its exit code.
+    /// Under systemd that is `systemctl stop`, which waits the unit's `TimeoutStopSec`.
     pub fn stop(&self, id: u64) -> String {
         let c = self.container(id);
+        if self.flavor == Flavor::Systemd {
+            self.systemctl(id, &["stop", "plexus.service"])
+                .unwrap_or_else(|e| panic!("{e}"));
+            return self.unit_prop(id, "ExecMainStatus");
+        }
         docker(&["stop", "--time", "30", &c]);
         let code = docker(&["inspect", "--format", "{{.State.ExitCode}}", &c]);
         String::from_utf8_lossy(&code.stdout).trim().to_string()
     }
 
-    /// Starts node `id`'s stopped container again: same address, same data.
+    /// Starts node `id` again: same address, same data. Under systemd `systemctl start`, which
+    /// returns once the node has told systemd it serves (`Type=notify`).
     pub fn start_again(&self, id: u64) {
+        if self.flavor == Flavor::Systemd {
+            self.systemctl(id, &["start", "plexus.service"])
+                .unwrap_or_else(|e| panic!("{e}; journal:\n{}", self.journal(id, 20)));
+            return;
+        }
         docker(&["start", &self.container(id)]);
     }
 
@@ -385,6 +497,9 @@ impl DockerCluster {
 
     /// The last lines node `id` logged.
     pub fn log_tail(&self, id: u64) -> String {
+        if self.flavor == Flavor::Systemd {
+            return self.journal(id, 30);
+        }
         match try_run("docker", &["logs", "--tail", "30", &self.container(id)]) {
             Ok(o) => format!(
                 "{}{}",

@@ -12,6 +12,7 @@ use plexus_client::{Client, ClientConfig};
 use plexus_proto::{Consistency, Op, ReadOp, Reply, Request};
 
 pub mod docker;
+pub mod systemd;
 pub mod workload;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_plexus");
