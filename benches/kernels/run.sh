@@ -29,7 +29,7 @@ for g in $GRAPHS; do
   edges="$WORK/g_${v}_${e}.txt"
   "$KB" --vertices "$v" --edges "$e" --write-edges "$edges"
   echo "graph ${v} vertices / ${e} edges: scipy..."
-  python3 benches/kernels/scipy_spmm.py "$edges" --dims "$(echo $DIMS | tr ' ' ',')" --iters "$ITERS" >>"$RESULTS"
+  python3 benches/kernels/scipy_spmm.py "$edges" --dims "$(echo "$DIMS" | tr ' ' ',')" --iters "$ITERS" >>"$RESULTS"
   for k in $DIMS; do
     echo "graph ${v}/${e} K=${k}: plexus-kernels..."
     for dtype in f32 bf16; do
