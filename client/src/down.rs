@@ -6,6 +6,13 @@
 //! otherwise be tried again every `NODE_DOWN_MS`, and each try of a stopped node can cost a
 //! whole attempt timeout (a QUIC dial to a closed port is not refused, it goes unanswered). Any
 //! answer from the node, even an error of its own, clears its record.
+//!
+//! Only a failure after a pass-over period has ended (a try of the node once it may be back)
+//! doubles the next one. Failures while a period runs are attempts that were already in flight
+//! when the node went away, or that raced the first failure: one outage of a node with many
+//! requests in flight is one strike, not one per request. Counting each had one crash pass a
+//! node over for the full 16 s, so a client ignored every redirect to it long after it had
+//! restarted and been elected leader again.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -40,12 +47,15 @@ impl DownMarks {
         }
     }
 
-    /// Notes a transport failure of `addr` at `now`. A failure while the node's last pass-over
-    /// period is running, or within `NODE_DOWN_MS_MAX` after it, doubles the period. Records
-    /// idle that long are forgotten.
+    /// Notes a transport failure of `addr` at `now`. A failure while the node's pass-over period
+    /// is running changes nothing (the same outage); one within `NODE_DOWN_MS_MAX` after the
+    /// period ended doubles the period. Records idle that long are forgotten.
     pub fn mark(&mut self, addr: &str, now: Instant) {
         let forget_after = Duration::from_millis(NODE_DOWN_MS_MAX);
         self.marks.retain(|_, m| m.until + forget_after > now);
+        if self.is_down(addr, now) {
+            return;
+        }
         let strikes = self.marks.get(addr).map_or(1, |m| m.strikes.saturating_add(1));
         if strikes == 1 && self.marks.len() >= self.marks_max {
             return;
@@ -102,7 +112,7 @@ mod tests {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         marks.mark(A, t0);
-        marks.mark(A, t0);
+        marks.mark(A, t0 + ms(NODE_DOWN_MS));
         marks.clear(A);
         assert!(!marks.is_down(A, t0));
         marks.mark(A, t0);
@@ -125,8 +135,29 @@ mod tests {
         marks.mark("c:1", t0);
         assert!(!marks.is_down("c:1", t0), "a third node is not recorded");
         // A node already recorded still counts its strikes.
-        marks.mark("a:1", t0);
-        assert!(marks.is_down("a:1", t0 + Duration::from_millis(NODE_DOWN_MS)));
+        let t1 = t0 + Duration::from_millis(NODE_DOWN_MS);
+        marks.mark("a:1", t1);
+        assert!(marks.is_down("a:1", t1 + Duration::from_millis(NODE_DOWN_MS)));
         assert_eq!(marks.marks.len(), 2);
+    }
+
+    #[test]
+    fn failures_during_a_pass_over_are_one_outage() {
+        let mut marks = DownMarks::new(8);
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // Sixty-four requests in flight to a node that crashed all fail within a few ms.
+        for i in 0..64 {
+            marks.mark(A, t0 + ms(i / 8));
+        }
+        assert!(
+            !marks.is_down(A, t0 + ms(NODE_DOWN_MS)),
+            "one outage is one strike: tried again after the first period"
+        );
+        // The try after the period fails too: now it doubles.
+        let t1 = t0 + ms(NODE_DOWN_MS);
+        marks.mark(A, t1);
+        assert!(marks.is_down(A, t1 + ms(2 * NODE_DOWN_MS - 1)));
+        assert!(!marks.is_down(A, t1 + ms(2 * NODE_DOWN_MS)));
     }
 }
