@@ -23,13 +23,14 @@ pub struct Up {
     pub dir: PathBuf,
 }
 
-/// A base port unlikely to collide with other tests running at the same time.
+/// A base port unlikely to collide with other tests running at the same time: below the kernel's
+/// ephemeral range (32768 and up by default), where sockets bound to port 0 could take it.
 pub fn base_port(salt: u16) -> u16 {
     20_000
         + ((std::process::id() as u16)
             .wrapping_mul(7)
             .wrapping_add(salt.wrapping_mul(97)))
-            % 30_000
+            % 12_000
 }
 
 /// Starts `plexus up` and waits for its `ready` line.

@@ -83,9 +83,22 @@ pub async fn wait_for_cluster_leaders(nodes: &[NodeHandle]) {
     }
 }
 
+/// A loopback UDP address for a node of this test process, free when checked. It is picked below
+/// the kernel's ephemeral range (32768 and up by default): a port from that range, freed after the
+/// check, could be handed to any socket another test binds to port 0 (quinn's client endpoints do)
+/// before the node binds it, which failed a CI run with "Address already in use". Below the
+/// range only another pick could take it, and the counter keeps this process's picks distinct.
 fn free_addr() -> SocketAddr {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let salt = std::process::id().wrapping_mul(7919);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 10_000 + (salt.wrapping_add(n) % 22_000) as u16;
+        if let Ok(s) = std::net::UdpSocket::bind(("127.0.0.1", port)) {
+            return s.local_addr().unwrap();
+        }
+    }
 }
 
 /// A one-node, `shards`-shard cluster config under `dir` (certificates written there), with
