@@ -34,7 +34,7 @@ async fn leader_sigkill_loses_no_acknowledged_write() {
     eprintln!("killing node {victim_id} (pid {victim_pid}), leader of shard {shard0}");
     common::signal(victim_pid, "KILL");
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let mut restarted = common::start_node(&dir, victim_id);
+    let restarted = common::start_node(&dir, victim_id);
     tokio::time::sleep(Duration::from_secs(4)).await;
     // Every acknowledged write is on every replica (after catch-up; the node that was killed
     // is a replica of shard 0 and must catch up too), and reads were linearizable throughout.
@@ -58,7 +58,6 @@ async fn leader_sigkill_loses_no_acknowledged_write() {
         }
     }
     client.close().await;
-    common::signal(restarted.id(), "TERM");
-    let _ = restarted.wait();
+    let _ = restarted.stop();
     up.stop();
 }

@@ -109,8 +109,29 @@ pub fn signal(pid: u32, sig: &str) {
     assert!(st.success(), "kill -{sig} {pid} failed");
 }
 
+/// A node process a test started itself; killed on drop, so a test that fails before stopping it
+/// leaves nothing running (a leaked node kept its CPU share through later benchmarks).
+pub struct NodeProcess(pub Child);
+
+impl NodeProcess {
+    /// SIGTERM, then wait for the exit; its status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        signal(self.0.id(), "TERM");
+        self.0.wait().expect("wait for the node")
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts one node process from the cluster directory.
-pub fn start_node(dir: &Path, id: u64) -> Child {
+pub fn start_node(dir: &Path, id: u64) -> NodeProcess {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -123,6 +144,7 @@ pub fn start_node(dir: &Path, id: u64) -> Child {
         .stdout(log.try_clone().expect("clone log"))
         .stderr(log)
         .spawn()
+        .map(NodeProcess)
         .expect("spawn node")
 }
 
