@@ -48,6 +48,17 @@ pub fn run(config: &Path) -> CliResult {
             std::process::id()
         );
         sd_notify::notify("READY=1");
+        // With a unit watchdog, a node whose runtime stops scheduling tasks (a deadlock, say)
+        // misses its pings and systemd restarts it.
+        // It pings through the graceful stop too, which systemd bounds by TimeoutStopSec.
+        if let Some(every) = sd_notify::watchdog_interval() {
+            tokio::spawn(async move {
+                loop {
+                    sd_notify::notify("WATCHDOG=1");
+                    tokio::time::sleep(every).await;
+                }
+            });
+        }
         tokio::select! {
             _ = term.recv() => tracing::info!("sigterm: stopping"),
             _ = int.recv() => tracing::info!("sigint: stopping"),

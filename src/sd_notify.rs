@@ -6,6 +6,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
+use std::time::Duration;
 
 /// Tells the service manager `state` (`READY=1`, `STOPPING=1`, ...), if one asked to be told.
 /// A failure is logged, never fatal: the node serves whether or not systemd heard it.
@@ -16,6 +17,25 @@ pub fn notify(state: &str) {
     if let Err(e) = send(&socket, state) {
         tracing::warn!(socket = %socket.to_string_lossy(), error = %e, "cannot notify the service manager");
     }
+}
+
+/// How often to tell systemd the node is alive (`WATCHDOG=1`), if its unit has a `WatchdogSec`:
+/// half the interval systemd passes in `WATCHDOG_USEC`, as `sd_watchdog_enabled(3)` advises, when
+/// `WATCHDOG_PID` is unset or names this process.
+pub fn watchdog_interval() -> Option<Duration> {
+    watchdog_from(
+        std::env::var("WATCHDOG_USEC").ok().as_deref(),
+        std::env::var("WATCHDOG_PID").ok().as_deref(),
+        std::process::id(),
+    )
+}
+
+fn watchdog_from(usec: Option<&str>, pid: Option<&str>, me: u32) -> Option<Duration> {
+    if pid.is_some_and(|p| p.parse::<u32>().ok() != Some(me)) {
+        return None;
+    }
+    let usec: u64 = usec?.parse().ok().filter(|u| *u > 0)?;
+    Some(Duration::from_micros(usec / 2))
 }
 
 /// Sends `state` to the notify socket `socket`.
@@ -61,6 +81,19 @@ mod tests {
         let sock = UnixDatagram::bind_addr(&addr).unwrap();
         send(OsStr::new(&format!("@{name}")), "STOPPING=1").unwrap();
         assert_eq!(received(&sock), "STOPPING=1");
+    }
+
+    #[test]
+    fn the_watchdog_interval_is_half_of_systemds_for_this_process_only() {
+        assert_eq!(watchdog_from(Some("30000000"), None, 7), Some(Duration::from_secs(15)));
+        assert_eq!(
+            watchdog_from(Some("30000000"), Some("7"), 7),
+            Some(Duration::from_secs(15))
+        );
+        assert_eq!(watchdog_from(Some("30000000"), Some("8"), 7), None, "another process's");
+        assert_eq!(watchdog_from(None, None, 7), None, "no watchdog");
+        assert_eq!(watchdog_from(Some("0"), None, 7), None);
+        assert_eq!(watchdog_from(Some("soon"), None, 7), None);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! - `systemctl start` returns once the node serves (`Type=notify`). The node runs as the
 //!   unprivileged `plexus` user, inside the unit's sandbox, with its data in the state directory.
 //! - `systemctl stop` is a graceful stop: exit 0, well within `TimeoutStopSec`.
+//! - The node keeps pinging the unit's watchdog.
 //! - A node killed outright is started again by systemd (`Restart=on-failure`) and catches up.
 //! - A node whose key the service user cannot read fails with the file named in its journal.
 //!   It is not restarted in a loop (exit 78, `RestartPreventExitStatus`), and it starts once the
@@ -95,6 +96,8 @@ async fn the_systemd_unit_starts_stops_restarts_and_refuses_an_unreadable_key() 
     let while_down = workload.acked_where(|_| true) - before;
     assert!(while_down > 0, "no write was acknowledged while node 1 was stopped");
     cluster.start_again(1);
+    let node1_back = Instant::now();
+    let first_ping = cluster.unit_prop(1, "WatchdogTimestampMonotonic");
     assert_eq!(cluster.unit_prop(1, "ActiveState"), "active");
     let took = cluster.caught_up(&client, 1, Duration::from_secs(60)).await;
     eprintln!("node 1: {while_down} writes acked while stopped; caught up {took:?} after start");
@@ -143,6 +146,18 @@ async fn the_systemd_unit_starts_stops_restarts_and_refuses_an_unreadable_key() 
     cluster.start_again(3);
     let took = cluster.caught_up(&client, 3, Duration::from_secs(60)).await;
     eprintln!("node 3: refused an unreadable key with exit 78, started once fixed, caught up {took:?} after");
+
+    // The watchdog is armed (30 s) and node 1 keeps pinging it (every 15 s): the time of its last
+    // ping moves on.
+    assert_eq!(cluster.unit_prop(1, "WatchdogUSec"), "30s");
+    let wait = Duration::from_secs(16).saturating_sub(node1_back.elapsed());
+    tokio::time::sleep(wait).await;
+    let ping = cluster.unit_prop(1, "WatchdogTimestampMonotonic");
+    assert!(
+        ping != "0" && ping != first_ping,
+        "no watchdog ping from node 1 in 16 s after {first_ping}"
+    );
+    assert_eq!(cluster.unit_prop(1, "NRestarts"), "0");
 
     workload.finish(&client, Duration::from_secs(60)).await;
     client.close().await;
