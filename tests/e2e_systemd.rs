@@ -21,7 +21,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::docker::{docker, engine_or_skip, DockerCluster, Flavor, NODES};
+use common::docker::{engine_or_skip, DockerCluster, Flavor, NODES};
 use common::systemd::{share_key_with_service, PLEXUS_GID};
 use common::workload::Workload;
 
@@ -33,7 +33,9 @@ const BOOT_SECS: u32 = 90;
 /// A field of `/proc/PID/status` of node `id`'s main process (`Uid`, `NoNewPrivs`, ...).
 fn proc_status(cluster: &DockerCluster, id: u64, field: &str) -> String {
     let pid = cluster.unit_prop(id, "MainPID");
-    let status = docker(&["exec", &cluster.container(id), "cat", &format!("/proc/{pid}/status")]);
+    let status = cluster
+        .exec(id, &["cat", &format!("/proc/{pid}/status")])
+        .unwrap_or_else(|e| panic!("{e}"));
     String::from_utf8_lossy(&status.stdout)
         .lines()
         .find_map(|l| l.strip_prefix(&format!("{field}:")))

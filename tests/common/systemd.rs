@@ -140,12 +140,19 @@ pub fn share_key_with_service(key: &Path) {
 }
 
 impl DockerCluster {
+    /// `CMD ARGS...` inside node `id`'s container (`docker exec`); its output, or why it failed.
+    pub fn exec(&self, id: u64, cmd: &[&str]) -> Result<Output, String> {
+        let container = self.container(id);
+        let mut all = vec!["exec", container.as_str()];
+        all.extend(cmd);
+        try_run("docker", &all)
+    }
+
     /// `systemctl ARGS...` inside node `id`'s container; its output, or why it failed.
     pub fn systemctl(&self, id: u64, args: &[&str]) -> Result<Output, String> {
-        let container = self.container(id);
-        let mut all = vec!["exec", container.as_str(), "systemctl"];
-        all.extend(args);
-        try_run("docker", &all)
+        let mut cmd = vec!["systemctl"];
+        cmd.extend(args);
+        self.exec(id, &cmd)
     }
 
     /// One property of the plexus unit on node `id` (`systemctl show -p NAME --value`).
@@ -159,20 +166,7 @@ impl DockerCluster {
     /// The node's journal (the unit's lines only), last `lines` lines.
     pub fn journal(&self, id: u64, lines: usize) -> String {
         let n = lines.to_string();
-        let container = self.container(id);
-        match try_run(
-            "docker",
-            &[
-                "exec",
-                &container,
-                "journalctl",
-                "--unit",
-                "plexus",
-                "--no-pager",
-                "--lines",
-                &n,
-            ],
-        ) {
+        match self.exec(id, &["journalctl", "--unit", "plexus", "--no-pager", "--lines", &n]) {
             Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
             Err(e) => e,
         }
