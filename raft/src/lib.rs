@@ -9,6 +9,7 @@
 //! - `network`: Raft RPC encoding over the `RaftTransport` seam.
 //! - `replica`: one running group replica and the calls the node makes on it.
 //! - `handover`: a stopping leader passes its group to a caught-up follower.
+//! - `quiesce`: idle groups stop heartbeating; one ping per peer vouches for them (sans-IO).
 //! - `types`: the openraft type configuration and the replicated `Command`.
 //! - `sim_hooks`: simulation-only canary bugs and an applied-entry observer,
 //!   off unless the simulator switches them on.
@@ -19,6 +20,7 @@
 pub mod handover;
 pub mod log_store;
 pub mod network;
+pub mod quiesce;
 pub mod replica;
 pub mod sim_hooks;
 pub mod sm_store;
