@@ -87,7 +87,7 @@ fn print_report(report: &SeedReport, args: &SimArgs) {
     let speed = report.simulated_secs / report.wall_secs.max(1e-9);
     let verdict = if report.violations.is_empty() { "ok" } else { "FAILED" };
     println!(
-        "seed {} {verdict} trace={} nodes={} shards={} ops={}/{} faults={} simulated={:.1}s wall={:.2}s ({speed:.0}x)",
+        "seed {} {verdict} trace={} nodes={} shards={} ops={}/{} faults={} quieted={} simulated={:.1}s wall={:.2}s ({speed:.0}x)",
         report.seed,
         report.trace_hash,
         report.nodes,
@@ -95,6 +95,7 @@ fn print_report(report: &SeedReport, args: &SimArgs) {
         report.ops_ok,
         report.ops,
         report.faults,
+        report.quieted,
         report.simulated_secs,
         report.wall_secs
     );

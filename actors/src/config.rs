@@ -78,6 +78,12 @@ pub struct RaftTimings {
     /// How often the node hands groups it leads to followers that lead fewer, to keep leaders
     /// spread over the nodes, ms (0: never; see `balance`).
     pub leader_balance_interval_ms: u64,
+    /// How long a group must be idle (no write, no linearizable read, nothing left to replicate)
+    /// before it goes quiet: its leader stops heartbeating it and its followers stop counting
+    /// down to an election, for as long as the leader's node keeps pinging theirs (one ping per
+    /// peer every `heartbeat_ms` for all quiet groups), ms (0: groups never go quiet). The first
+    /// request to a quiet group wakes it; a linearizable read there pays one heartbeat round.
+    pub quiesce_after_ms: u64,
 }
 
 impl Default for RaftTimings {
@@ -92,6 +98,7 @@ impl Default for RaftTimings {
             // Time for a follower to catch up and win one vote, with room for a slow disk.
             handover_timeout_ms: 3_000,
             leader_balance_interval_ms: 2_000,
+            quiesce_after_ms: 2_000,
         }
     }
 }
@@ -232,6 +239,12 @@ impl NodeConfig {
             return Err(ConfigError::Invalid(format!(
                 "raft.read_lease_ms {} must be at most half of raft.election_timeout_min_ms ({})",
                 self.raft.read_lease_ms, self.raft.election_timeout_min_ms
+            )));
+        }
+        if self.raft.quiesce_after_ms != 0 && self.raft.quiesce_after_ms < self.raft.heartbeat_ms {
+            return Err(ConfigError::Invalid(format!(
+                "raft.quiesce_after_ms {} must be 0 (never quiet) or at least raft.heartbeat_ms ({})",
+                self.raft.quiesce_after_ms, self.raft.heartbeat_ms
             )));
         }
         if self.token.len() < 16 {

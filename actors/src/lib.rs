@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod metrics_http;
 pub mod node;
 pub mod peer;
+pub mod quiesce;
 pub mod registry;
 pub mod restart;
 pub mod score;

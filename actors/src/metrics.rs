@@ -169,6 +169,8 @@ pub struct Snapshot {
     pub node_id: u64,
     /// Every hosted replica's Raft state (`ReplicaStatus::shard` is `u32::MAX` for the meta group).
     pub replicas: Vec<ReplicaStatus>,
+    /// Quiescence of idle groups.
+    pub quiet: crate::quiesce::QuietStats,
     /// Requests answered so far.
     pub requests: RequestCounts,
     /// Requests admitted and not yet answered.
@@ -332,6 +334,27 @@ pub fn render(snap: &Snapshot) -> String {
             r.applied_index
         );
     }
+    single(
+        o,
+        "plexus_quiet_groups_leading",
+        "gauge",
+        "Groups this node leads that are quiet: idle, no heartbeats, vouched for by node pings.",
+        snap.quiet.leading,
+    );
+    single(
+        o,
+        "plexus_quiet_groups_following",
+        "gauge",
+        "Groups this node follows whose election timer is off while their leader's node vouches for them.",
+        snap.quiet.following,
+    );
+    single(
+        o,
+        "plexus_quiet_transitions_total",
+        "counter",
+        "Times a group this node leads went quiet.",
+        snap.quiet.quieted_total,
+    );
 
     let w = &snap.wal;
     single(
@@ -505,6 +528,11 @@ mod tests {
                     applied_index: 0,
                 },
             ],
+            quiet: crate::quiesce::QuietStats {
+                leading: 40,
+                following: 41,
+                quieted_total: 42,
+            },
             requests: m.read(),
             requests_in_flight: 5,
             client_connections: 6,

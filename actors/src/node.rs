@@ -41,6 +41,7 @@ use crate::config::NodeConfig;
 use crate::gateway::{Gateway, GatewayActor, GatewayMsg};
 use crate::handover::{hand_over_all, HandoverReport};
 use crate::peer::{PeerService, QuicTransport};
+use crate::quiesce::{Quiescence, QuietStats};
 use crate::registry::Registry;
 use crate::restart::RestartPolicy;
 use crate::scoring::{ScoringLimits, ScoringPool};
@@ -219,6 +220,8 @@ pub struct NodeCore {
     supervisor: ActorRef<NodeMsg>,
     join: tokio::task::JoinHandle<()>,
     wal: Wal,
+    /// Quiescence of idle groups and its periodic pass, unless `raft.quiesce_after_ms` is 0.
+    quiescence: Option<(Arc<Quiescence>, tokio::task::JoinHandle<()>)>,
 }
 
 /// A running node.
@@ -329,12 +332,14 @@ fn metrics_source(core: &NodeCore, endpoint: &NodeEndpoint) -> crate::metrics_ht
     let registry = core.registry.clone();
     let gateway = core.gateway.clone();
     let wal = core.wal.clone();
+    let quiescence = core.quiescence.as_ref().map(|(q, _)| q.clone());
     let links = endpoint.peer_links();
     let client_conns = endpoint.client_connections();
     Arc::new(move || {
         let snap = crate::metrics::Snapshot {
             node_id: registry.node_id,
             replicas: registry.all().iter().map(Replica::status).collect(),
+            quiet: quiescence.as_ref().map(|q| q.stats()).unwrap_or_default(),
             requests: gateway.metrics().read(),
             requests_in_flight: gateway.in_flight() as u64,
             client_connections: client_conns.load(Ordering::Relaxed) as u64,
@@ -409,13 +414,30 @@ pub async fn start_core(cfg: &NodeConfig, addr: String, seams: NodeSeams) -> Res
         .and_then(|g| g.clone())
         .ok_or_else(|| NodeError::Actors("gateway did not start".into()))?;
     let gateway = Arc::new(Gateway::new(registry.clone(), gw, cfg.gateway.requests_in_flight_max));
+    let heartbeat = Duration::from_millis(cfg.raft.heartbeat_ms);
+    let quiescence = (cfg.raft.quiesce_after_ms > 0).then(|| {
+        let q = Quiescence::new(
+            registry.clone(),
+            Duration::from_millis(cfg.raft.quiesce_after_ms),
+            // A follower stands for election only after its timeout: give up on a silent
+            // leader's node no sooner.
+            Duration::from_millis(cfg.raft.election_timeout_min_ms),
+            heartbeat,
+        );
+        let pass = q.spawn(heartbeat);
+        (q, pass)
+    });
     Ok(NodeCore {
-        peers: Arc::new(PeerService::new(registry.clone())),
+        peers: Arc::new(PeerService::new(
+            registry.clone(),
+            quiescence.as_ref().map(|(q, _)| q.clone()),
+        )),
         registry,
         gateway,
         supervisor,
         join,
         wal,
+        quiescence,
     })
 }
 
@@ -435,6 +457,11 @@ impl NodeCore {
         self.peers.handle(from, msg).await
     }
 
+    /// Quiescence figures (all zero when groups never go quiet).
+    pub fn quiet_stats(&self) -> QuietStats {
+        self.quiescence.as_ref().map(|(q, _)| q.stats()).unwrap_or_default()
+    }
+
     /// Panics the shard actor of `group` (fault injection for tests).
     pub fn inject_panic(&self, group: u32) {
         let _ = self.supervisor.cast(NodeMsg::InjectPanic(group));
@@ -443,11 +470,17 @@ impl NodeCore {
     /// Asks the supervision tree to stop without waiting for it (the simulator's crash: the
     /// node is already cut off from its network and disk when this is called).
     pub fn stop(&self) {
+        if let Some((_, pass)) = &self.quiescence {
+            pass.abort();
+        }
         self.supervisor.stop(Some("stopped".into()));
     }
 
     /// Stops the supervision tree (and so every replica) and then the WAL.
     pub async fn shutdown(self) {
+        if let Some((_, pass)) = &self.quiescence {
+            pass.abort();
+        }
         self.supervisor.stop(Some("shutdown".into()));
         let _ = tokio::time::timeout(Duration::from_secs(10), self.join).await;
         self.wal.close();
@@ -471,6 +504,16 @@ impl NodeHandle {
         hosted
             .iter()
             .all(|g| self.registry.get(*g).and_then(|r| r.leader()).is_some())
+    }
+
+    /// Quiescence figures (all zero when groups never go quiet).
+    pub fn quiet_stats(&self) -> QuietStats {
+        self.core.quiet_stats()
+    }
+
+    /// What the node's peer links have sent so far.
+    pub fn peer_stats(&self) -> plexus_net::PeerStats {
+        self.endpoint.peer_links().stats()
     }
 
     /// Panics the shard actor of `group` (fault injection for tests).

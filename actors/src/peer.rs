@@ -8,6 +8,7 @@ use futures::future::BoxFuture;
 use plexus_net::{Lane, NetError, PeerHandler, PeerLinks};
 use plexus_raft::network::{decode, encode, BoxFut, PeerRequest, PeerResponse, RaftTransport, TransportError};
 
+use crate::quiesce::Quiescence;
 use crate::registry::Registry;
 
 /// Raft traffic over the node's QUIC peer links.
@@ -52,21 +53,24 @@ impl RaftTransport for QuicTransport {
     }
 }
 
-/// Answers peers' Raft RPCs and forwarded proposals from the registry.
+/// Answers peers' Raft RPCs and forwarded proposals from the registry, and their quiescence
+/// pings.
 pub struct PeerService {
     registry: Arc<Registry>,
+    quiescence: Option<Arc<Quiescence>>,
 }
 
 impl PeerService {
-    /// A service over `registry`.
-    pub fn new(registry: Arc<Registry>) -> Self {
-        Self { registry }
+    /// A service over `registry`; without `quiescence` a ping's claims are all refused.
+    pub fn new(registry: Arc<Registry>, quiescence: Option<Arc<Quiescence>>) -> Self {
+        Self { registry, quiescence }
     }
 }
 
 impl PeerHandler for PeerService {
     fn handle(&self, from: u64, msg: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, String>> {
         let registry = self.registry.clone();
+        let quiescence = self.quiescence.clone();
         Box::pin(async move {
             let req: PeerRequest = decode(&msg)?;
             let group = match &req {
@@ -82,6 +86,13 @@ impl PeerHandler for PeerService {
                     tracing::info!(peer = from, for_ms, "peer is stopping: it is handed no groups");
                     registry.note_peer_stopping(from, *for_ms);
                     return encode(&PeerResponse::Stopping);
+                }
+                PeerRequest::Quiet(claims) => {
+                    let accepted = match &quiescence {
+                        Some(q) => q.on_ping(from, claims).await,
+                        None => Vec::new(),
+                    };
+                    return encode(&PeerResponse::Quiet(accepted));
                 }
             };
             if matches!(req, PeerRequest::TimeoutNow(_)) && registry.is_stopping() {

@@ -21,6 +21,7 @@ use openraft::BasicNode;
 use plexus_proto::{ReadOp, Response, ShardMap};
 use serde::{Deserialize, Serialize};
 
+use crate::quiesce::QuietClaim;
 use crate::types::{Command, TypeConfig};
 
 type NodeId = u64;
@@ -83,6 +84,9 @@ pub enum PeerRequest {
     /// (`TimeoutNow`): granted without regard to the leader lease, so that a handover works
     /// for any number of voters and without waiting the lease out. Answered by `Vote`.
     TransferVote(u32, VoteRequest<NodeId>),
+    /// The sending node's periodic quiescence ping (`quiesce.rs`): it is alive, and it leads each
+    /// claimed group, idle, with the claimed vote and last entry. Answered by `Quiet`.
+    Quiet(Vec<QuietClaim>),
 }
 
 /// The answer to a `PeerRequest`.
@@ -109,6 +113,9 @@ pub enum PeerResponse {
     /// The receiving node has begun a graceful stop and did not act on the request (it answers
     /// `TimeoutNow` so); the sender should treat it as stopping for this many milliseconds.
     NodeStopping(u64),
+    /// Answer to `Quiet`: the claimed groups whose replicas here took the claim as a heartbeat
+    /// and keep their election timers off for as long as the claim is renewed.
+    Quiet(Vec<u32>),
 }
 
 /// Encodes a peer message.

@@ -5,7 +5,7 @@
 //! above never see openraft error types.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::log_store::LogStore;
 use crate::network::{NetworkFactory, PeerRequest, PeerResponse, RaftTransport, TransferTerm};
+use crate::quiesce::{FollowerView, LeaderView, QuietClaim};
 use crate::sim_hooks::{Canary, SimHooks, LEASE_TOO_LONG_FACTOR};
 use crate::sm_store::{SharedState, StateMachineStore};
 use crate::state::StateLimits;
@@ -105,6 +106,9 @@ pub struct Replica {
     stopped: Arc<AtomicBool>,
     /// The term of an election this replica stands in at its leader's request (`handover.rs`).
     pub(crate) transfer_term: TransferTerm,
+    /// Moves with every proposal and linearizable read, so that quiescence (`quiesce.rs`) can
+    /// tell an idle group from a busy one.
+    activity: Arc<AtomicU64>,
 }
 
 impl Replica {
@@ -166,6 +170,7 @@ impl Replica {
             log: log_for_handover,
             stopped: Arc::new(AtomicBool::new(false)),
             transfer_term,
+            activity: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -220,6 +225,7 @@ impl Replica {
         // Counted before the gate is read, both sequentially consistent with the handover's
         // store and load: either this proposal sees the gate closed, or the handover sees it.
         let _in_flight = InFlight::enter(&self.requests_in_flight);
+        self.activity.fetch_add(1, Ordering::Relaxed);
         if self.handing_over.load(Ordering::SeqCst) {
             // A write appended now could leave the handover target's log behind ours, and then
             // we could not vote for it; the client retries and finds the new leader.
@@ -258,6 +264,7 @@ impl Replica {
             // (and waits for it before a transfer election can skip the followers' lease) or this
             // read sees the handover and goes without the lease.
             let _in_flight = InFlight::enter(&self.requests_in_flight);
+            self.activity.fetch_add(1, Ordering::Relaxed);
             let lease = self.read_lease.filter(|_| self.lease_usable());
             match tokio::time::timeout(timeout, self.raft.ensure_linearizable_leased(lease)).await {
                 Err(_) => {
@@ -295,7 +302,9 @@ impl Replica {
             PeerRequest::Snapshot(_, rpc) => PeerResponse::Snapshot(self.raft.install_snapshot(rpc).await),
             PeerRequest::Propose(_, cmd) => PeerResponse::Propose(self.propose(cmd, timeout).await),
             // Node-wide messages, answered by the node before any replica sees them.
-            PeerRequest::ShardMap | PeerRequest::Stopping(_) => PeerResponse::NoSuchGroup(self.group),
+            PeerRequest::ShardMap | PeerRequest::Stopping(_) | PeerRequest::Quiet(_) => {
+                PeerResponse::NoSuchGroup(self.group)
+            }
             PeerRequest::Read(_, op) => PeerResponse::Read(self.read(&op, Consistency::Stale, timeout).await),
             PeerRequest::TimeoutNow(_) => PeerResponse::TimeoutNow(self.elect_now().await),
         }
@@ -312,6 +321,71 @@ impl Replica {
             replicas: m.membership_config.membership().voter_ids().collect(),
             applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
         }
+    }
+
+    /// What quiescence's leader side needs of this replica; `instance` names this start of it.
+    pub fn leader_view(&self, instance: u64) -> LeaderView {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        // A replica whose Raft has stopped still shows its last state: it leads nothing.
+        let is_leader = m.state == ServerState::Leader && m.running_state.is_ok();
+        let followers_matched = match (&m.replication, is_leader) {
+            (Some(progress), true) => m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .filter(|id| *id != self.node_id)
+                .map(|id| (id, progress.get(&id).copied().flatten()))
+                .collect(),
+            _ => BTreeMap::new(),
+        };
+        LeaderView {
+            group: self.group,
+            instance,
+            is_leader,
+            vote: m.vote,
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied,
+            followers_matched,
+            activity: self.activity.load(Ordering::Relaxed),
+            busy: self.handing_over.load(Ordering::SeqCst),
+        }
+    }
+
+    /// What quiescence's follower side needs of this replica; `instance` names this start of it.
+    pub fn follower_view(&self, instance: u64) -> FollowerView {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        FollowerView {
+            instance,
+            is_leader: m.state == ServerState::Leader && m.running_state.is_ok(),
+            vote: m.vote,
+        }
+    }
+
+    /// Takes a quiet claim as a heartbeat from the claiming leader: an `AppendEntries` with no
+    /// entries whose `prev_log_id` and `leader_commit` are the claimed last entry, exactly what
+    /// that leader's next heartbeat would carry. True if the replica accepted it (its log holds
+    /// that entry under that vote).
+    pub async fn take_heartbeat(&self, claim: &QuietClaim) -> bool {
+        let req = openraft::raft::AppendEntriesRequest {
+            vote: claim.vote,
+            prev_log_id: Some(claim.last),
+            entries: Vec::new(),
+            leader_commit: Some(claim.last),
+        };
+        matches!(
+            self.raft.append_entries(req).await,
+            Ok(openraft::raft::AppendEntriesResponse::Success)
+        )
+    }
+
+    /// Turns the leader's periodic heartbeats and the follower's election timer on or off
+    /// (quiescence; both are on unless a quiet group turned them off).
+    pub fn set_quiet(&self, heartbeat: bool, elect: bool) {
+        let rc = self.raft.runtime_config();
+        rc.heartbeat(heartbeat);
+        rc.elect(elect);
     }
 
     /// Stops the replica's Raft tasks (its stores stay on disk). Only the first call does

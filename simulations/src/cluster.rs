@@ -68,6 +68,8 @@ pub struct Cluster {
     canary: Option<Canary>,
     applied: AppliedEntries,
     shard_count: u32,
+    /// Times groups went quiet on node incarnations that have crashed since.
+    quieted_by_crashed: u64,
 }
 
 fn fake_addr(id: u64) -> SocketAddr {
@@ -122,6 +124,7 @@ impl Cluster {
                     handover_timeout_ms: 0,
                     // The balancer runs only under `start_node`; the simulator starts cores.
                     leader_balance_interval_ms: 0,
+                    quiesce_after_ms: params.quiesce_after_ms,
                 },
                 gateway: GatewayLimits {
                     requests_in_flight_max: 1_024,
@@ -154,6 +157,7 @@ impl Cluster {
             canary,
             applied,
             shard_count: params.shard_count,
+            quieted_by_crashed: 0,
         }
     }
 
@@ -265,6 +269,17 @@ impl Cluster {
         }
     }
 
+    /// Times a group went quiet on its leader, summed over every node incarnation of the run.
+    pub fn quieted_total(&self) -> u64 {
+        let running: u64 = self
+            .nodes
+            .values()
+            .filter_map(|n| n.core.as_ref())
+            .map(|c| c.quiet_stats().quieted_total)
+            .sum();
+        self.quieted_by_crashed + running
+    }
+
     /// Crashes `id`: off the network, disk crashed (unsynced bytes lost or torn), replicas
     /// stopped in group order, supervision tree stopped.
     pub async fn crash(&mut self, id: u64) {
@@ -289,6 +304,7 @@ impl Cluster {
                 "node {id} crashed lost_bytes={} torn_bytes={} lost_files={}",
                 report.lost_bytes, report.torn_bytes, report.lost_files
             ));
+            self.quieted_by_crashed += core.quiet_stats().quieted_total;
             cut.push(core);
         }
         for core in cut {

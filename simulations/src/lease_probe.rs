@@ -43,6 +43,8 @@ pub const PROBE_OWNERS_TRIED_MAX: u64 = 1 << 16;
 /// before the candidate's vote request can reach it) and for the new leader (the old leader's
 /// lease, if it wrongly holds one, is running out meanwhile).
 const POLL: Duration = Duration::from_millis(1);
+/// How long the warm-up write through the probed leader may take.
+const WARM_WRITE_WAIT: Duration = Duration::from_millis(1_000);
 /// Entries a probe read asks for: the acknowledged entry is the newest, so one is enough.
 const READ_PAGE_ENTRIES: u32 = 1;
 
@@ -76,6 +78,25 @@ pub async fn probe(
     let followers: Vec<u64> = status.replicas.iter().copied().filter(|r| *r != node).collect();
     let handover_to =
         (rng.gen_bool(0.5) && !followers.is_empty()).then(|| followers[rng.gen_range(0..followers.len())]);
+    let Some(owner) = (0..PROBE_OWNERS_TRIED_MAX)
+        .map(|i| PROBE_OWNER_BASE + n * PROBE_OWNERS_TRIED_MAX + i)
+        .find(|owner| read_op(*owner).shard(shard_count) == Some(group))
+    else {
+        trace.event(format_args!("fault lease probe: no probe owner maps to group {group}"));
+        return None;
+    };
+    // A leader holds a lease only while a quorum keeps acknowledging it, and a quiet group's
+    // leader has heard from nobody for a while: one write through it first makes it hold one,
+    // so that a broken lease has something to break.
+    let warm = Op::Write(WriteOp::TimelineAppend {
+        owner,
+        item: format!("lease-probe-{n}-warm").into_bytes(),
+    });
+    let warm_deadline = tokio::time::Instant::now() + WARM_WRITE_WAIT;
+    let warmed = execute(cluster, node, group, warm, warm_deadline.min(deadline)).await;
+    trace.event(format_args!(
+        "fault lease probe: warm-up append at node {node} -> {warmed:?}"
+    ));
     let handover = match handover_to {
         None => {
             trace.event(format_args!(
@@ -99,7 +120,8 @@ pub async fn probe(
             Some(handing)
         }
     };
-    let violation = check(cluster, node, group, term, n, deadline, trace).await;
+    let target = Target { group, term, owner, n };
+    let violation = check(cluster, node, &target, deadline, trace).await;
     if let Some(handing) = handover {
         // Bounded by its own timeout, which ends at `deadline`.
         let moved = handing.await;
@@ -132,28 +154,28 @@ async fn standing(
     false
 }
 
+/// What one probe reads and writes: `group`, led by the probed node in `term`, through the probe
+/// timeline of `owner`; `n` numbers the probe.
+struct Target {
+    group: u32,
+    term: u64,
+    owner: u64,
+    n: u64,
+}
+
 /// The probe's work while `node` is cut off; see the module doc.
 async fn check(
     cluster: &Cluster,
     node: u64,
-    group: u32,
-    term: u64,
-    n: u64,
+    target: &Target,
     deadline: tokio::time::Instant,
     trace: &Trace,
 ) -> Option<String> {
+    let Target { group, term, owner, n } = *target;
     let Some(successor) = new_leader(cluster, node, group, term, deadline).await else {
         trace.event(format_args!(
             "fault lease probe: no new leader of group {group} in time"
         ));
-        return None;
-    };
-    let shard_count = cluster.shard_count();
-    let Some(owner) = (0..PROBE_OWNERS_TRIED_MAX)
-        .map(|i| PROBE_OWNER_BASE + n * PROBE_OWNERS_TRIED_MAX + i)
-        .find(|owner| read_op(*owner).shard(shard_count) == Some(group))
-    else {
-        trace.event(format_args!("fault lease probe: no probe owner maps to group {group}"));
         return None;
     };
     let item = format!("lease-probe-{n}").into_bytes();

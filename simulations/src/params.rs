@@ -121,6 +121,9 @@ pub struct SimParams {
     pub snapshot_logs_since_last: u64,
     /// Entries a group keeps in its log behind its snapshot.
     pub logs_kept_behind_snapshot: u64,
+    /// How long a group must be idle before it goes quiet, in milliseconds (0: never); short
+    /// values make groups go quiet and wake between one client's operations, under every fault.
+    pub quiesce_after_ms: u64,
 }
 
 impl SimParams {
@@ -194,6 +197,11 @@ impl SimParams {
         faults.handovers = faulty && rng.gen_bool(0.7);
         // Drawn after the handovers, for the same reason.
         faults.lease_probes = faulty && rng.gen_bool(0.7);
+        // Drawn after the lease probes, for the same reason.
+        let quiesce_after_ms = match rng.gen_range(0..5) {
+            0 => 0,
+            n => [100, 200, 500, 1_000][n - 1],
+        };
         Self {
             seed,
             nodes,
@@ -212,6 +220,7 @@ impl SimParams {
             request_timeout_ms: 2_000,
             snapshot_logs_since_last,
             logs_kept_behind_snapshot,
+            quiesce_after_ms,
         }
     }
 }

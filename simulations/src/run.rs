@@ -73,6 +73,8 @@ pub struct SeedReport {
     pub ops_ok: u64,
     /// Faults injected.
     pub faults: u64,
+    /// Times a group went quiet (stopped heartbeating, `plexus_raft::quiesce`), over all nodes.
+    pub quieted: u64,
     /// The last trace lines, for a failing seed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub trace_tail: Vec<String>,
@@ -120,6 +122,7 @@ fn failed(seed: u64, options: &SimOptions, why: String) -> SeedReport {
         ops: 0,
         ops_ok: 0,
         faults: 0,
+        quieted: 0,
         trace_tail: Vec::new(),
     }
 }
@@ -237,8 +240,9 @@ async fn simulate(seed: u64, options: &SimOptions) -> SeedReport {
     }
     violations.extend(labeled("panic", panicked));
     let ops_ok = history.iter().filter(|r| r.result.is_ok()).count() as u64;
+    let quieted = cluster.quieted_total();
     trace.event(format_args!(
-        "end ops={} ok={ops_ok} applied_reports={} snapshot_reports(built,installed,loaded)={:?} lin_keys={} lin_unchecked={:?} violations={}",
+        "end ops={} ok={ops_ok} quieted={quieted} applied_reports={} snapshot_reports(built,installed,loaded)={:?} lin_keys={} lin_unchecked={:?} violations={}",
         history.len(),
         applied.reports(),
         applied.snapshot_reports(),
@@ -257,6 +261,7 @@ async fn simulate(seed: u64, options: &SimOptions) -> SeedReport {
         ops: history.len() as u64,
         ops_ok,
         faults: schedule.injected(),
+        quieted,
         canary: options.canary.map(|c| c.name().to_string()),
         unchecked_keys: lin.unchecked,
         trace_tail: if violations.is_empty() {
