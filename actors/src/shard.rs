@@ -25,8 +25,13 @@ const CHILD_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 use crate::registry::Registry;
 use crate::restart::{RestartBudget, RestartDecision, RestartPolicy};
 
-/// Period of the shard actor's housekeeping tick.
+/// Period of the shard actor's housekeeping tick while a leader has something to deliver (and
+/// the least time between two ticks).
 pub const TICK_PERIOD: Duration = Duration::from_millis(50);
+/// Period of the tick with nothing to deliver: only to notice a leadership gained with an outbox
+/// already pending. An apply that fills the outbox wakes the tick at once (`Replica::outbox_ready`),
+/// so an idle group costs one wake-up a second instead of twenty.
+pub const IDLE_TICK_PERIOD: Duration = Duration::from_millis(1_000);
 /// Outbox items pushed to one destination shard per delivery.
 pub const DELIVERY_ITEMS_MAX: usize = 1_024;
 
@@ -94,7 +99,7 @@ impl Actor for ShardActor {
         }
         reg.insert(replica.clone());
         tracing::debug!(group = args.group, "shard replica started");
-        let tick = myself.send_interval(TICK_PERIOD, || ShardMsg::Tick);
+        let tick = tokio::spawn(tick_loop(myself.clone(), replica.clone()));
         Ok(ShardState {
             replica,
             registry: reg,
@@ -131,6 +136,36 @@ impl Actor for ShardActor {
         st.registry.remove(st.replica.group);
         st.replica.shutdown().await;
         Ok(())
+    }
+}
+
+/// Sends the actor its housekeeping ticks: every `TICK_PERIOD` while this replica leads and has
+/// work (an outbox to deliver, the meta group's shard map to bootstrap), otherwise when the
+/// outbox fills or after `IDLE_TICK_PERIOD`, and never more often than every `TICK_PERIOD`. Ends
+/// when the actor is gone.
+async fn tick_loop(me: ActorRef<ShardMsg>, replica: Replica) {
+    loop {
+        tokio::time::sleep(TICK_PERIOD).await;
+        if !(replica.is_leader() && has_housekeeping(&replica)) {
+            tokio::select! {
+                biased;
+                _ = replica.outbox_ready().notified() => {}
+                _ = tokio::time::sleep(IDLE_TICK_PERIOD - TICK_PERIOD) => {}
+            }
+        }
+        if me.cast(ShardMsg::Tick).is_err() {
+            return;
+        }
+    }
+}
+
+/// Whether a leader has housekeeping to do: outbox entries to deliver, or (the meta group) a
+/// shard map to bootstrap.
+fn has_housekeeping(replica: &Replica) -> bool {
+    match replica.state().read() {
+        Ok(s) if replica.group == META_GROUP => s.shard_map().is_none(),
+        Ok(s) => s.outbox_len() > 0,
+        Err(_) => false,
     }
 }
 

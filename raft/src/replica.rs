@@ -109,6 +109,8 @@ pub struct Replica {
     /// Moves with every proposal and linearizable read, so that quiescence (`quiesce.rs`) can
     /// tell an idle group from a busy one.
     activity: Arc<AtomicU64>,
+    /// Notified when applying or installing left the cross-shard outbox non-empty.
+    outbox_ready: Arc<tokio::sync::Notify>,
 }
 
 impl Replica {
@@ -136,6 +138,7 @@ impl Replica {
         let sm = StateMachineStore::open(group, opts.shard_count, opts.limits.clone(), snapshots)
             .map(|sm| sm.with_hooks(&opts.sim_hooks))
             .map_err(|e| ReplicaError::Storage(group, e.to_string()))?;
+        let outbox_ready = sm.outbox_ready();
         let log = log.with_canary(opts.sim_hooks.canary);
         let log_for_handover = log.clone();
         let state = sm.shared();
@@ -171,6 +174,7 @@ impl Replica {
             stopped: Arc::new(AtomicBool::new(false)),
             transfer_term,
             activity: Arc::new(AtomicU64::new(0)),
+            outbox_ready,
         })
     }
 
@@ -201,6 +205,12 @@ impl Replica {
     /// The canary bug this replica runs with (always `None` outside the simulator).
     pub fn canary(&self) -> Option<Canary> {
         self.canary
+    }
+
+    /// Notified whenever an apply or a snapshot install leaves the cross-shard outbox non-empty
+    /// (a permit is kept if nobody is waiting).
+    pub fn outbox_ready(&self) -> &Arc<tokio::sync::Notify> {
+        &self.outbox_ready
     }
 
     /// The applied state, for reads and status.

@@ -87,6 +87,9 @@ pub struct StateMachineStore {
     on_apply: Option<ApplyObserver>,
     /// Simulation only: sees every snapshot built, installed or loaded.
     on_snapshot: Option<SnapshotObserver>,
+    /// Notified whenever an apply or an install leaves the cross-shard outbox non-empty, so the
+    /// shard actor delivers it at once instead of polling for it.
+    outbox_ready: Arc<tokio::sync::Notify>,
 }
 
 fn sm_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
@@ -116,6 +119,7 @@ impl StateMachineStore {
             canary: None,
             on_apply: None,
             on_snapshot: None,
+            outbox_ready: Arc::new(tokio::sync::Notify::new()),
         };
         if let Some((meta, data)) = load_snapshot(&store.snapshots, group)? {
             let state = ShardState::from_snapshot(&data, store.limits.clone()).map_err(read_sm_err)?;
@@ -123,7 +127,19 @@ impl StateMachineStore {
             store.last_membership = meta.last_membership;
             *store.state.write().map_err(read_sm_err)? = state;
         }
+        store.signal_outbox(&*store.state.read().map_err(read_sm_err)?);
         Ok(store)
+    }
+
+    /// The signal that the outbox holds something to deliver (a permit is kept if nobody waits).
+    pub fn outbox_ready(&self) -> Arc<tokio::sync::Notify> {
+        self.outbox_ready.clone()
+    }
+
+    fn signal_outbox(&self, state: &ShardState) {
+        if state.outbox_len() > 0 {
+            self.outbox_ready.notify_one();
+        }
     }
 
     /// This store with the simulator's hooks: the canary goes into the state (now and after
@@ -161,6 +177,7 @@ impl StateMachineStore {
             );
         }
         save_snapshot(&self.snapshots, self.group, meta, &data)?;
+        self.signal_outbox(&state);
         *self.state.write().map_err(sm_err)? = state;
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
@@ -240,6 +257,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             out.push(resp);
         }
+        self.signal_outbox(&state);
         Ok(out)
     }
 
