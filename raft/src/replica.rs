@@ -391,11 +391,15 @@ impl Replica {
     }
 
     /// Turns the leader's periodic heartbeats and the follower's election timer on or off
-    /// (quiescence; both are on unless a quiet group turned them off).
+    /// (quiescence; both are on unless a quiet group turned them off). openraft's tick, which
+    /// wakes the Raft core every 1.5 heartbeat periods for nothing but those two (and a leader's
+    /// step-down after a membership change that removes it, which plexus never makes), is off
+    /// while either is.
     pub fn set_quiet(&self, heartbeat: bool, elect: bool) {
         let rc = self.raft.runtime_config();
         rc.heartbeat(heartbeat);
         rc.elect(elect);
+        rc.tick(heartbeat && elect);
     }
 
     /// Stops the replica's Raft tasks (its stores stay on disk). Only the first call does
