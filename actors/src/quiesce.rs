@@ -34,8 +34,6 @@ pub struct Quiescence {
     inner: Mutex<Inner>,
     /// How long a ping waits for its answer (one pass).
     ping_timeout: Duration,
-    /// Groups this node leads that are quiet, after the last pass (for metrics).
-    leading_quiet: AtomicU64,
     /// Times a group this node leads went quiet.
     quieted_total: AtomicU64,
 }
@@ -70,7 +68,6 @@ impl Quiescence {
                 leading_quiet: BTreeSet::new(),
             }),
             ping_timeout,
-            leading_quiet: AtomicU64::new(0),
             quieted_total: AtomicU64::new(0),
         })
     }
@@ -90,9 +87,10 @@ impl Quiescence {
 
     /// This node's quiescence figures.
     pub fn stats(&self) -> QuietStats {
+        let inner = self.lock();
         QuietStats {
-            leading: self.leading_quiet.load(Ordering::Relaxed),
-            following: self.lock().followers.quiet_count() as u64,
+            leading: inner.leading_quiet.len() as u64,
+            following: inner.followers.quiet_count() as u64,
             quieted_total: self.quieted_total.load(Ordering::Relaxed),
         }
     }
@@ -130,7 +128,6 @@ impl Quiescence {
             let releases = inner.followers.pass(now, |g| self.follower_view(g));
             (plan, releases)
         };
-        self.leading_quiet.store(plan.quiet.len() as u64, Ordering::Relaxed);
         self.carry_out(releases).await;
         self.switch(replicas.iter().map(|r| r.group));
         let answers = join_all(plan.pings.into_iter().map(|(peer, claims)| async move {
