@@ -18,6 +18,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::WalError;
@@ -30,6 +31,12 @@ pub trait DiskFile: Send {
     fn sync_data(&mut self) -> std::io::Result<()>;
     /// Makes the file's data and metadata durable (fsync).
     fn sync_all(&mut self) -> std::io::Result<()>;
+    /// The OS file, for a task that makes its data durable on another thread (`syncer.rs`)
+    /// instead of blocking the runtime in `sync_data`. `None` (the default) for files that are not
+    /// OS files, which the writer then syncs in place.
+    fn sync_handle(&self) -> Option<Arc<File>> {
+        None
+    }
     /// Asks the file to keep up to `bytes` of zeros written past its end, so that syncing later
     /// appends rarely changes its size (0: never). Files that gain nothing from it ignore it;
     /// whoever reads such a file back must accept a tail of zeros.
@@ -80,7 +87,8 @@ pub struct OsDisk;
 const ZERO_PIECE_BYTES: usize = 1 << 20;
 
 struct OsFile {
-    file: File,
+    /// Shared with the fsync thread while it syncs (`sync_handle`).
+    file: Arc<File>,
     /// Where the next append goes: the end of the data.
     pos: u64,
     /// The file's length: `pos` plus the zeros written ahead of it.
@@ -128,6 +136,10 @@ impl DiskFile for OsFile {
     fn sync_all(&mut self) -> std::io::Result<()> {
         self.file.sync_all()
     }
+
+    fn sync_handle(&self) -> Option<Arc<File>> {
+        Some(self.file.clone())
+    }
 }
 
 impl Disk for OsDisk {
@@ -156,7 +168,7 @@ impl Disk for OsDisk {
             File::create(path)?
         };
         Ok(Box::new(OsFile {
-            file,
+            file: Arc::new(file),
             pos: 0,
             len: 0,
             zero_ahead_bytes: 0,
@@ -173,7 +185,7 @@ impl Disk for OsDisk {
             ));
         }
         Ok(Box::new(OsFile {
-            file,
+            file: Arc::new(file),
             pos: at,
             len,
             zero_ahead_bytes: 0,

@@ -76,10 +76,13 @@ mod format;
 mod recovery;
 pub mod snapshot;
 mod space;
+mod syncer;
 mod writer;
 
 #[cfg(test)]
 mod model_tests;
+#[cfg(test)]
+mod task_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -120,6 +123,12 @@ pub struct WalOptions {
     /// fsync, so one fsync covers more groups. 0 disables the wait; an idle
     /// WAL never waits.
     pub batch_linger_us: u64,
+    /// The task-mode writer (`WriterMode::Task`), woken by a request, first lets the runtime run
+    /// every other ready task this many times (`tokio::task::yield_now`) before it takes its
+    /// batch, so the appends of one burst of work (a peer's message batch carrying many groups'
+    /// entries, say) share one fsync. It costs no syscall and no timer, unlike a linger. 0: take
+    /// the batch at once. At most `TASK_YIELDS_MAX`. The thread writer ignores it.
+    pub task_yields: u32,
     /// How long the writer holds deferred ops (`Wal::submit_deferred`) while nothing else is
     /// written before it writes and syncs them on their own, in milliseconds.
     pub deferred_idle_ms: u64,
@@ -127,6 +136,10 @@ pub struct WalOptions {
     /// fdatasync rarely has to write the file's new size as well as the data.
     pub zero_ahead_bytes: u64,
 }
+
+/// Upper bound of `WalOptions::task_yields`: past a few yields a batch gains nothing and each
+/// yield still polls the runtime's IO driver.
+pub const TASK_YIELDS_MAX: u32 = 64;
 
 impl Default for WalOptions {
     fn default() -> Self {
@@ -138,6 +151,9 @@ impl Default for WalOptions {
             // Measured on the 3-node local cluster: waiting did not raise throughput
             // (fdatasync is cheap next to the rest of a write), so it is off by default.
             batch_linger_us: 0,
+            // Measured on the 3-node local cluster (benches/etcd/README.md): 4 yields halved the
+            // fsyncs per write against 0; 2 left more fsyncs and 8 only added IO-driver polls.
+            task_yields: 4,
             // Long enough that a busy WAL never pays for a pointer alone, short enough that an
             // idle group's pointer reaches disk soon after its last write.
             deferred_idle_ms: 100,
@@ -322,12 +338,16 @@ pub(crate) fn sync_dir(disk: &dyn Disk, dir: &Path) -> Result<(), WalError> {
 /// Where the WAL writer runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WriterMode {
-    /// A dedicated OS thread doing blocking file IO (production).
+    /// A dedicated OS thread doing blocking file IO.
     #[default]
     Thread,
-    /// A task on the tokio runtime that calls `Wal::open_with`, which must be running. The disk
-    /// calls block the runtime, so this is only for in-memory disks (the simulator): there the
-    /// writer is scheduled like every other task and time passes only on the runtime's clock.
+    /// A task on the tokio runtime that calls `Wal::open_with`, which must be running. It writes
+    /// each batch's record in place (into the page cache) and then, for an OS file, waits for the
+    /// fsync thread (`syncer.rs`) to make it durable, so the runtime serves on during the flush;
+    /// an in-memory disk (the simulator's) is synced in place, so there time passes only on the
+    /// runtime's clock. Nodes use this: submitting and completing then never cross threads.
+    /// Rolling a segment and deleting dead ones still block the runtime briefly (once per
+    /// `segment_bytes_max`).
     Task,
 }
 
@@ -386,6 +406,8 @@ struct Inner {
     /// `None` once closed.
     tx: Mutex<Option<mpsc::Sender<Request>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The task-mode writer, for `close_async` to wait on; `None` in thread mode.
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Wakes a task-mode writer after a send or when the senders go away; `None` in thread mode.
     wake: Option<Arc<tokio::sync::Notify>>,
     counters: Arc<Counters>,
@@ -439,6 +461,12 @@ impl Wal {
                 RECORD_PAYLOAD_BYTES_MAX - VARINT_BYTES_MAX
             )));
         }
+        if opts.task_yields > TASK_YIELDS_MAX {
+            return Err(WalError::InvalidOptions(format!(
+                "task_yields {} must be at most {TASK_YIELDS_MAX}",
+                opts.task_yields
+            )));
+        }
         if opts.segment_bytes_max == 0 {
             return Err(WalError::InvalidOptions("segment_bytes_max must be positive".into()));
         }
@@ -461,20 +489,20 @@ impl Wal {
             #[cfg(test)]
             gate.clone(),
         );
-        let (thread, wake) = match mode {
+        let (thread, task, wake) = match mode {
             WriterMode::Thread => {
                 let thread = std::thread::Builder::new()
                     .name("plexus-wal".into())
                     .spawn(move || writer.run(rx))
                     .map_err(|e| WalError::io("spawn writer thread", dir, e))?;
-                (Some(thread), None)
+                (Some(thread), None, None)
             }
             WriterMode::Task => {
                 let wake = Arc::new(tokio::sync::Notify::new());
                 let handle = tokio::runtime::Handle::try_current()
                     .map_err(|e| WalError::InvalidOptions(format!("WriterMode::Task needs a tokio runtime: {e}")))?;
-                handle.spawn(writer.run_task(rx, wake.clone()));
-                (None, Some(wake))
+                let task = handle.spawn(writer.run_task(rx, wake.clone()));
+                (None, Some(task), Some(wake))
             }
         };
         let inner = Inner {
@@ -482,6 +510,7 @@ impl Wal {
             queue_requests_max: opts.queue_requests_max,
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(thread),
+            task: Mutex::new(task),
             wake,
             counters,
             #[cfg(test)]
@@ -569,15 +598,11 @@ impl Wal {
     }
 
     /// Writes everything already queued, stops the writer thread and releases the directory.
-    /// Later submits fail with `Closed`. Blocks the calling thread until the writer has finished,
-    /// so async callers should run it in `spawn_blocking`. Idempotent.
+    /// Later submits fail with `Closed`. Blocks the calling thread until a writer thread has
+    /// finished, so async callers should use `close_async`; a task-mode writer is only told to
+    /// finish (it drains the queue on its runtime). Idempotent.
     pub fn close(&self) {
-        self.inner.slots.close();
-        // Dropping the only sender lets the writer drain the channel and then exit.
-        drop(lock(&self.inner.tx).take());
-        if let Some(wake) = &self.inner.wake {
-            wake.notify_one();
-        }
+        self.stop_taking();
         let handle = lock(&self.inner.thread).take();
         if let Some(handle) = handle {
             // A callback calling close would join its own thread; it is documented as forbidden,
@@ -586,6 +611,31 @@ impl Wal {
                 // A panic in the writer has already failed its requests; nothing left to do.
                 let _ = handle.join();
             }
+        }
+    }
+
+    /// `close` for async callers: waits until the writer, thread or task, has written everything
+    /// queued and released the directory, without blocking the runtime. Idempotent.
+    pub async fn close_async(&self) {
+        self.stop_taking();
+        let task = lock(&self.inner.task).take();
+        if let Some(task) = task {
+            // A panicked writer has already failed its requests; nothing left to do.
+            let _ = task.await;
+        }
+        let thread = lock(&self.inner.thread).take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+
+    /// Refuses further submits and lets the writer drain the queue and exit.
+    fn stop_taking(&self) {
+        self.inner.slots.close();
+        // Dropping the only sender lets the writer drain the channel and then exit.
+        drop(lock(&self.inner.tx).take());
+        if let Some(wake) = &self.inner.wake {
+            wake.notify_one();
         }
     }
 

@@ -1,6 +1,7 @@
 //! The WAL writer thread: group commit, segment rolling and deletion of dead segments.
 //!
-//! It runs on its own thread (`run`) or, for the simulator, as a task on the runtime (`run_task`).
+//! It runs on its own thread (`run`) or as a task on the runtime (`run_task`, what nodes and the
+//! simulator use; an OS file is then synced on the fsync thread of `syncer.rs`).
 //! It owns the active segment file and the directory lock. It is the only code that writes
 //! segments after recovery, which is what makes a single fdatasync per batch enough. It does not
 //! encode ops (callers did) and never reads segments back.
@@ -15,6 +16,7 @@ use super::disk::{Disk, DiskFile};
 use super::format::{self, DiskOp, RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX, VARINT_BYTES_MAX};
 use super::recovery::Active;
 use super::space::{OpNote, SegmentInfo, Space};
+use super::syncer::Syncer;
 use super::{sync_dir, Counters, Request, WalError, WalOptions, DEFERRED_BYTES_MAX};
 
 /// Name of the lock file inside the WAL directory.
@@ -65,6 +67,10 @@ pub(crate) struct Writer {
     buf: Vec<u8>,
     /// Ops of deferred requests taken but not yet written.
     deferred: Deferred,
+    /// The task-mode writer's fsync thread, started at its first sync of an OS file.
+    syncer: Option<Syncer>,
+    /// Set once the fsync thread could not be started (so the warning is logged once).
+    syncer_failed: bool,
     #[cfg(test)]
     gate: Arc<Gate>,
 }
@@ -97,6 +103,8 @@ impl Writer {
             poisoned: None,
             buf: Vec::new(),
             deferred: Deferred::default(),
+            syncer: None,
+            syncer_failed: false,
             #[cfg(test)]
             gate,
         }
@@ -154,7 +162,8 @@ impl Writer {
 
     /// Serves requests as a task on the tokio runtime until every sender is gone and the channel
     /// is drained. `wake` is notified after every send and when the senders go away. There is no
-    /// linger: a batch is whatever is queued when the writer gets to run. After writing, the task
+    /// timed linger: woken, the task yields `task_yields` times to every other ready task, and a
+    /// batch is whatever is queued then. After writing, the task
     /// waits the disk's `write_delay` on the runtime clock before completing the batch, which is
     /// how a simulated disk is slow.
     pub async fn run_task(mut self, rx: mpsc::Receiver<Request>, wake: Arc<tokio::sync::Notify>) {
@@ -183,6 +192,10 @@ impl Writer {
                     }
                 },
             };
+            // Let the rest of the burst that woke us submit too (`WalOptions::task_yields`).
+            for _ in 0..self.opts.task_yields {
+                tokio::task::yield_now().await;
+            }
             let (mut batch, carry) = fill_batch(first, self.opts.batch_bytes_max, || rx.try_recv().ok());
             pending = carry;
             if self.hold_deferred(&mut batch) {
@@ -202,16 +215,46 @@ impl Writer {
 
     /// `write_batch` for the task-mode writer: the record is written, then the disk takes its
     /// time, then the fsync. A crash in between finds the record unsynced, which is what a
-    /// simulated crash must be able to lose or tear.
+    /// simulated crash must be able to lose or tear. An OS file is synced on the fsync thread
+    /// (`syncer.rs`) while this task waits, so the runtime serves on during the device flush.
     async fn write_batch_task(&mut self, batch: &mut [Request]) -> Result<(), WalError> {
         // Counted before `append_batch` takes the held deferred ops, which it writes too.
         let bytes = self.deferred.bytes.len() + batch.iter().map(|r| r.op_bytes.len()).sum::<usize>();
-        let appended = self.guarded(|w| w.append_batch(batch));
+        let written = self.guarded(|w| w.append_batch(batch));
         let delay = self.disk.write_delay(bytes);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        appended.and_then(|written| self.guarded(|w| w.sync_batch(written)))
+        let written = written?;
+        if let Some(file) = self.file.sync_handle().filter(|_| self.opts.fsync) {
+            let path = self.active_path();
+            let started = std::time::Instant::now();
+            let synced = match self.syncer() {
+                Some(syncer) => Some(syncer.sync_data(file).await),
+                None => None,
+            };
+            if let Some(synced) = synced {
+                self.guarded(|_| synced.map_err(|e| WalError::io("fdatasync segment", &path, e)))?;
+                self.counters.record_fsync(started.elapsed());
+                return self.guarded(|w| w.finish_batch(written));
+            }
+        }
+        self.guarded(|w| w.sync_batch(written))
+    }
+
+    /// The fsync thread, started if it is not running; `None` if it cannot be started (the
+    /// writer then syncs in place, blocking the runtime for the flush, and says so once).
+    fn syncer(&mut self) -> Option<&Syncer> {
+        if self.syncer.is_none() && !self.syncer_failed {
+            match Syncer::spawn() {
+                Ok(syncer) => self.syncer = Some(syncer),
+                Err(e) => {
+                    tracing::warn!(error = %e, "wal: no fsync thread; syncing on the runtime");
+                    self.syncer_failed = true;
+                }
+            }
+        }
+        self.syncer.as_ref()
     }
 
     /// If every request of `batch` is deferred, takes their ops into the in-memory buffer,
@@ -350,6 +393,20 @@ impl Writer {
                 .map_err(|e| WalError::io("fdatasync segment", &path, e))?;
             self.counters.record_fsync(started.elapsed());
         }
+        self.finish_batch(Written {
+            op_count,
+            purged,
+            rolled,
+        })
+    }
+
+    /// Counts a durable batch and deletes the segments it made dead.
+    fn finish_batch(&mut self, written: Written) -> Result<(), WalError> {
+        let Written {
+            op_count,
+            purged,
+            rolled,
+        } = written;
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         self.counters.ops.fetch_add(op_count, Ordering::Relaxed);
         if purged || rolled {
