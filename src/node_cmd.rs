@@ -26,6 +26,12 @@ pub fn run(config: &Path) -> CliResult {
     init_tracing();
     let cfg = NodeConfig::load(config).unwrap_or_else(|e| exit_config(e));
     let rt = match cfg.worker_threads {
+        // One thread: tokio's current-thread runtime, so no task ever waits for a hand-off
+        // between workers (`NodeConfig::worker_threads`).
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("tokio runtime: {e}"))?,
         Some(n) => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(n.clamp(1, 256))
             .enable_all()

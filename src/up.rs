@@ -55,6 +55,8 @@ struct NodeToml<'a> {
     tls: TlsToml,
     peers: &'a [NodeEntry],
     metrics_addr: SocketAddr,
+    /// 1: each node on a single-threaded runtime, since the nodes share this machine's cores.
+    worker_threads: usize,
 }
 
 #[derive(Serialize)]
@@ -161,6 +163,7 @@ fn create(args: &UpArgs) -> CliResult<ClusterFile> {
             },
             peers: &cluster.nodes,
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], *metrics_port)),
+            worker_threads: 1,
         };
         write(
             &dir.join("node.toml"),

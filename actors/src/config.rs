@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use plexus_raft::wal::TASK_YIELDS_MAX;
 use serde::{Deserialize, Serialize};
 
 /// Why a configuration could not be used.
@@ -149,15 +150,18 @@ pub struct NodeConfig {
     /// Gateway limits.
     #[serde(default)]
     pub gateway: GatewayLimits,
-    /// Async worker threads for this node; unset = one per CPU core. (On the
-    /// 2-core local cluster, one thread per node gave the same throughput and a
-    /// worse p99 than the default, so `plexus up` leaves it unset.)
+    /// Async worker threads for this node; unset = one per CPU core. 1 runs the node on a
+    /// single-threaded runtime (tokio's `current_thread`): no hand-offs between workers, which is
+    /// what several nodes sharing one machine want, so `plexus up` writes 1 (on the 2-core local
+    /// cluster it gave 10% more writes/s than two workers per node). A node alone on a machine
+    /// should leave it unset so Raft, QUIC and clients use every core.
     #[serde(default)]
     pub worker_threads: Option<usize>,
-    /// Under load, how long the WAL writer waits for more requests before an
-    /// fsync, in microseconds (0: never wait). Unset = the WAL's default.
+    /// How many times the WAL writer, woken by a request, lets every other ready task run before
+    /// it takes its batch, so that one burst of appends shares one fsync (0 to 64). Unset = the
+    /// WAL's default (4).
     #[serde(default)]
-    pub wal_batch_linger_us: Option<u64>,
+    pub wal_task_yields: Option<u32>,
     /// Zeros the WAL keeps written ahead of its data, in bytes (0: none), so that an fdatasync
     /// rarely also has to write the file's size. Unset = the WAL's default (1 MiB).
     #[serde(default)]
@@ -250,6 +254,16 @@ impl NodeConfig {
         if self.token.len() < 16 {
             return Err(ConfigError::Invalid("token must be at least 16 characters".into()));
         }
+        if let Some(yields) = self.wal_task_yields.filter(|y| *y > TASK_YIELDS_MAX) {
+            return Err(ConfigError::Invalid(format!(
+                "wal_task_yields {yields} must be at most {TASK_YIELDS_MAX}"
+            )));
+        }
+        if self.worker_threads == Some(0) {
+            return Err(ConfigError::Invalid(
+                "worker_threads must be at least 1 (or unset)".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -274,6 +288,21 @@ mod tests {
     #[test]
     fn the_deploy_example_is_valid() {
         example().validate().expect("deploy/node.example.toml is valid");
+    }
+
+    #[test]
+    fn wal_task_yields_and_worker_threads_out_of_range_are_refused() {
+        let mut cfg = example();
+        cfg.wal_task_yields = Some(TASK_YIELDS_MAX);
+        cfg.worker_threads = Some(1);
+        assert!(cfg.validate().is_ok(), "the bounds themselves are allowed");
+        cfg.wal_task_yields = Some(TASK_YIELDS_MAX + 1);
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("wal_task_yields 65 must be at most 64"), "{err}");
+        cfg.wal_task_yields = None;
+        cfg.worker_threads = Some(0);
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("worker_threads must be at least 1"), "{err}");
     }
 
     #[test]

@@ -131,7 +131,7 @@ impl Cluster {
                     request_timeout_ms: params.request_timeout_ms,
                 },
                 worker_threads: None,
-                wal_batch_linger_us: None,
+                wal_task_yields: None,
                 wal_zero_ahead_bytes: None,
                 fsync: true,
                 metrics_addr: None,

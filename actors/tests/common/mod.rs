@@ -66,7 +66,7 @@ pub fn cluster_configs(
             raft: raft.clone(),
             gateway: GatewayLimits::default(),
             worker_threads: None,
-            wal_batch_linger_us: None,
+            wal_task_yields: None,
             wal_zero_ahead_bytes: None,
             fsync,
             metrics_addr: None,
