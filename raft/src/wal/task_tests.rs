@@ -1,10 +1,9 @@
 //! Tests of the task-mode writer on a real disk (what nodes run): syncing on the fsync thread,
 //! group commit, `close_async`, and the yields that let a burst of appends share one batch.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::tests::{append, entries, opts, reopen};
+use super::tests::{append, append_concurrently, appended_concurrently, assert_group_commit, opts, reopen};
 use super::*;
 
 fn open_task(dir: &Path, options: WalOptions) -> (Wal, Recovered) {
@@ -24,49 +23,18 @@ fn thread_names() -> Vec<String> {
 async fn a_task_writer_syncs_on_its_fsync_thread_shares_fsyncs_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let (wal, _) = open_task(dir.path(), opts(true));
-    const APPENDS_PER_GROUP: u64 = 20;
-    let mut tasks = Vec::new();
-    for group in 0..50u32 {
-        let wal = wal.clone();
-        tasks.push(tokio::spawn(async move {
-            for index in 1..=APPENDS_PER_GROUP {
-                wal.submit_wait(vec![append(group, index..=index, 1)]).await.unwrap();
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
+    append_concurrently(&wal).await;
     // The syncs ran on the writer's fsync thread, not on this (the runtime's only) thread.
     assert!(
         thread_names().iter().any(|name| name == "plexus-wal-sync"),
         "no fsync thread among {:?}",
         thread_names()
     );
-    let stats = wal.stats();
-    assert_eq!(stats.requests, 50 * APPENDS_PER_GROUP);
-    assert_eq!(stats.fsyncs, stats.batches);
-    assert!(stats.fsync_us > 0);
-    // While one batch is being synced the other groups' appends pile up for the next one.
-    assert!(
-        stats.fsyncs * 4 < stats.requests,
-        "expected group commit, got {} fsyncs for {} appends",
-        stats.fsyncs,
-        stats.requests
-    );
+    assert_group_commit(&wal.stats());
     // close_async returns only once the writer has released the directory: it opens again.
     wal.close_async().await;
     let recovered = reopen(dir.path(), opts(true));
-    let expected: BTreeMap<u32, GroupLog> = (0..50u32)
-        .map(|group| {
-            let log = GroupLog {
-                entries: entries(group, 1..=APPENDS_PER_GROUP, 1),
-                ..GroupLog::default()
-            };
-            (group, log)
-        })
-        .collect();
-    assert_eq!(recovered.groups, expected);
+    assert_eq!(recovered.groups, appended_concurrently());
 }
 
 /// Runs a chain of `links` tasks on this current-thread runtime, each submitting one append and

@@ -125,7 +125,19 @@ async fn one_fsync_covers_every_queued_group() {
 async fn concurrent_appends_of_50_groups_share_fsyncs_and_recover_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let (wal, _) = Wal::open(dir.path(), opts(true)).unwrap();
-    const APPENDS_PER_GROUP: u64 = 20;
+    append_concurrently(&wal).await;
+    assert_group_commit(&wal.stats());
+    wal.close();
+    let recovered = reopen(dir.path(), opts(true));
+    assert_eq!(recovered.groups, appended_concurrently());
+}
+
+/// Appends per group in `append_concurrently`.
+pub(super) const APPENDS_PER_GROUP: u64 = 20;
+
+/// Appends `APPENDS_PER_GROUP` single entries to each of 50 groups, one task per group, each
+/// waiting for its append to be durable before the next.
+pub(super) async fn append_concurrently(wal: &Wal) {
     let mut tasks = Vec::new();
     for group in 0..50u32 {
         let wal = wal.clone();
@@ -138,7 +150,10 @@ async fn concurrent_appends_of_50_groups_share_fsyncs_and_recover_exactly() {
     for task in tasks {
         task.await.unwrap();
     }
-    let stats = wal.stats();
+}
+
+/// What the WAL's counters must show after `append_concurrently`.
+pub(super) fn assert_group_commit(stats: &WalStats) {
     assert_eq!(stats.requests, 50 * APPENDS_PER_GROUP);
     assert_eq!(stats.fsyncs, stats.batches);
     // Every fsync lands in exactly one latency bucket, and took some time.
@@ -152,9 +167,11 @@ async fn concurrent_appends_of_50_groups_share_fsyncs_and_recover_exactly() {
         stats.fsyncs,
         stats.requests
     );
-    wal.close();
-    let recovered = reopen(dir.path(), opts(true));
-    let expected: BTreeMap<u32, GroupLog> = (0..50u32)
+}
+
+/// What recovery finds after `append_concurrently`.
+pub(super) fn appended_concurrently() -> BTreeMap<u32, GroupLog> {
+    (0..50u32)
         .map(|group| {
             let log = GroupLog {
                 entries: entries(group, 1..=APPENDS_PER_GROUP, 1),
@@ -162,8 +179,7 @@ async fn concurrent_appends_of_50_groups_share_fsyncs_and_recover_exactly() {
             };
             (group, log)
         })
-        .collect();
-    assert_eq!(recovered.groups, expected);
+        .collect()
 }
 
 #[tokio::test]

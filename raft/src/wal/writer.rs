@@ -378,11 +378,6 @@ impl Writer {
 
     /// Makes the record `append_batch` wrote durable, then deletes segments it made dead.
     fn sync_batch(&mut self, written: Written) -> Result<(), WalError> {
-        let Written {
-            op_count,
-            purged,
-            rolled,
-        } = written;
         if self.opts.fsync {
             let path = self.active_path();
             // Wall time for the latency histogram only; nothing decides by it (in the simulator
@@ -393,11 +388,7 @@ impl Writer {
                 .map_err(|e| WalError::io("fdatasync segment", &path, e))?;
             self.counters.record_fsync(started.elapsed());
         }
-        self.finish_batch(Written {
-            op_count,
-            purged,
-            rolled,
-        })
+        self.finish_batch(written)
     }
 
     /// Counts a durable batch and deletes the segments it made dead.
