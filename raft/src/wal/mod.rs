@@ -1,8 +1,8 @@
 //! The node's write-ahead log, shared by every Raft group on the node, and the snapshot files.
 //!
 //! What it is: one directory (`<data_dir>/wal/`) of segment files `wal-<16 hex digits>.log`
-//! (the number is the sequence number of the segment's first record), written by one writer
-//! thread. Callers `submit` batches of `WalOp`s tagged with their group; the writer drains
+//! (the number is the sequence number of the segment's first record), written by one writer (a
+//! thread, or on a node a task that hands each fdatasync to a thread of its own). Callers `submit` batches of `WalOp`s tagged with their group; the writer drains
 //! everything queued (up to `batch_bytes_max`), writes it as ONE batch record, calls fdatasync
 //! ONCE and only then runs each request's completion callback. That is group commit across Raft
 //! groups: one fsync covers the log writes of every group in the batch.
@@ -64,10 +64,13 @@
 //!
 //! Seams (for the simulator): every file call goes through a `Disk` (`OsDisk` is std::fs), and
 //! `WriterMode::Task` runs the writer as a task on the caller's tokio runtime instead of a thread,
-//! so that on a paused (virtual) clock nothing happens outside the runtime's control. `Wal::open`
-//! is `Wal::open_with(dir, opts, Arc::new(OsDisk), WriterMode::Thread)`.
+//! so that on a paused (virtual) clock nothing happens outside the runtime's control. Nodes use
+//! the task too: with an OS file it syncs on its own fsync thread (`syncer.rs`), so submitting
+//! and completing requests never cross threads. `Wal::open` is `Wal::open_with(dir, opts,
+//! Arc::new(OsDisk), WriterMode::Thread)`.
 //!
-//! Lifetime: `close` drains the queue and joins the writer; dropping the last clone without
+//! Lifetime: `close` drains the queue and joins a writer thread (`close_async` also waits for a
+//! task writer, without blocking the runtime); dropping the last clone without
 //! `close` lets the writer finish what is queued and exit on its own. A `LOCK` file (flock)
 //! keeps a second `Wal` off the same directory until the writer has exited.
 
@@ -371,7 +374,7 @@ pub(crate) struct Request {
     pub permit: OwnedSemaphorePermit,
 }
 
-/// Counters shared by the writer thread and `Wal::stats`.
+/// Counters shared by the writer and `Wal::stats`.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub batches: AtomicU64,
@@ -415,7 +418,7 @@ struct Inner {
     gate: Arc<writer::Gate>,
 }
 
-/// The node's write-ahead log. Cheap to clone; all clones share one writer thread.
+/// The node's write-ahead log. Cheap to clone; all clones share one writer.
 #[derive(Clone)]
 pub struct Wal {
     inner: Arc<Inner>,

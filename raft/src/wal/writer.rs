@@ -1,4 +1,4 @@
-//! The WAL writer thread: group commit, segment rolling and deletion of dead segments.
+//! The WAL writer: group commit, segment rolling and deletion of dead segments.
 //!
 //! It runs on its own thread (`run`) or as a task on the runtime (`run_task`, what nodes and the
 //! simulator use; an OS file is then synced on the fsync thread of `syncer.rs`).
