@@ -204,11 +204,10 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let state = self.state.as_ref().map_err(read_sm_err)?;
         if let Some(observe) = &self.on_snapshot {
+            let state = self.state.as_ref().map_err(read_sm_err)?;
             observe(self.group, SnapshotEvent::Built, self.last_applied, state.state_hash());
         }
-        let data = state.to_snapshot();
         let snapshot_id = match self.last_applied {
             Some(l) => format!("{}-{}-{}-{}", self.group, l.leader_id.term, l.index, self.seq),
             None => format!("{}-0-0-{}", self.group, self.seq),
@@ -218,7 +217,25 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: self.last_membership.clone(),
             snapshot_id,
         };
-        save_snapshot(&self.snapshots, self.group, &meta, &data)?;
+        let data = if self.snapshots.offload_blocking() {
+            // Encoding and writing a large state takes a while; on a node running on one thread
+            // it would hold up every group, so it goes to a blocking thread. The builder is used
+            // once, so its copy of the state moves there.
+            let state = std::mem::replace(&mut self.state, Err("this builder has built already".into()))
+                .map_err(read_sm_err)?;
+            let (store, group, stored) = (self.snapshots.clone(), self.group, meta.clone());
+            tokio::task::spawn_blocking(move || {
+                let data = state.to_snapshot();
+                save_snapshot(&store, group, &stored, &data).map(|()| data)
+            })
+            .await
+            .map_err(sm_err)??
+        } else {
+            let state = self.state.as_ref().map_err(read_sm_err)?;
+            let data = state.to_snapshot();
+            save_snapshot(&self.snapshots, self.group, &meta, &data)?;
+            data
+        };
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -319,6 +336,86 @@ mod tests {
                 now_millis: 1_700_000_000_000,
             }),
         }
+    }
+
+    /// The OS's disk, except that renaming (a snapshot save's last step) waits until the test
+    /// lets it go, for at most `wait`: a save that blocks the runtime's only thread can never be
+    /// let go by a task on that runtime, and fails.
+    struct GatedDisk {
+        gate: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+        wait: std::time::Duration,
+        offload: bool,
+    }
+
+    impl crate::wal::Disk for GatedDisk {
+        fn create_dir_all(&self, dir: &std::path::Path) -> std::io::Result<()> {
+            crate::wal::OsDisk.create_dir_all(dir)
+        }
+        fn list(&self, dir: &std::path::Path) -> std::io::Result<Vec<String>> {
+            crate::wal::OsDisk.list(dir)
+        }
+        fn read(&self, path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+            crate::wal::OsDisk.read(path)
+        }
+        fn create(&self, path: &std::path::Path, exclusive: bool) -> std::io::Result<Box<dyn crate::wal::DiskFile>> {
+            crate::wal::OsDisk.create(path, exclusive)
+        }
+        fn open_append(&self, path: &std::path::Path, at: u64) -> std::io::Result<Box<dyn crate::wal::DiskFile>> {
+            crate::wal::OsDisk.open_append(path, at)
+        }
+        fn truncate(&self, path: &std::path::Path, len: u64, sync: bool) -> std::io::Result<()> {
+            crate::wal::OsDisk.truncate(path, len, sync)
+        }
+        fn remove(&self, path: &std::path::Path) -> std::io::Result<()> {
+            crate::wal::OsDisk.remove(path)
+        }
+        fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+            let gate = self.gate.lock().unwrap().recv_timeout(self.wait);
+            gate.map_err(|_| std::io::Error::other("the save blocked the runtime"))?;
+            crate::wal::OsDisk.rename(from, to)
+        }
+        fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+            crate::wal::OsDisk.sync_dir(dir)
+        }
+        fn lock_dir(&self, dir: &std::path::Path) -> Result<Option<std::fs::File>, crate::wal::WalError> {
+            crate::wal::OsDisk.lock_dir(dir)
+        }
+        fn offload_blocking(&self) -> bool {
+            self.offload
+        }
+    }
+
+    /// Builds a snapshot on this (one-thread) runtime while another task lets the save's rename
+    /// go; true if the build succeeded.
+    async fn build_while_another_task_runs(offload: bool) -> bool {
+        let dir = tempfile::tempdir().unwrap();
+        let (release, gate) = std::sync::mpsc::channel();
+        let disk = Arc::new(GatedDisk {
+            gate: std::sync::Mutex::new(gate),
+            wait: std::time::Duration::from_millis(500),
+            offload,
+        });
+        let snapshots = Arc::new(SnapshotStore::open_with(dir.path(), disk).unwrap());
+        let mut sm = StateMachineStore::open(0, 1, StateLimits::default(), snapshots).unwrap();
+        sm.apply([append(1, "a")]).await.unwrap();
+        let mut builder = sm.get_snapshot_builder().await;
+        let build = tokio::spawn(async move { builder.build_snapshot().await.is_ok() });
+        // Runs only when the runtime's thread is free, which an in-place save does not leave it.
+        // (After a failed build nobody is listening any more.)
+        tokio::spawn(async move {
+            let _ = release.send(());
+        });
+        build.await.unwrap()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_snapshot_on_an_os_disk_is_saved_off_the_runtime() {
+        assert!(
+            build_while_another_task_runs(true).await,
+            "the save held up the runtime"
+        );
+        // Without the offload (the simulator's disks) the save runs in place and blocks it.
+        assert!(!build_while_another_task_runs(false).await);
     }
 
     #[tokio::test]

@@ -77,6 +77,13 @@ pub trait Disk: Send + Sync + 'static {
         let _ = bytes;
         Duration::ZERO
     }
+    /// Whether long file work (a snapshot's encoding and writing) may run on a blocking thread
+    /// (`tokio::task::spawn_blocking`) instead of the runtime. True for the OS's file system,
+    /// where a large snapshot written in place would stall every task of a one-thread node;
+    /// false (the default) for the simulator's disk, whose calls must stay on the runtime.
+    fn offload_blocking(&self) -> bool {
+        false
+    }
 }
 
 /// The operating system's file system: what the WAL always did.
@@ -143,6 +150,10 @@ impl DiskFile for OsFile {
 }
 
 impl Disk for OsDisk {
+    fn offload_blocking(&self) -> bool {
+        true
+    }
+
     fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)
     }

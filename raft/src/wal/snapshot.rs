@@ -68,6 +68,12 @@ impl SnapshotStore {
         })
     }
 
+    /// Whether saving may run on a blocking thread rather than the runtime
+    /// (`Disk::offload_blocking`).
+    pub fn offload_blocking(&self) -> bool {
+        self.disk.offload_blocking()
+    }
+
     /// Durably replaces `group`'s snapshot with `meta` and `data`.
     pub fn save(&self, group: u32, meta: &[u8], data: &[u8]) -> Result<(), WalError> {
         let path = self.path(group);
