@@ -58,6 +58,18 @@ fn save_snapshot(
     store.save(group, &meta_bytes, data).map_err(sm_err)
 }
 
+/// Encodes `state` and saves it as `group`'s snapshot file; returns the encoded state.
+fn encode_and_save(
+    store: &SnapshotStore,
+    group: u32,
+    meta: &Meta,
+    state: &ShardState,
+) -> Result<Vec<u8>, StorageError<NodeId>> {
+    let data = state.to_snapshot();
+    save_snapshot(store, group, meta, &data)?;
+    Ok(data)
+}
+
 /// Reads `group`'s snapshot file, if any: its metadata and state bytes.
 fn load_snapshot(store: &SnapshotStore, group: u32) -> Result<Option<(Meta, Vec<u8>)>, StorageError<NodeId>> {
     let Some((meta, data)) = store.load(group).map_err(read_sm_err)? else {
@@ -224,17 +236,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let state = std::mem::replace(&mut self.state, Err("this builder has built already".into()))
                 .map_err(read_sm_err)?;
             let (store, group, stored) = (self.snapshots.clone(), self.group, meta.clone());
-            tokio::task::spawn_blocking(move || {
-                let data = state.to_snapshot();
-                save_snapshot(&store, group, &stored, &data).map(|()| data)
-            })
-            .await
-            .map_err(sm_err)??
+            tokio::task::spawn_blocking(move || encode_and_save(&store, group, &stored, &state))
+                .await
+                .map_err(sm_err)??
         } else {
             let state = self.state.as_ref().map_err(read_sm_err)?;
-            let data = state.to_snapshot();
-            save_snapshot(&self.snapshots, self.group, &meta, &data)?;
-            data
+            encode_and_save(&self.snapshots, self.group, &meta, state)?
         };
         Ok(Snapshot {
             meta,

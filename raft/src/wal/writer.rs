@@ -226,20 +226,25 @@ impl Writer {
             tokio::time::sleep(delay).await;
         }
         let written = written?;
-        if let Some(file) = self.file.sync_handle().filter(|_| self.opts.fsync) {
+        if self.opts.fsync {
             let path = self.active_path();
             let started = std::time::Instant::now();
-            let synced = match self.syncer() {
-                Some(syncer) => Some(syncer.sync_data(file).await),
-                None => None,
-            };
-            if let Some(synced) = synced {
-                self.guarded(|_| synced.map_err(|e| WalError::io("fdatasync segment", &path, e)))?;
-                self.counters.record_fsync(started.elapsed());
-                return self.guarded(|w| w.finish_batch(written));
+            let synced = self.sync_active().await;
+            self.guarded(|_| synced.map_err(|e| WalError::io("fdatasync segment", &path, e)))?;
+            self.counters.record_fsync(started.elapsed());
+        }
+        self.guarded(|w| w.finish_batch(written))
+    }
+
+    /// Makes the active segment's data durable: an OS file on the fsync thread, while this task
+    /// waits; any other file (or with no fsync thread) in place.
+    async fn sync_active(&mut self) -> std::io::Result<()> {
+        if let Some(file) = self.file.sync_handle() {
+            if let Some(syncer) = self.syncer() {
+                return syncer.sync_data(file).await;
             }
         }
-        self.guarded(|w| w.sync_batch(written))
+        self.file.sync_data()
     }
 
     /// The fsync thread, started if it is not running; `None` if it cannot be started (the
