@@ -2,8 +2,8 @@
 # Replicated-write throughput of plexus against etcd, measured on this machine in
 # one run, printed as a ratio (see README.md beside this file).
 #
-#   benches/etcd/run.sh [--concurrency C] [--duration SECS] [--rounds N] [--client-threads T]
-#                       [--etcd-only] [--keep]
+#   benches/etcd/run.sh [--concurrency C[,C...]] [--duration SECS] [--rounds N]
+#                       [--client-threads T] [--etcd-only] [--keep]
 #
 # Both systems run 3 members on 127.0.0.1 with fsync on: etcd fsyncs its WAL on
 # every commit by default and this script does not pass --unsafe-no-fsync; plexus
@@ -11,6 +11,9 @@
 # values for SECS seconds, then is stopped before the other starts. With --rounds N
 # (default 1) the pair is measured N times, alternating, each time on fresh
 # clusters, and the median of the N ratios is reported (shared machines are noisy).
+# A list of concurrencies (--concurrency 64,256,1024, at most 8) repeats all of that for
+# each C in turn and ends with one median line per C: the latency-bound and the
+# throughput-bound regimes side by side.
 # Both load generators run on T runtime threads (default 1: one thread, like
 # redis-benchmark; see README.md for the figures with 2).
 #
@@ -36,7 +39,12 @@ while [[ $# -gt 0 ]]; do
         *) echo "run.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
-[[ "$concurrency" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: --concurrency must be a positive integer" >&2; exit 2; }
+[[ "$concurrency" =~ ^[1-9][0-9]*(,[1-9][0-9]*){0,7}$ ]] || {
+    echo "run.sh: --concurrency must be a positive integer or a comma-separated list of at most 8" >&2; exit 2; }
+IFS=, read -r -a concurrencies <<<"$concurrency"
+for c in "${concurrencies[@]}"; do
+    ((c <= 100000)) || { echo "run.sh: --concurrency $c is over 100000" >&2; exit 2; }
+done
 [[ "$duration" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: --duration must be a positive integer" >&2; exit 2; }
 [[ "$rounds" =~ ^[1-9][0-9]*$ && "$rounds" -le 20 ]] || { echo "run.sh: --rounds must be an integer from 1 to 20" >&2; exit 2; }
 [[ "$client_threads" =~ ^[1-9][0-9]*$ && "$client_threads" -le 64 ]] || { echo "run.sh: --client-threads must be an integer from 1 to 64" >&2; exit 2; }
@@ -130,38 +138,48 @@ measure_plexus() { # round: a fresh 3-node plexus cluster, one measurement; sets
 
 etcd_json=""
 plexus_json=""
-ratios=()
-for ((r = 1; r <= rounds; r++)); do
-    # Even rounds measure plexus first, so a machine that speeds up or slows down over the run
-    # favours neither side.
-    if [[ $etcd_only -eq 0 && $((r % 2)) -eq 0 ]]; then measure_plexus "$r"; fi
-    measure_etcd "$r"
-    if [[ $etcd_only -eq 1 ]]; then
-        echo "etcd write throughput $(printf '%.0f' "$(json_field "$etcd_json" ops_per_sec)") ops/s;" \
-            "p99 $(json_field "$etcd_json" p99_us) us (plexus half skipped: --etcd-only)"
-        continue
+summary=() # one median line per concurrency
+
+measure_concurrency() { # the rounds at one concurrency ($concurrency); appends to summary
+    local r id ratio q pp ep perr eerr line median ratios=()
+    for ((r = 1; r <= rounds; r++)); do
+        # Data dirs and logs are per round and per concurrency, so a sweep's rounds never meet.
+        if ((${#concurrencies[@]} > 1)); then id="c$concurrency-$r"; else id="$r"; fi
+        # Even rounds measure plexus first, so a machine that speeds up or slows down over the
+        # run favours neither side.
+        if [[ $etcd_only -eq 0 && $((r % 2)) -eq 0 ]]; then measure_plexus "$id"; fi
+        measure_etcd "$id"
+        if [[ $etcd_only -eq 1 ]]; then
+            echo "etcd write throughput $(printf '%.0f' "$(json_field "$etcd_json" ops_per_sec)") ops/s;" \
+                "p99 $(json_field "$etcd_json" p99_us) us at concurrency $concurrency (plexus half skipped: --etcd-only)"
+            continue
+        fi
+        if [[ $((r % 2)) -eq 1 ]]; then measure_plexus "$id"; fi
+        ratio="$(awk -v p="$(json_field "$plexus_json" ops_per_sec)" -v e="$(json_field "$etcd_json" ops_per_sec)" \
+            -v pp="$(json_field "$plexus_json" p99_us)" -v ep="$(json_field "$etcd_json" p99_us)" \
+            -v perr="$(json_field "$plexus_json" errors)" -v eerr="$(json_field "$etcd_json" errors)" \
+            'BEGIN { if (e + 0 <= 0) { print "etcd measured no successful writes" > "/dev/stderr"; exit 1 }
+                     printf "%.2f %d %d %d %d", p / e, pp, ep, perr, eerr }')"
+        ratios+=("$ratio")
+        read -r q pp ep perr eerr <<<"$ratio"
+        line="round $id: write throughput ratio plexus/etcd = $q; p99 plexus $pp us vs etcd $ep us"
+        if ((perr + eerr > 0)); then line+="; errors plexus $perr, etcd $eerr"; fi
+        echo "$line"
+    done
+    if [[ $etcd_only -eq 1 ]]; then return 0; fi
+    # The median round by ratio (the lower middle one for an even count), with its p99s.
+    median="$(printf '%s\n' "${ratios[@]}" | sort -n -k1,1 | sed -n "$(((${#ratios[@]} + 1) / 2))p")"
+    read -r q pp ep perr eerr <<<"$median"
+    line="write throughput ratio plexus/etcd = $q; p99 plexus $pp us vs etcd $ep us"
+    if ((rounds > 1)); then
+        line+=" (median of $rounds rounds: $(printf '%s\n' "${ratios[@]}" | awk '{print $1}' | paste -sd' '))"
     fi
-    if [[ $((r % 2)) -eq 1 ]]; then measure_plexus "$r"; fi
-    ratio="$(awk -v p="$(json_field "$plexus_json" ops_per_sec)" -v e="$(json_field "$etcd_json" ops_per_sec)" \
-        -v pp="$(json_field "$plexus_json" p99_us)" -v ep="$(json_field "$etcd_json" p99_us)" \
-        -v perr="$(json_field "$plexus_json" errors)" -v eerr="$(json_field "$etcd_json" errors)" \
-        'BEGIN { if (e + 0 <= 0) { print "etcd measured no successful writes" > "/dev/stderr"; exit 1 }
-                 printf "%.2f %d %d %d %d", p / e, pp, ep, perr, eerr }')"
-    ratios+=("$ratio")
-    read -r q pp ep perr eerr <<<"$ratio"
-    line="round $r: write throughput ratio plexus/etcd = $q; p99 plexus $pp us vs etcd $ep us"
     if ((perr + eerr > 0)); then line+="; errors plexus $perr, etcd $eerr"; fi
-    echo "$line"
-done
+    if ((${#concurrencies[@]} > 1)); then line="concurrency $concurrency: $line"; fi
+    summary+=("$line")
+}
+
+for concurrency in "${concurrencies[@]}"; do measure_concurrency; done
 
 # ---- report ------------------------------------------------------------------
-if [[ $etcd_only -eq 1 ]]; then exit 0; fi
-# The median round by ratio (the lower middle one for an even count), with its p99s.
-median="$(printf '%s\n' "${ratios[@]}" | sort -n -k1,1 | sed -n "$(((${#ratios[@]} + 1) / 2))p")"
-read -r q pp ep perr eerr <<<"$median"
-line="write throughput ratio plexus/etcd = $q; p99 plexus $pp us vs etcd $ep us"
-if ((rounds > 1)); then
-    line+=" (median of $rounds rounds: $(printf '%s\n' "${ratios[@]}" | awk '{print $1}' | paste -sd' '))"
-fi
-if ((perr + eerr > 0)); then line+="; errors plexus $perr, etcd $eerr"; fi
-echo "$line"
+if ((${#summary[@]} > 0)); then printf '%s\n' "${summary[@]}"; fi
