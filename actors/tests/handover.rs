@@ -315,3 +315,48 @@ async fn handovers_under_a_stream_of_writes_all_move_the_group() {
     client.close().await;
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_cluster_stop_asks_no_peer_to_stand_though_its_signal_comes_moments_later() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = common::TestCluster::start(tmp.path(), 3, 4, common::quick_timings()).await;
+    let mut nodes = cluster.nodes;
+    let leader = (0..nodes.len())
+        .max_by_key(|i| common::led_groups(&nodes[*i]).len())
+        .unwrap();
+    let led = common::led_groups(&nodes[leader]);
+    assert!(!led.is_empty());
+    let mut first = nodes.remove(leader);
+    // Each follower's replica of every group the first node leads, and its term now.
+    let followers: Vec<(u32, NodeId, plexus_raft::replica::Replica, u64)> = nodes
+        .iter()
+        .flat_map(|n| {
+            led.iter()
+                .filter_map(move |g| n.registry.get(*g).map(|r| (*g, n.registry.node_id, r)))
+        })
+        .map(|(g, id, r)| {
+            let term = r.status().term;
+            (g, id, r, term)
+        })
+        .collect();
+
+    // The stop signal reaches the leader first and the other nodes 20 ms later, as when
+    // `plexus up` or `docker compose stop` signals every node in turn. Asked at once, a follower
+    // that had not begun to stop would stand and stop moments later with its election
+    // unfinished, and its vote would hold up every such group at the next start.
+    let (report, _) = futures::join!(first.begin_stop(), async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        futures::future::join_all(nodes.iter_mut().map(|n| n.begin_stop())).await
+    });
+    assert!(report.moved.is_empty(), "handed to stopping peers: {:?}", report.moved);
+    assert!(report.failed.is_empty(), "failed: {:?}", report.failed);
+    let skipped: BTreeSet<u32> = report.peers_stopping.iter().copied().collect();
+    assert_eq!(skipped, led);
+    for (group, id, replica, term) in &followers {
+        assert_eq!(replica.status().term, *term, "node {id} stood for group {group}");
+    }
+    first.shutdown().await;
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
