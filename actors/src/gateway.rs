@@ -1,62 +1,67 @@
-//! The gateway: admission control and routing of client requests.
+//! The gateway: client connections, admission control and routing of client requests.
 //!
-//! `Gateway` is what the QUIC endpoint calls for every client request. It
-//! admits at most `requests_in_flight_max` requests (the rest get `Busy`
-//! at once, so no queue grows without bound), then hands the request to the
-//! supervised `GatewayActor`, which runs it against the local replica and
-//! answers. A request for a shard this node does not lead gets a redirect.
+//! Every client connection the QUIC endpoint accepts is run by the supervised `GatewayActor`
+//! (`ClientHandler::run_connection`): the actor holds the connection's serving task, so its stop
+//! or failure ends every client connection it runs (each closed with `CLOSE_CONN_DROPPED`, and
+//! clients redial), and the node supervisor restarts a failed one. Requests do not pass through
+//! its mailbox: each request stream already has a task of its own, which calls `Gateway::handle`.
+//! That admits at most `requests_in_flight_max` requests at once (the rest get `Busy` at once,
+//! so no queue grows without bound) and runs the request against the local replica. A request
+//! for a shard this node does not lead gets a redirect.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use futures::future::BoxFuture;
 use plexus_net::ClientHandler;
 use plexus_proto::{AdminOp, Consistency, ErrorReply, HelloOk, Op, Reply, Request, Response};
 use plexus_raft::sim_hooks::Canary;
 use plexus_raft::Command;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use crate::metrics::{self, RequestMetrics};
 use crate::registry::Registry;
 
 /// Messages of the gateway actor.
 pub enum GatewayMsg {
-    /// Serve one admitted request.
-    Handle(Request, RpcReplyPort<Response>),
+    /// Run one accepted client connection until it ends.
+    Connection(BoxFuture<'static, ()>),
+    /// Panic (fault injection for tests: the supervisor must restart the actor).
+    Panic,
 }
 
-/// The supervised actor that executes admitted client requests.
+/// The supervised actor that runs the node's client connections.
 pub struct GatewayActor;
+
+/// Where the node keeps the running gateway actor; the supervisor replaces it on a restart.
+pub type GatewaySlot = Arc<RwLock<Option<ActorRef<GatewayMsg>>>>;
 
 impl Actor for GatewayActor {
     type Msg = GatewayMsg;
-    type State = Arc<Registry>;
-    type Arguments = Arc<Registry>;
+    /// The serving task of every connection this actor runs: dropped with the actor, which
+    /// aborts them all.
+    type State = JoinSet<()>;
+    type Arguments = ();
 
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        registry: Arc<Registry>,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(registry)
+    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, _args: ()) -> Result<Self::State, ActorProcessingErr> {
+        Ok(JoinSet::new())
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
-        registry: &mut Self::State,
+        conns: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            GatewayMsg::Handle(req, reply) => {
-                // Each request runs on its own task so a slow commit never
-                // holds up the mailbox; admission already bounded how many exist.
-                let registry = registry.clone();
-                tokio::spawn(async move {
-                    let resp = execute(&registry, req).await;
-                    let _ = reply.send(resp);
-                });
+            GatewayMsg::Connection(serve) => {
+                // Forget the connections that ended since the last one came, so the set holds
+                // about as many tasks as there are live connections (`client_conns_max`).
+                while conns.try_join_next().is_some() {}
+                conns.spawn(serve);
             }
+            GatewayMsg::Panic => panic!("injected gateway panic"),
         }
         Ok(())
     }
@@ -113,18 +118,20 @@ async fn execute_in_span(registry: &Registry, req: Request) -> Response {
     }
 }
 
-/// The endpoint's client handler: admission, then the gateway actor.
+/// The endpoint's client handler: connections to the gateway actor; requests through admission
+/// to the replicas.
 pub struct Gateway {
     registry: Arc<Registry>,
-    actor: ActorRef<GatewayMsg>,
+    actor: GatewaySlot,
     admission: Arc<Semaphore>,
     in_flight_max: usize,
     metrics: Arc<RequestMetrics>,
 }
 
 impl Gateway {
-    /// A gateway admitting at most `in_flight_max` requests at once.
-    pub fn new(registry: Arc<Registry>, actor: ActorRef<GatewayMsg>, in_flight_max: usize) -> Self {
+    /// A gateway admitting at most `in_flight_max` requests at once, handing connections to the
+    /// actor in `actor` (whichever runs when a connection comes).
+    pub fn new(registry: Arc<Registry>, actor: GatewaySlot, in_flight_max: usize) -> Self {
         Self {
             registry,
             actor,
@@ -132,6 +139,11 @@ impl Gateway {
             in_flight_max,
             metrics: Arc::new(RequestMetrics::default()),
         }
+    }
+
+    /// The gateway actor running now, if any.
+    pub fn actor(&self) -> Option<ActorRef<GatewayMsg>> {
+        self.actor.read().ok().and_then(|a| a.clone())
     }
 
     /// Requests answered so far, by kind, outcome and latency.
@@ -159,18 +171,26 @@ impl ClientHandler for Gateway {
         let kind = metrics::op_kind(&req.op);
         let counters = self.metrics.clone();
         let permit = self.admission.clone().try_acquire_owned();
-        let actor = self.actor.clone();
+        let registry = self.registry.clone();
         Box::pin(async move {
             let resp = match permit {
                 Err(_) => Err(ErrorReply::Busy("node is at its in-flight request limit".into())),
-                Ok(_permit) => match actor.call(|port| GatewayMsg::Handle(req, port), None).await {
-                    Ok(ractor::rpc::CallResult::Success(resp)) => resp,
-                    Ok(_) => Err(ErrorReply::Internal("gateway dropped the request".into())),
-                    Err(e) => Err(ErrorReply::Internal(format!("gateway unavailable: {e}"))),
-                },
+                Ok(_permit) => execute(&registry, req).await,
             };
             counters.record(kind, metrics::outcome(&resp), arrived.elapsed());
             resp
         })
+    }
+
+    fn run_connection(&self, serve: BoxFuture<'static, ()>) {
+        let refused = match self.actor() {
+            Some(actor) => actor.cast(GatewayMsg::Connection(serve)).err().map(|e| e.to_string()),
+            None => Some("no gateway actor".to_string()),
+        };
+        // Dropping the serving future closes the connection (`CLOSE_CONN_DROPPED`); the client
+        // redials, by then most likely to a restarted actor.
+        if let Some(why) = refused {
+            tracing::warn!(reason = %why, "client connection dropped: the gateway actor is not running");
+        }
     }
 }

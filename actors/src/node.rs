@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! NodeSupervisor ─┬─ ShardSupervisor(g) ── ShardActor(g)   one per hosted group
-//!                 ├─ GatewayActor                            client requests
+//!                 ├─ GatewayActor                            client connections
 //!                 └─ ScoringActor × score_actors             batched kernel work
 //! ```
 //! `start_node` binds the QUIC endpoint, starts the node's core over it and
@@ -50,7 +50,7 @@ const STOP_SETTLE_POLL_MS: u64 = 5;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::NodeConfig;
-use crate::gateway::{Gateway, GatewayActor, GatewayMsg};
+use crate::gateway::{Gateway, GatewayActor, GatewayMsg, GatewaySlot};
 use crate::handover::{hand_over_all, HandoverReport};
 use crate::peer::{PeerService, QuicTransport};
 use crate::quiesce::{Quiescence, QuietStats};
@@ -92,7 +92,7 @@ struct NodeArgs {
     snapshots: Arc<SnapshotStore>,
     opts: ReplicaOptions,
     policy: RestartPolicy,
-    gateway_slot: Arc<RwLock<Option<ActorRef<GatewayMsg>>>>,
+    gateway_slot: GatewaySlot,
 }
 
 struct NodeSupervisor;
@@ -100,7 +100,7 @@ struct NodeSupervisor;
 struct NodeState {
     shards: BTreeMap<u32, ActorRef<SupervisorMsg>>,
     registry: Arc<Registry>,
-    gateway_slot: Arc<RwLock<Option<ActorRef<GatewayMsg>>>>,
+    gateway_slot: GatewaySlot,
 }
 
 impl Actor for NodeSupervisor {
@@ -128,7 +128,7 @@ impl Actor for NodeSupervisor {
             .await?;
             shards.insert(group, sup);
         }
-        let (gw, _) = Actor::spawn_linked(None, GatewayActor, args.registry.clone(), myself.get_cell()).await?;
+        let (gw, _) = Actor::spawn_linked(None, GatewayActor, (), myself.get_cell()).await?;
         if let Ok(mut slot) = args.gateway_slot.write() {
             *slot = Some(gw);
         }
@@ -184,7 +184,7 @@ impl Actor for NodeSupervisor {
                 pool.restart(slot, myself.get_cell()).await?;
             } else if gateway_failed {
                 tracing::error!(error = %err, "gateway actor failed; restarting it");
-                let (gw, _) = Actor::spawn_linked(None, GatewayActor, st.registry.clone(), myself.get_cell()).await?;
+                let (gw, _) = Actor::spawn_linked(None, GatewayActor, (), myself.get_cell()).await?;
                 if let Ok(mut slot) = st.gateway_slot.write() {
                     *slot = Some(gw);
                 }
@@ -422,12 +422,14 @@ pub async fn start_core(cfg: &NodeConfig, addr: String, seams: NodeSeams) -> Res
     let (supervisor, join) = Actor::spawn(None, NodeSupervisor, args)
         .await
         .map_err(|e| NodeError::Actors(e.to_string()))?;
-    let gw = gateway_slot
-        .read()
-        .ok()
-        .and_then(|g| g.clone())
-        .ok_or_else(|| NodeError::Actors("gateway did not start".into()))?;
-    let gateway = Arc::new(Gateway::new(registry.clone(), gw, cfg.gateway.requests_in_flight_max));
+    if gateway_slot.read().ok().and_then(|g| g.clone()).is_none() {
+        return Err(NodeError::Actors("gateway did not start".into()));
+    }
+    let gateway = Arc::new(Gateway::new(
+        registry.clone(),
+        gateway_slot.clone(),
+        cfg.gateway.requests_in_flight_max,
+    ));
     let heartbeat = Duration::from_millis(cfg.raft.heartbeat_ms);
     let quiescence = (cfg.raft.quiesce_after_ms > 0).then(|| {
         let q = Quiescence::new(
@@ -456,7 +458,7 @@ pub async fn start_core(cfg: &NodeConfig, addr: String, seams: NodeSeams) -> Res
 }
 
 impl NodeCore {
-    /// Serves one client request exactly as the endpoint would (admission, gateway actor).
+    /// Serves one client request exactly as the endpoint would (admission, then the replica).
     pub async fn execute(&self, req: Request) -> Response {
         self.gateway.handle(req).await
     }
@@ -533,6 +535,24 @@ impl NodeHandle {
     /// Panics the shard actor of `group` (fault injection for tests).
     pub fn inject_panic(&self, group: u32) {
         self.core.inject_panic(group);
+    }
+
+    /// Panics the gateway actor (fault injection for tests): every client connection it runs
+    /// is closed, and the node supervisor starts another.
+    pub fn inject_gateway_panic(&self) {
+        if let Some(actor) = self.core.gateway.actor() {
+            let _ = actor.cast(GatewayMsg::Panic);
+        }
+    }
+
+    /// The id of the gateway actor running now, if any.
+    pub fn gateway_actor_id(&self) -> Option<ractor::ActorId> {
+        self.core.gateway.actor().map(|a| a.get_id())
+    }
+
+    /// Client connections the endpoint is serving now.
+    pub fn client_connections(&self) -> usize {
+        self.endpoint.client_connections().load(Ordering::Relaxed)
     }
 
     /// Hands the groups this node leads to caught-up followers (bounded by the configured

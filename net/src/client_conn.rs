@@ -16,7 +16,9 @@ use plexus_proto::{ErrorReply, FrameError, FrameKind, Hello, HelloAck, Request, 
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tracing::{debug, info, warn, Instrument};
 
-use crate::endpoint::{ClientHandler, NetLimits, CLOSE_BAD_HELLO, CLOSE_TOO_MANY_CONNS, CLOSE_UNAUTHORIZED};
+use crate::endpoint::{
+    ClientHandler, NetLimits, CLOSE_BAD_HELLO, CLOSE_CONN_DROPPED, CLOSE_TOO_MANY_CONNS, CLOSE_UNAUTHORIZED,
+};
 
 /// Largest `Hello` frame body, in bytes: a token and a client name, read before the client is trusted.
 pub const HELLO_BYTES_MAX: usize = 64 * 1024;
@@ -47,6 +49,22 @@ impl Drop for ConnSlot {
 }
 
 /// Compares tokens in time independent of where they differ, so timing does not leak a prefix.
+/// Closes the connection when its serving ends while the client is still there: the future was
+/// dropped because the gateway actor running it stopped or failed. A connection that is already
+/// closed (the client left, it was refused, the node is shutting down) keeps its first reason.
+struct CloseOnDrop(Connection);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if self.0.close_reason().is_none() {
+            self.0.close(
+                VarInt::from_u32(CLOSE_CONN_DROPPED),
+                b"connection no longer served; redial",
+            );
+        }
+    }
+}
+
 fn token_eq(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -55,6 +73,7 @@ fn token_eq(a: &str, b: &str) -> bool {
 /// Serves one client connection until it closes.
 pub(crate) async fn serve_client(ctx: Arc<ClientCtx>, conn: Connection) {
     let _slot = ConnSlot(ctx.conns.clone());
+    let _close = CloseOnDrop(conn.clone());
     if ctx.conns.fetch_add(1, Ordering::AcqRel) >= ctx.limits.client_conns_max {
         warn!(
             conns_max = ctx.limits.client_conns_max,

@@ -37,6 +37,9 @@ pub const CLOSE_WRONG_PEER: u32 = 4;
 pub const CLOSE_TOO_MANY_CONNS: u32 = 5;
 /// Application close code: no supported ALPN was negotiated.
 pub const CLOSE_UNKNOWN_ALPN: u32 = 6;
+/// Application close code: the node stopped serving this client connection while it keeps
+/// running (its gateway actor stopped or failed and was restarted); a client redials at once.
+pub const CLOSE_CONN_DROPPED: u32 = 7;
 /// How long `shutdown` waits for connections to drain, in milliseconds. Every connection's
 /// CONNECTION_CLOSE goes out on the driver's next poll, so the wait only lets closing periods
 /// (3 PTOs) run out. A dial still in its handshake to a peer that is already gone has a backed-off
@@ -161,6 +164,13 @@ pub trait ClientHandler: Send + Sync + 'static {
     fn hello(&self) -> HelloOk;
     /// Handles one request.
     fn handle(&self, req: Request) -> BoxFuture<'static, Response>;
+    /// Runs one accepted client connection: `serve` checks its hello, then answers its request
+    /// streams until the client leaves, and dropping it closes the connection. The default
+    /// spawns it as a task of its own; a node hands it to its supervised gateway actor, so that
+    /// the actor's stop or failure ends every client connection it runs.
+    fn run_connection(&self, serve: BoxFuture<'static, ()>) {
+        tokio::spawn(serve);
+    }
 }
 
 /// The endpoint's stateless-reset key and connection-id key, derived from the node's private key
@@ -333,7 +343,8 @@ async fn route(shared: Arc<PeerShared>, ctx: Arc<ClientCtx>, conn: Connection) {
         Some(a) if a == ALPN_PEER => accept_peer(shared, conn).await,
         Some(a) if a == ALPN_CLIENT => {
             let span = tracing::info_span!("client_conn", conn = conn.stable_id());
-            serve_client(ctx, conn).instrument(span).await
+            let handler = ctx.handler.clone();
+            handler.run_connection(Box::pin(serve_client(ctx, conn).instrument(span)));
         }
         _ => conn.close(VarInt::from_u32(CLOSE_UNKNOWN_ALPN), b"unknown alpn"),
     }

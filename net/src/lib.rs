@@ -28,8 +28,8 @@ pub mod wire;
 pub use certs::{make_ca, make_node_cert, read_pem_files, write_pem_files, CertKey, SERVER_NAME};
 pub use client_conn::{HELLO_TIMEOUT_MS, STREAM_BAD_REQUEST, STREAM_FRAME_TOO_LARGE};
 pub use endpoint::{
-    ClientHandler, NetLimits, NodeEndpoint, PeerHandler, CLOSE_BAD_HELLO, CLOSE_PEER_CERT_REQUIRED, CLOSE_SHUTDOWN,
-    CLOSE_TOO_MANY_CONNS, CLOSE_UNAUTHORIZED, CLOSE_UNKNOWN_ALPN, CLOSE_WRONG_PEER,
+    ClientHandler, NetLimits, NodeEndpoint, PeerHandler, CLOSE_BAD_HELLO, CLOSE_CONN_DROPPED, CLOSE_PEER_CERT_REQUIRED,
+    CLOSE_SHUTDOWN, CLOSE_TOO_MANY_CONNS, CLOSE_UNAUTHORIZED, CLOSE_UNKNOWN_ALPN, CLOSE_WRONG_PEER,
 };
 pub use error::NetError;
 pub use futures::future::BoxFuture;

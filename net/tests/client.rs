@@ -6,9 +6,12 @@ mod common;
 use common::*;
 use std::sync::Arc;
 
-use plexus_net::{NetLimits, CLOSE_BAD_HELLO, CLOSE_TOO_MANY_CONNS, CLOSE_UNAUTHORIZED, SERVER_NAME};
+use plexus_net::{
+    BoxFuture, ClientHandler, NetLimits, NodeEndpoint, CLOSE_BAD_HELLO, CLOSE_CONN_DROPPED, CLOSE_TOO_MANY_CONNS,
+    CLOSE_UNAUTHORIZED, SERVER_NAME,
+};
 use plexus_proto::frame::encode;
-use plexus_proto::{ErrorReply, FrameKind, HelloOk, Reply, ShardMap, PROTOCOL_VERSION};
+use plexus_proto::{ErrorReply, FrameKind, HelloOk, Reply, Request, Response, ShardMap, PROTOCOL_VERSION};
 
 fn expect_app_close(err: quinn::ConnectionError, code: u32, reason: &[u8]) {
     match err {
@@ -353,4 +356,54 @@ async fn a_restarted_node_resets_its_crashed_incarnations_connections() {
     let (_ep2, conn2) = client(&ca.cert_pem, addr).await;
     assert_eq!(call(&conn2, &request(5)).await, Ok(Reply::Count(5)));
     second.shutdown().await;
+}
+
+/// Runs each client connection in a task it keeps and can abort, as a node's gateway actor does.
+struct HeldClient {
+    echo: EchoClient,
+    tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl ClientHandler for HeldClient {
+    fn hello(&self) -> HelloOk {
+        self.echo.hello()
+    }
+    fn handle(&self, req: Request) -> BoxFuture<'static, Response> {
+        self.echo.handle(req)
+    }
+    fn run_connection(&self, serve: BoxFuture<'static, ()>) {
+        self.tasks.lock().unwrap().push(tokio::spawn(serve).abort_handle());
+    }
+}
+
+#[tokio::test]
+async fn a_connection_no_longer_served_is_closed_with_its_reason() {
+    let ca = fresh_ca("held");
+    let n = NodeEndpoint::bind(
+        1,
+        localhost(),
+        &material(&ca, 1),
+        TOKEN.to_string(),
+        NetLimits::default(),
+    )
+    .unwrap();
+    let held = Arc::new(HeldClient {
+        echo: EchoClient { node_id: 1 },
+        tasks: Default::default(),
+    });
+    n.serve(Arc::new(EchoPeer::default()), held.clone());
+    let (_ep, conn) = client(&ca.cert_pem, n.local_addr()).await;
+    assert_eq!(call(&conn, &request(2)).await, Ok(Reply::Count(2)));
+
+    // The connection's runner stops (a gateway actor failed): the client learns at once, with a
+    // code that tells it to redial, instead of waiting out its idle timeout.
+    for task in held.tasks.lock().unwrap().drain(..) {
+        task.abort();
+    }
+    expect_app_close(
+        conn.closed().await,
+        CLOSE_CONN_DROPPED,
+        b"connection no longer served; redial",
+    );
+    n.shutdown().await;
 }
