@@ -33,6 +33,12 @@ pub const NODE_CONNECTIONS_MAX: usize = 1_024;
 const KEEP_ALIVE_MS: u64 = 5_000;
 /// A connection with no traffic (keep-alives included) for this long is dead, in milliseconds.
 const IDLE_TIMEOUT_MS: u32 = 30_000;
+/// The round-trip time QUIC assumes before it has measured one, in milliseconds. A handshake
+/// packet that is lost (sent to a node whose endpoint is not bound yet, as when the client dials
+/// a node that is just starting) is sent again after about three times this; with quinn's default
+/// of 333 ms that was a second, and a client reached a restarted node a second late. Measured
+/// round trips replace it as soon as the first answer comes.
+const INITIAL_RTT_MS: u64 = 100;
 /// How long [`Pool::close`] waits for connections to drain, in milliseconds.
 const CLOSE_DRAIN_MS: u64 = 1_000;
 /// QUIC application close code for an orderly client shutdown.
@@ -267,6 +273,7 @@ fn quic_client_config(ca_pem: &str) -> Result<quinn::ClientConfig, ClientError> 
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(Duration::from_millis(KEEP_ALIVE_MS)));
     transport.max_idle_timeout(Some(VarInt::from_u32(IDLE_TIMEOUT_MS).into()));
+    transport.initial_rtt(Duration::from_millis(INITIAL_RTT_MS));
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(UDP_PAYLOAD_BYTES_MAX);
     transport.mtu_discovery_config(Some(mtu));

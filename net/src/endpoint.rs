@@ -65,6 +65,12 @@ pub struct NetLimits {
     /// a peer that comes back is found only on the next retransmission: with the idle timeout
     /// (30 s) as the dial's limit, a restarted node waited seconds for its peers to reconnect.
     pub dial_timeout_ms: u64,
+    /// The round-trip time QUIC assumes before it has measured one, in milliseconds. A lost
+    /// handshake packet (a peer dialled before its endpoint is bound, as when nodes start
+    /// together) is sent again after about three times this: a second with quinn's default of
+    /// 333 ms, which held a restarting node's first messages to its peers for that long. Measured
+    /// round trips replace it as soon as the first answer comes.
+    pub initial_rtt_ms: u64,
     /// Most messages in one peer batch.
     pub peer_batch_msgs_max: usize,
     /// Most message bytes in one peer batch.
@@ -97,6 +103,7 @@ impl Default for NetLimits {
             peer_streams_max: 256,
             idle_timeout_ms: 30_000,
             dial_timeout_ms: 2_000,
+            initial_rtt_ms: 100,
             peer_batch_msgs_max: 256,
             peer_batch_bytes_max: 4 * 1024 * 1024,
             peer_queue_msgs_max: 8192,
@@ -118,6 +125,7 @@ impl NetLimits {
             ("peer_streams_max", self.peer_streams_max.into()),
             ("idle_timeout_ms", self.idle_timeout_ms),
             ("dial_timeout_ms", self.dial_timeout_ms),
+            ("initial_rtt_ms", self.initial_rtt_ms),
             ("peer_batch_msgs_max", self.peer_batch_msgs_max as u64),
             ("peer_batch_bytes_max", self.peer_batch_bytes_max as u64),
             ("peer_queue_msgs_max", self.peer_queue_msgs_max as u64),
@@ -268,6 +276,7 @@ impl NodeEndpoint {
     /// A second call replaces the peer handler but keeps the first accept loop and client handler.
     pub fn serve(&self, peers: Arc<dyn PeerHandler>, clients: Arc<dyn ClientHandler>) {
         *self.shared.handler.write().unwrap_or_else(|e| e.into_inner()) = Some(peers);
+        self.shared.serving.notify_waiters();
         let mut task = lock(&self.accept_task);
         if task.is_some() {
             warn!("serve called twice; keeping the running accept loop");
@@ -299,6 +308,8 @@ impl NodeEndpoint {
         // `PeerLinks` that holds `shared`: drop it so that cycle cannot keep
         // the endpoint, and its UDP port, alive after shutdown.
         *shared.handler.write().unwrap_or_else(|e| e.into_inner()) = None;
+        // Batches waiting for the node to serve give up now.
+        shared.serving.notify_waiters();
         // Dropping the queues' senders stops the flushers once they drain.
         lock(&shared.queues).clear();
         if let Some(task) = lock(&self.accept_task).take() {

@@ -251,7 +251,7 @@ async fn connection(shared: &Arc<PeerShared>, peer: u64, dialer: &mut Dialer) ->
             reason: reason.clone(),
         }));
     }
-    match dial(shared, peer, addr).await {
+    match dial_or_take_theirs(shared, peer, addr).await {
         Ok(conn) => {
             dialer.backoff_ms = REDIAL_BACKOFF_MS_MIN;
             dialer.last_error = None;
@@ -280,7 +280,36 @@ async fn connection(shared: &Arc<PeerShared>, peer: u64, dialer: &mut Dialer) ->
 }
 
 /// Dials `peer` at `addr`, checks the certificate names that node, registers the connection and serves it.
-async fn dial(shared: &Arc<PeerShared>, peer: u64, addr: SocketAddr) -> Result<Connection, NetError> {
+/// Dials `peer`, unless the peer's own connection to this node arrives first: then that one is
+/// used at once, and the dial goes on by itself. When nodes start together, a node's first dial
+/// often reaches a peer whose endpoint is not bound yet; the lost handshake packet is only sent
+/// again after quinn's probe timeout (about a second with its default initial RTT), while the
+/// peer, once up, dials this node within milliseconds. Waiting out our own handshake held every
+/// consensus message to that peer for that second, and `plexus up` was ready a second late.
+/// The dial is not abandoned: two nodes dialling each other at once would each take the other's
+/// connection and drop their own, which is the very connection the other had taken.
+async fn dial_or_take_theirs(shared: &Arc<PeerShared>, peer: u64, addr: SocketAddr) -> Result<Connection, NetError> {
+    let mut dialing = Box::pin(dial(shared.clone(), peer, addr));
+    loop {
+        // Armed before the look, so a registration between the two is not missed.
+        let registered = shared.registered.notified();
+        tokio::pin!(registered);
+        registered.as_mut().enable();
+        if let Some(conn) = shared.live_conn(peer) {
+            debug!("using the peer's own connection while our dial completes");
+            // Bounded by `dial_timeout_ms`; on success it registers its connection itself.
+            tokio::spawn(dialing.in_current_span());
+            return Ok(conn);
+        }
+        tokio::select! {
+            biased;
+            dialed = &mut dialing => return dialed,
+            () = &mut registered => {}
+        }
+    }
+}
+
+async fn dial(shared: Arc<PeerShared>, peer: u64, addr: SocketAddr) -> Result<Connection, NetError> {
     let unreachable = |reason: String| NetError::Unreachable { peer, reason };
     let connecting = shared
         .endpoint

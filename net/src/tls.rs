@@ -118,6 +118,7 @@ pub(crate) fn transport(bidi_streams_max: u32, limits: &NetLimits) -> Result<Tra
     t.datagram_receive_buffer_size(None);
     let idle = IdleTimeout::try_from(Duration::from_millis(limits.idle_timeout_ms)).map_err(tls_err)?;
     t.max_idle_timeout(Some(idle));
+    t.initial_rtt(Duration::from_millis(limits.initial_rtt_ms));
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(limits.udp_payload_bytes_max);
     t.mtu_discovery_config(Some(mtu));

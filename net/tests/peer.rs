@@ -384,3 +384,66 @@ async fn consensus_lane_is_not_held_back_by_a_slow_bulk_request() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_dial_to_a_peer_not_yet_up_takes_the_connection_that_peer_opens() {
+    let ca = fresh_ca("late-peer");
+    // A port with nothing bound to it yet: b starts there later.
+    let b_addr = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    // An assumed round trip of a second: a's lost handshake packet goes again only after about
+    // three, far beyond the call's own limit.
+    let slow_handshake = NetLimits {
+        initial_rtt_ms: 1_000,
+        ..NetLimits::default()
+    };
+    let (a, _) = node(1, &material(&ca, 1), slow_handshake);
+    a.peer_links().set_peer(2, b_addr);
+    // a's dial sends its first handshake packet into the void.
+    let first = tokio::spawn({
+        let links = a.peer_links();
+        async move { links.call(2, b"early".to_vec(), Duration::from_millis(1_500)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (b, _) = node_at(2, b_addr, &material(&ca, 2), NetLimits::default());
+    b.peer_links().set_peer(1, a.local_addr());
+    assert_eq!(
+        b.peer_links().call(1, b"hello".to_vec(), T).await.unwrap(),
+        b"from-2:hello"
+    );
+    // b's connection reached a at once; a's waiting call goes out on it instead of waiting out
+    // its own handshake.
+    assert_eq!(first.await.unwrap().unwrap(), b"from-1:early");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_batch_that_arrives_before_the_node_serves_waits_until_it_does() {
+    let ca = fresh_ca("not-yet-serving");
+    let (a, _) = node(1, &material(&ca, 1), NetLimits::default());
+    // b is bound and reaches its peers, as a node opening its groups does, but does not serve yet.
+    let b = NodeEndpoint::bind(
+        2,
+        localhost(),
+        &material(&ca, 2),
+        TOKEN.to_string(),
+        NetLimits::default(),
+    )
+    .unwrap();
+    b.peer_links().set_peer(1, a.local_addr());
+    assert_eq!(b.peer_links().call(1, b"up".to_vec(), T).await.unwrap(), b"from-2:up");
+    // a answers back on the connection b opened: its batch waits for b to begin serving instead
+    // of failing at once (a failed first vote costs an election timeout).
+    let early = tokio::spawn({
+        let links = a.peer_links();
+        async move { links.call(2, b"early".to_vec(), T).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    b.serve(
+        std::sync::Arc::new(EchoPeer::default()),
+        std::sync::Arc::new(EchoClient { node_id: 2 }),
+    );
+    assert_eq!(early.await.unwrap().unwrap(), b"from-1:early");
+    a.shutdown().await;
+    b.shutdown().await;
+}
