@@ -339,13 +339,16 @@ async fn a_restarted_node_resets_its_crashed_incarnations_connections() {
     };
     second.serve(Arc::new(EchoPeer::default()), Arc::new(EchoClient { node_id: 1 }));
 
-    // A request on the old connection draws the reset.
+    // A request on the old connection draws the reset. So may the client's delayed ACK of the
+    // last answer, when the new incarnation is bound before it goes out: then the connection is
+    // reset already and no stream opens.
     let started = std::time::Instant::now();
-    let (mut send, _recv) = conn.open_bi().await.unwrap();
-    let _ = send
-        .write_all(&encode(FrameKind::Request, &request(4), 1 << 20).unwrap())
-        .await;
-    let _ = send.finish();
+    if let Ok((mut send, _recv)) = conn.open_bi().await {
+        let _ = send
+            .write_all(&encode(FrameKind::Request, &request(4), 1 << 20).unwrap())
+            .await;
+        let _ = send.finish();
+    }
     let why = tokio::time::timeout(std::time::Duration::from_secs(5), conn.closed())
         .await
         .expect("the old connection was not reset within 5 s (the idle timeout is 30 s)");
