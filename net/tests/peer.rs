@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use plexus_net::{NetError, NetLimits, NodeEndpoint, CLOSE_PEER_CERT_REQUIRED};
+use plexus_net::{NetError, NetLimits, NodeEndpoint, PeerLinks, CLOSE_PEER_CERT_REQUIRED};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -385,6 +385,17 @@ async fn consensus_lane_is_not_held_back_by_a_slow_bulk_request() {
     b.shutdown().await;
 }
 
+/// `links.call(peer, msg, limit)` on a task of its own, so the test can go on meanwhile.
+fn call_in_background(
+    links: PeerLinks,
+    peer: u64,
+    msg: &[u8],
+    limit: Duration,
+) -> tokio::task::JoinHandle<Result<Vec<u8>, NetError>> {
+    let msg = msg.to_vec();
+    tokio::spawn(async move { links.call(peer, msg, limit).await })
+}
+
 #[tokio::test]
 async fn a_dial_to_a_peer_not_yet_up_takes_the_connection_that_peer_opens() {
     let ca = fresh_ca("late-peer");
@@ -399,10 +410,7 @@ async fn a_dial_to_a_peer_not_yet_up_takes_the_connection_that_peer_opens() {
     let (a, _) = node(1, &material(&ca, 1), slow_handshake);
     a.peer_links().set_peer(2, b_addr);
     // a's dial sends its first handshake packet into the void.
-    let first = tokio::spawn({
-        let links = a.peer_links();
-        async move { links.call(2, b"early".to_vec(), Duration::from_millis(1_500)).await }
-    });
+    let first = call_in_background(a.peer_links(), 2, b"early", Duration::from_millis(1_500));
     tokio::time::sleep(Duration::from_millis(50)).await;
     let (b, _) = node_at(2, b_addr, &material(&ca, 2), NetLimits::default());
     b.peer_links().set_peer(1, a.local_addr());
@@ -434,10 +442,7 @@ async fn a_batch_that_arrives_before_the_node_serves_waits_until_it_does() {
     assert_eq!(b.peer_links().call(1, b"up".to_vec(), T).await.unwrap(), b"from-2:up");
     // a answers back on the connection b opened: its batch waits for b to begin serving instead
     // of failing at once (a failed first vote costs an election timeout).
-    let early = tokio::spawn({
-        let links = a.peer_links();
-        async move { links.call(2, b"early".to_vec(), T).await }
-    });
+    let early = call_in_background(a.peer_links(), 2, b"early", T);
     tokio::time::sleep(Duration::from_millis(100)).await;
     b.serve(
         std::sync::Arc::new(EchoPeer::default()),
