@@ -422,14 +422,14 @@ pub async fn start_core(cfg: &NodeConfig, addr: String, seams: NodeSeams) -> Res
     let (supervisor, join) = Actor::spawn(None, NodeSupervisor, args)
         .await
         .map_err(|e| NodeError::Actors(e.to_string()))?;
-    if gateway_slot.read().ok().and_then(|g| g.clone()).is_none() {
-        return Err(NodeError::Actors("gateway did not start".into()));
-    }
     let gateway = Arc::new(Gateway::new(
         registry.clone(),
-        gateway_slot.clone(),
+        gateway_slot,
         cfg.gateway.requests_in_flight_max,
     ));
+    if gateway.actor().is_none() {
+        return Err(NodeError::Actors("gateway did not start".into()));
+    }
     let heartbeat = Duration::from_millis(cfg.raft.heartbeat_ms);
     let quiescence = (cfg.raft.quiesce_after_ms > 0).then(|| {
         let q = Quiescence::new(
@@ -627,9 +627,9 @@ impl NodeHandle {
     }
 
     /// The first step of a graceful stop, which [`NodeHandle::shutdown`] takes: stop balancing
-    /// leaders, refuse to be made leader from now on, tell the peers, give their own stop notices up to `STOP_SETTLE_MS` to
-    /// arrive, then hand over the groups this node leads to peers that are not stopping. The node
-    /// keeps serving throughout.
+    /// leaders, refuse to be made leader from now on, tell the peers, give their own stop notices
+    /// up to `STOP_SETTLE_MS` to arrive, then hand over the groups this node leads to peers that
+    /// are not stopping. The node keeps serving throughout.
     pub async fn begin_stop(&mut self) -> HandoverReport {
         // A balancing move must not race the handover of everything.
         if let Some(balancer) = self.balancer.take() {
@@ -652,9 +652,12 @@ impl NodeHandle {
     /// Waits until every peer has announced its own stop, or `settle` has passed; at once when
     /// this node leads nothing, since then there is nothing to hand over.
     async fn await_peer_stop_notices(&self, settle: Duration) {
+        if self.registry.led_replicas().is_empty() {
+            return;
+        }
         let me = self.registry.node_id;
         let deadline = tokio::time::Instant::now() + settle;
-        while !self.registry.led_replicas().is_empty() && tokio::time::Instant::now() < deadline {
+        while tokio::time::Instant::now() < deadline {
             let all_stopping = self
                 .registry
                 .members

@@ -64,6 +64,20 @@ pub(crate) struct PeerShared {
     pub registered: tokio::sync::Notify,
 }
 
+/// Waits on `notify` until `look` finds something. The waiter is armed before each look, so a
+/// notification that comes between the look and the wait is not missed.
+pub(crate) async fn look_until<T>(notify: &tokio::sync::Notify, mut look: impl FnMut() -> Option<T>) -> T {
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(found) = look() {
+            return found;
+        }
+        notified.await;
+    }
+}
+
 /// Locks a mutex, recovering the data if a panicking thread poisoned it: every critical section here
 /// only inserts into or removes from a map, so the data stays consistent even then.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -127,22 +141,14 @@ impl PeerShared {
     /// The peer handler, waiting at most `PEER_SERVE_WAIT_MS` for the node to begin serving;
     /// `None` at once when the endpoint is shutting down.
     async fn handler_when_serving(&self) -> Option<Arc<dyn PeerHandler>> {
-        let wait = async {
-            loop {
-                // Armed before the look, so an install between the two is not missed.
-                let serving = self.serving.notified();
-                tokio::pin!(serving);
-                serving.as_mut().enable();
-                if self.closed.load(Ordering::Acquire) {
-                    return None;
-                }
-                if let Some(handler) = self.handler() {
-                    return Some(handler);
-                }
-                serving.await;
+        let serving = look_until(&self.serving, || {
+            if self.closed.load(Ordering::Acquire) {
+                Some(None)
+            } else {
+                self.handler().map(Some)
             }
-        };
-        tokio::time::timeout(Duration::from_millis(PEER_SERVE_WAIT_MS), wait)
+        });
+        tokio::time::timeout(Duration::from_millis(PEER_SERVE_WAIT_MS), serving)
             .await
             .ok()
             .flatten()

@@ -24,7 +24,7 @@ use tracing::{debug, Instrument};
 use crate::certs::SERVER_NAME;
 use crate::endpoint::{CLOSE_SHUTDOWN, CLOSE_WRONG_PEER};
 use crate::error::NetError;
-use crate::peer_conn::{lock, serve_peer_conn, PeerShared};
+use crate::peer_conn::{lock, look_until, serve_peer_conn, PeerShared};
 use crate::tls::peer_node_id;
 use crate::wire::{PeerBatch, PeerBatchReply, WireBytes};
 
@@ -290,21 +290,14 @@ async fn connection(shared: &Arc<PeerShared>, peer: u64, dialer: &mut Dialer) ->
 /// connection and drop their own, which is the very connection the other had taken.
 async fn dial_or_take_theirs(shared: &Arc<PeerShared>, peer: u64, addr: SocketAddr) -> Result<Connection, NetError> {
     let mut dialing = Box::pin(dial(shared.clone(), peer, addr));
-    loop {
-        // Armed before the look, so a registration between the two is not missed.
-        let registered = shared.registered.notified();
-        tokio::pin!(registered);
-        registered.as_mut().enable();
-        if let Some(conn) = shared.live_conn(peer) {
+    tokio::select! {
+        biased;
+        dialed = &mut dialing => dialed,
+        conn = look_until(&shared.registered, || shared.live_conn(peer)) => {
             debug!("using the peer's own connection while our dial completes");
             // Bounded by `dial_timeout_ms`; on success it registers its connection itself.
             tokio::spawn(dialing.in_current_span());
-            return Ok(conn);
-        }
-        tokio::select! {
-            biased;
-            dialed = &mut dialing => return dialed,
-            () = &mut registered => {}
+            Ok(conn)
         }
     }
 }
