@@ -22,12 +22,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::future::join_all;
+use plexus_core::state::StateLimits;
 use plexus_net::{ClientHandler, NetLimits, NodeEndpoint, PeerHandler, TlsMaterial};
 use plexus_proto::{NodeId, Request, Response};
 use plexus_raft::network::{encode, PeerRequest, RaftTransport};
 use plexus_raft::replica::{open_log, Replica, ReplicaOptions};
 use plexus_raft::sim_hooks::SimHooks;
-use plexus_raft::state::StateLimits;
 use plexus_raft::wal::{Disk, GroupLog, OsDisk, SnapshotStore, Wal, WalOptions, WriterMode};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 

@@ -16,13 +16,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use futures::stream::{self, StreamExt};
+use plexus_core::state::{FEATURES_DIM_MAX, FEATURES_READ_VERTICES_MAX};
 use plexus_proto::{
     shard_for_key, Consistency, Direction, ErrorReply, ReadOp, Reply, Response, ScoreMode, ScoreRequest, ShardId,
     ShardKey, VertexId, SCORE_CANDIDATES_MAX, SCORE_K_MAX,
 };
 use plexus_raft::network::{decode, encode, PeerRequest, PeerResponse};
 use plexus_raft::replica::Replica;
-use plexus_raft::state::{FEATURES_DIM_MAX, FEATURES_READ_VERTICES_MAX};
 
 use crate::registry::Registry;
 use crate::score_batch::ScoreJob;

@@ -22,7 +22,7 @@ fn unexpected(op: &'static str, reply: Reply) -> ClientError {
     }
 }
 
-/// Vertices per features read: the server's limit (`FEATURES_READ_VERTICES_MAX` in plexus-raft).
+/// Vertices per features read: the server's limit (`FEATURES_READ_VERTICES_MAX` in plexus-core).
 pub const FEATURES_READ_CHUNK: usize = 256;
 
 impl Client {

@@ -10,6 +10,7 @@
 //! node allocate more than the limit.
 
 use serde::{de::DeserializeOwned, Serialize};
+#[cfg(feature = "io")]
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Version byte carried by every frame; a reader refuses any other value.
@@ -134,6 +135,7 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
 }
 
 /// Reads one frame: its kind and raw body.
+#[cfg(feature = "io")]
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<(FrameKind, Vec<u8>), FrameError> {
     let mut h = [0u8; FRAME_HEADER_BYTES];
     // Distinguish a clean close before the header from a truncated header.
@@ -149,6 +151,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<(
 }
 
 /// Reads one frame and checks it is of `expected` kind, decoding its body.
+#[cfg(feature = "io")]
 pub async fn read_msg<R: AsyncRead + Unpin, T: DeserializeOwned>(
     r: &mut R,
     expected: FrameKind,
@@ -162,6 +165,7 @@ pub async fn read_msg<R: AsyncRead + Unpin, T: DeserializeOwned>(
 }
 
 /// Writes `msg` as one frame of `kind`.
+#[cfg(feature = "io")]
 pub async fn write_msg<W: AsyncWrite + Unpin, T: Serialize>(
     w: &mut W,
     kind: FrameKind,
@@ -173,7 +177,7 @@ pub async fn write_msg<W: AsyncWrite + Unpin, T: Serialize>(
     Ok(())
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "io"))]
 mod tests {
     use super::*;
 

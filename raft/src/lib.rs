@@ -1,8 +1,7 @@
 //! Replication for plexus: what one shard replica is made of.
 //!
-//! - `state`: the deterministic shard state machine (filters, timelines,
-//!   graph partitions, the exactly-once session table, the cross-shard edge
-//!   outbox). Pure: no clock, no RNG, no IO.
+//! The deterministic shard state machine it replicates is `plexus_core::state`.
+//!
 //! - `wal`: the node's write-ahead log shared by every Raft group on the node
 //!   (one fsync covers a batch of many groups) and the snapshot files.
 //! - `log_store`, `sm_store`: openraft's storage traits over those.
@@ -10,7 +9,7 @@
 //! - `replica`: one running group replica and the calls the node makes on it.
 //! - `handover`: a stopping leader passes its group to a caught-up follower.
 //! - `quiesce`: idle groups stop heartbeating; one ping per peer vouches for them (sans-IO).
-//! - `types`: the openraft type configuration and the replicated `Command`.
+//! - `types`: the openraft type configuration (the `Command` it carries is `plexus-core`'s).
 //! - `sim_hooks`: simulation-only canary bugs and an applied-entry observer,
 //!   off unless the simulator switches them on.
 //!
@@ -24,7 +23,6 @@ pub mod quiesce;
 pub mod replica;
 pub mod sim_hooks;
 pub mod sm_store;
-pub mod state;
 pub mod types;
 pub mod wal;
 

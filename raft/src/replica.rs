@@ -19,9 +19,9 @@ use crate::network::{NetworkFactory, PeerRequest, PeerResponse, RaftTransport, T
 use crate::quiesce::{FollowerView, LeaderView, QuietClaim};
 use crate::sim_hooks::{Canary, SimHooks, LEASE_TOO_LONG_FACTOR};
 use crate::sm_store::{SharedState, StateMachineStore};
-use crate::state::StateLimits;
 use crate::types::{Command, TypeConfig};
 use crate::wal::{GroupLog, SnapshotStore, Wal};
+use plexus_core::state::StateLimits;
 
 /// Timing and compaction settings shared by every group on a node.
 #[derive(Clone, Debug)]

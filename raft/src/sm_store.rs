@@ -21,9 +21,9 @@ use plexus_proto::{Reply, Response};
 use serde::{Deserialize, Serialize};
 
 use crate::sim_hooks::{ApplyObserver, Canary, SimHooks, SnapshotEvent, SnapshotObserver};
-use crate::state::{ShardState, StateLimits};
 use crate::types::TypeConfig;
 use crate::wal::SnapshotStore;
+use plexus_core::state::{ShardState, StateLimits};
 
 type NodeId = u64;
 type Node = openraft::BasicNode;

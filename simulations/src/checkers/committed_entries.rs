@@ -32,8 +32,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::{Entry, EntryPayload, LogId};
+use plexus_core::state::{ShardState, StateLimits};
 use plexus_raft::sim_hooks::{ApplyObserver, Canary, SnapshotEvent, SnapshotObserver};
-use plexus_raft::state::{ShardState, StateLimits};
 use plexus_raft::types::TypeConfig;
 use plexus_raft::Command;
 

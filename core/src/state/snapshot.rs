@@ -264,7 +264,7 @@ mod tests {
     use serde::de::DeserializeOwned;
 
     use super::*;
-    use crate::types::EdgeUpdate;
+    use crate::command::EdgeUpdate;
 
     /// Decodes `value`'s postcard bytes as `T`: builds private types from
     /// tuples of the same shape, which postcard encodes identically.

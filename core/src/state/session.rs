@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use plexus_proto::{ErrorReply, Response, Session};
 use serde::{Deserialize, Serialize};
 
-use crate::sim_hooks::Canary;
+use crate::canary::Canary;
 
 /// One client's entry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -15,8 +15,8 @@ use roaring::RoaringTreemap;
 use serde::{Deserialize, Serialize};
 
 use super::outbox::Outbox;
-use crate::sim_hooks::Canary;
-use crate::types::EdgeUpdate;
+use crate::canary::Canary;
+use crate::command::EdgeUpdate;
 
 /// Where this state machine sits in the cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -40,8 +40,8 @@ pub use filter::{
 };
 pub use snapshot::StateError;
 
-use crate::sim_hooks::Canary;
-use crate::types::{Command, EdgeUpdate};
+use crate::canary::Canary;
+use crate::command::{Command, EdgeUpdate};
 use features::FeatureStore;
 use filter::NamedFilter;
 use graph::{Graph, Placement};

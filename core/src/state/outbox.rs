@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, VecDeque};
 use plexus_proto::ShardId;
 use serde::{Deserialize, Serialize};
 
-use crate::types::EdgeUpdate;
+use crate::command::EdgeUpdate;
 
 /// Largest sequence number a restored outbox may hold.
 const SEQ_MAX: u64 = 1 << 63;
