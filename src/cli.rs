@@ -41,6 +41,9 @@ pub enum Cmd {
     /// Named Bloom filter operations.
     #[command(subcommand)]
     Filter(FilterCmd),
+    /// The social feed: post, home feed, seen, delete, users, bulk import.
+    #[command(subcommand)]
+    Feed(crate::feed_cmd::FeedCmd),
     /// Drive a running cluster and report throughput and latency.
     Bench(BenchArgs),
     /// Per-vertex feature vectors (the inputs of scoring).
@@ -239,6 +242,7 @@ pub fn run(cli: Cli) -> CliResult {
         Cmd::Graph(c) => crate::client_cmds::graph(c),
         Cmd::Timeline(c) => crate::client_cmds::timeline(c),
         Cmd::Filter(c) => crate::client_cmds::filter(c),
+        Cmd::Feed(c) => crate::feed_cmd::run(c),
         Cmd::Bench(a) => crate::bench::run(a),
         Cmd::Features(c) => crate::score_cmd::features(c),
         Cmd::Score(a) => crate::score_cmd::score(a),

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::cli::{runtime, CliResult, ClientOpts, DirectionArg, FilterCmd, GraphCmd, TimelineCmd};
 
-async fn connect(opts: &ClientOpts) -> CliResult<Client> {
+pub async fn connect(opts: &ClientOpts) -> CliResult<Client> {
     let cfg = ClientConfig::load(&opts.config).map_err(|e| format!("{}: {e}", opts.config.display()))?;
     Client::connect(cfg).await.map_err(|e| format!("connect: {e}"))
 }

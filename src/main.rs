@@ -10,6 +10,8 @@ mod bench;
 mod certs;
 mod cli;
 mod client_cmds;
+mod feed_cmd;
+mod feed_import;
 mod kernels_cmd;
 mod node_cmd;
 mod score_cmd;

@@ -3,7 +3,11 @@
 
 use std::path::Path;
 
-use plexus_actors::{start_node, NodeConfig, NodeError};
+use std::sync::Arc;
+
+use plexus_actors::clock::SystemClock;
+use plexus_actors::{start_node_with, NodeConfig, NodeError, Workloads};
+use plexus_feed::{FeedService, FeedSettings};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::{init_tracing, runtime, CliResult};
@@ -43,7 +47,8 @@ pub fn run(config: &Path) -> CliResult {
         let mut term = signal(SignalKind::terminate()).map_err(|e| format!("signal handler: {e}"))?;
         let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("signal handler: {e}"))?;
         let node_id = cfg.node_id;
-        let handle = match start_node(cfg).await {
+        let workloads: Workloads = vec![Arc::new(FeedService::new(FeedSettings::from(&cfg.feed)))];
+        let handle = match start_node_with(cfg, Arc::new(SystemClock), workloads).await {
             Ok(handle) => handle,
             Err(e @ (NodeError::Net(_) | NodeError::Actors(_))) => return Err(e.to_string()),
             Err(e @ (NodeError::DataDir(..) | NodeError::Storage(_) | NodeError::Tls(_))) => exit_config(e),

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use plexus_core::state::{FeedLimits, SeenSizing, StateLimits};
 use plexus_raft::wal::TASK_YIELDS_MAX;
 use serde::{Deserialize, Serialize};
 
@@ -123,6 +124,119 @@ impl Default for GatewayLimits {
     }
 }
 
+/// The social feed's settings (`[feed]`). Every node of a cluster must be given the same values:
+/// the shard state machines apply them, and replicas that disagree would diverge.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FeedConfig {
+    /// An author with more followers than this is not fanned out: readers pull its posts.
+    pub pulled_followers_min: u64,
+    /// Posts kept in each home timeline.
+    pub home_len_max: usize,
+    /// Posts of the followee copied into a new follower's home timeline.
+    pub follow_backfill_posts: usize,
+    /// A reader's home timeline is kept up to date (materialised) while the reader has read it
+    /// within this window, ms; after that fan-out skips it and the next read rebuilds it.
+    pub active_window_ms: u64,
+    /// Posts one generation of a reader's seen filter holds before it rotates (two are kept).
+    pub seen_items_per_generation: u64,
+    /// Target false-positive rate of the seen filter, parts per million (5000 = 0.5%).
+    pub seen_fp_rate_ppm: u32,
+    /// Largest post, in bytes.
+    pub post_bytes_max: usize,
+    /// Candidates one ranked page window holds at most (newest first).
+    pub rank_candidates_max: usize,
+    /// Weight of the similarity between reader and author in a post's score.
+    pub rank_similarity_weight: f32,
+    /// A post's recency term halves every this many ms (its age taken from the newest post of
+    /// the page's window, so a window ranks the same on every page).
+    pub rank_recency_half_life_ms: u64,
+    /// A GraphSAGE model (safetensors, PyTorch Geometric `SAGEConv` names) that embeds readers
+    /// and authors before the similarity; unset = the raw features, neighbour-mean for readers.
+    pub rank_model: Option<PathBuf>,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        let limits = FeedLimits::default();
+        Self {
+            pulled_followers_min: limits.pulled_followers_min,
+            home_len_max: limits.home_len_max,
+            follow_backfill_posts: limits.follow_backfill_posts,
+            active_window_ms: limits.active_window_ms,
+            seen_items_per_generation: limits.seen.items_per_generation,
+            seen_fp_rate_ppm: limits.seen.fp_rate_ppm,
+            post_bytes_max: limits.post_bytes_max,
+            rank_candidates_max: 2_000,
+            rank_similarity_weight: 1.0,
+            rank_recency_half_life_ms: 6 * 3_600_000,
+            rank_model: None,
+        }
+    }
+}
+
+impl FeedConfig {
+    /// The state machine's share of these settings.
+    pub fn limits(&self) -> FeedLimits {
+        FeedLimits {
+            pulled_followers_min: self.pulled_followers_min,
+            home_len_max: self.home_len_max,
+            follow_backfill_posts: self.follow_backfill_posts,
+            active_window_ms: self.active_window_ms,
+            seen: SeenSizing {
+                items_per_generation: self.seen_items_per_generation,
+                fp_rate_ppm: self.seen_fp_rate_ppm,
+            },
+            post_bytes_max: self.post_bytes_max,
+            ..FeedLimits::default()
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if !(1..=10_000).contains(&self.home_len_max) {
+            return bad(format!("feed.home_len_max {} must be in 1..=10000", self.home_len_max));
+        }
+        if self.follow_backfill_posts > self.home_len_max {
+            return bad(format!(
+                "feed.follow_backfill_posts {} must be at most feed.home_len_max ({})",
+                self.follow_backfill_posts, self.home_len_max
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.seen_items_per_generation) {
+            return bad(format!(
+                "feed.seen_items_per_generation {} must be in 1..=1000000",
+                self.seen_items_per_generation
+            ));
+        }
+        if !(1..=500_000).contains(&self.seen_fp_rate_ppm) {
+            return bad(format!(
+                "feed.seen_fp_rate_ppm {} must be in 1..=500000",
+                self.seen_fp_rate_ppm
+            ));
+        }
+        if !(1..=65_536).contains(&self.post_bytes_max) {
+            return bad(format!(
+                "feed.post_bytes_max {} must be in 1..=65536",
+                self.post_bytes_max
+            ));
+        }
+        let candidates_max = FeedLimits::default().candidates_max as usize;
+        if !(1..=candidates_max).contains(&self.rank_candidates_max) {
+            return bad(format!(
+                "feed.rank_candidates_max {} must be in 1..={candidates_max}",
+                self.rank_candidates_max
+            ));
+        }
+        if !self.rank_similarity_weight.is_finite() || self.rank_recency_half_life_ms == 0 {
+            return bad(
+                "feed.rank_similarity_weight must be finite and feed.rank_recency_half_life_ms positive".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Everything a node needs to start.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NodeConfig {
@@ -150,6 +264,9 @@ pub struct NodeConfig {
     /// Gateway limits.
     #[serde(default)]
     pub gateway: GatewayLimits,
+    /// The social feed's settings (the same on every node).
+    #[serde(default)]
+    pub feed: FeedConfig,
     /// Async worker threads for this node; unset = one per CPU core. 1 runs the node on a
     /// single-threaded runtime (tokio's `current_thread`): no hand-offs between workers, which is
     /// what several nodes sharing one machine want, so `plexus up` writes 1 (on the 2-core local
@@ -259,12 +376,22 @@ impl NodeConfig {
                 "wal_task_yields {yields} must be at most {TASK_YIELDS_MAX}"
             )));
         }
+        self.feed.validate()?;
         if self.worker_threads == Some(0) {
             return Err(ConfigError::Invalid(
                 "worker_threads must be at least 1 (or unset)".into(),
             ));
         }
         Ok(())
+    }
+
+    /// The limits the node's shard state machines apply with (every node of a cluster must
+    /// compute the same ones).
+    pub fn state_limits(&self) -> StateLimits {
+        StateLimits {
+            feed: self.feed.limits(),
+            ..StateLimits::default()
+        }
     }
 
     /// Ids of every member, ascending.

@@ -14,6 +14,7 @@ use std::sync::{Arc, RwLock};
 use futures::future::BoxFuture;
 use plexus_net::ClientHandler;
 use plexus_proto::{AdminOp, Consistency, ErrorReply, HelloOk, Op, Reply, Request, Response};
+use plexus_raft::replica::Replica;
 use plexus_raft::sim_hooks::Canary;
 use plexus_raft::Command;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -67,15 +68,15 @@ impl Actor for GatewayActor {
     }
 }
 
-/// Runs one request against this node's replicas.
-pub async fn execute(registry: &Registry, req: Request) -> Response {
+/// Runs one request against this node's replicas (or its workloads).
+pub async fn execute(registry: &Arc<Registry>, req: Request) -> Response {
     // `instrument`, not `span.enter()`: an entered guard held across `.await`
     // would leak the span onto whatever else runs on the thread meanwhile.
     let span = tracing::debug_span!("request", shard = req.shard);
     tracing::Instrument::instrument(execute_in_span(registry, req), span).await
 }
 
-async fn execute_in_span(registry: &Registry, req: Request) -> Response {
+async fn execute_in_span(registry: &Arc<Registry>, req: Request) -> Response {
     if let Op::Admin(admin) = &req.op {
         return Ok(match admin {
             AdminOp::ShardMap => Reply::ShardMap(registry.shard_map()),
@@ -92,6 +93,9 @@ async fn execute_in_span(registry: &Registry, req: Request) -> Response {
     let Some(replica) = registry.get(req.shard) else {
         return Err(registry.redirect(req.shard));
     };
+    if matches!(req.op, Op::Feed(_)) {
+        return execute_workload(registry, replica, req).await;
+    }
     match req.op {
         Op::Write(op) => {
             if !replica.is_leader() {
@@ -115,7 +119,23 @@ async fn execute_in_span(registry: &Registry, req: Request) -> Response {
         Op::Admin(_) => Err(ErrorReply::Internal("admin op fell through".into())),
         // Any replica scores (from stale state, see `score`); no leadership check.
         Op::Score(score) => crate::score::execute_score(registry, &replica, score).await,
+        Op::Feed(_) => Err(ErrorReply::Internal("workload op fell through".into())),
     }
+}
+
+/// Hands a request to the workload that serves it, at the leader of its shard.
+async fn execute_workload(registry: &Arc<Registry>, replica: Replica, req: Request) -> Response {
+    let Some(workload) = registry.workload_for(&req.op) else {
+        return Err(ErrorReply::BadRequest(format!(
+            "this node runs no workload for {} requests",
+            Op::KINDS[req.op.kind()]
+        )));
+    };
+    // Workloads read linearizably at the shard they are routed to: only its leader serves them.
+    if !replica.is_leader() {
+        return Err(registry.redirect(req.shard));
+    }
+    workload.execute(registry.clone(), replica, req).await
 }
 
 /// The endpoint's client handler: connections to the gateway actor; requests through admission

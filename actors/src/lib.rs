@@ -25,6 +25,8 @@ pub mod score_batch;
 pub mod scoring;
 pub mod shard;
 pub mod stopping;
+pub mod workload;
 
 pub use config::NodeConfig;
-pub use node::{start_core, start_node, NodeCore, NodeError, NodeHandle, NodeSeams};
+pub use node::{start_core, start_node, start_node_with, NodeCore, NodeError, NodeHandle, NodeSeams};
+pub use workload::{Workload, Workloads};

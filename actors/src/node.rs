@@ -22,7 +22,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::future::join_all;
-use plexus_core::state::StateLimits;
 use plexus_net::{ClientHandler, NetLimits, NodeEndpoint, PeerHandler, TlsMaterial};
 use plexus_proto::{NodeId, Request, Response};
 use plexus_raft::network::{encode, PeerRequest, RaftTransport};
@@ -58,6 +57,7 @@ use crate::registry::Registry;
 use crate::restart::RestartPolicy;
 use crate::scoring::{ScoringLimits, ScoringPool};
 use crate::shard::{ShardArgs, ShardSupervisor, SupervisorMsg};
+use crate::workload::Workloads;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -218,6 +218,8 @@ pub struct NodeSeams {
     /// Simulation-only hooks (canary bugs, an applied-entry observer). `start_node` always
     /// passes the default, every hook off: no config or flag can reach this.
     pub sim_hooks: SimHooks,
+    /// The application services the node runs (the feed, identity matching).
+    pub workloads: Workloads,
 }
 
 /// A running node without its network endpoint: registry, supervision tree
@@ -269,13 +271,18 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File, NodeError> {
     Ok(f)
 }
 
-/// Starts a node from its configuration.
+/// Starts a node from its configuration, running no workloads (the runtime alone).
 pub async fn start_node(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
-    start_node_with_clock(cfg, Arc::new(SystemClock)).await
+    start_node_with(cfg, Arc::new(SystemClock), Workloads::new()).await
 }
 
-/// Starts a node with an explicit clock.
-pub async fn start_node_with_clock(cfg: NodeConfig, clock: Arc<dyn Clock>) -> Result<NodeHandle, NodeError> {
+/// Starts a node with an explicit clock and the workloads it runs (`plexus node` passes the
+/// feed and identity services).
+pub async fn start_node_with(
+    cfg: NodeConfig,
+    clock: Arc<dyn Clock>,
+    workloads: Workloads,
+) -> Result<NodeHandle, NodeError> {
     let lock = lock_data_dir(&cfg.data_dir)?;
     let metrics_listener = match cfg.metrics_addr {
         Some(addr) => Some(
@@ -313,6 +320,7 @@ pub async fn start_node_with_clock(cfg: NodeConfig, clock: Arc<dyn Clock>) -> Re
         scoring: true,
         restart_policy: RestartPolicy::default(),
         sim_hooks: SimHooks::default(),
+        workloads,
     };
     let core = start_core(&cfg, endpoint.local_addr().to_string(), seams).await?;
     endpoint.serve(core.peers.clone(), core.gateway.clone());
@@ -391,6 +399,8 @@ pub async fn start_core(cfg: &NodeConfig, addr: String, seams: NodeSeams) -> Res
             .map_err(|e| NodeError::Storage(e.to_string()))?,
     );
     let registry = Arc::new(Registry::new(cfg, seams.transport, seams.clock, addr));
+    // Invariant: the registry was made just now, so its workloads are not set yet.
+    let _ = registry.set_workloads(seams.workloads);
     if seams.scoring {
         // Probing for a GPU loads libraries and may compile kernels: keep it off the async workers.
         let scoring = tokio::task::spawn_blocking(|| ScoringPool::auto(ScoringLimits::default()))
@@ -405,7 +415,7 @@ pub async fn start_core(cfg: &NodeConfig, addr: String, seams: NodeSeams) -> Res
         snapshot_logs_since_last: cfg.raft.snapshot_logs_since_last,
         logs_kept_behind_snapshot: cfg.raft.logs_kept_behind_snapshot,
         read_lease_ms: cfg.raft.read_lease_ms,
-        limits: StateLimits::default(),
+        limits: cfg.state_limits(),
         shard_count: cfg.shard_count,
         sim_hooks: seams.sim_hooks,
     };

@@ -80,6 +80,7 @@ impl PeerHandler for PeerService {
                 | PeerRequest::Snapshot(g, _)
                 | PeerRequest::Propose(g, _)
                 | PeerRequest::Read(g, _)
+                | PeerRequest::LeaderRead(g, _)
                 | PeerRequest::TimeoutNow(g) => *g,
                 PeerRequest::ShardMap => return encode(&PeerResponse::ShardMap(Box::new(registry.shard_map()))),
                 PeerRequest::Stopping(for_ms) => {

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
-use plexus_proto::{ErrorReply, NodeId, NodeInfo, NodeStatus, Response, ShardMap, ShardPlacement};
+use plexus_proto::{
+    Consistency, ErrorReply, NodeId, NodeInfo, NodeStatus, Op, ReadOp, Response, ShardMap, ShardPlacement,
+};
 use plexus_raft::network::{decode, encode, PeerRequest, PeerResponse, RaftTransport};
 use plexus_raft::replica::{place, Replica};
 use plexus_raft::{Command, META_GROUP};
@@ -19,6 +21,7 @@ use crate::clock::Clock;
 use crate::config::NodeConfig;
 use crate::scoring::ScoringPool;
 use crate::stopping::StoppingPeers;
+use crate::workload::{Workload, Workloads};
 
 /// Forwarding hops a proposal may take while chasing a moving leader.
 pub const FORWARD_HOPS_MAX: usize = 3;
@@ -48,6 +51,8 @@ pub struct Registry {
     starts: RwLock<BTreeMap<u32, u64>>,
     /// The node's scoring pool, once started.
     scoring: OnceLock<Arc<ScoringPool>>,
+    /// The workloads the node runs, once set.
+    workloads: OnceLock<Workloads>,
     /// Set once a graceful stop has begun: the node no longer stands for elections on request.
     stopping: AtomicBool,
     /// Peers that announced a graceful stop (`stopping.rs`): not handed any group.
@@ -81,6 +86,7 @@ impl Registry {
             replicas: RwLock::new(BTreeMap::new()),
             starts: RwLock::new(BTreeMap::new()),
             scoring: OnceLock::new(),
+            workloads: OnceLock::new(),
             stopping: AtomicBool::new(false),
             peers_stopping: StoppingPeers::default(),
             stop_notice_ms: cfg.raft.handover_timeout_ms.saturating_add(STOP_NOTICE_SLACK_MS),
@@ -116,6 +122,16 @@ impl Registry {
     /// Installs the node's scoring pool; a second pool is refused (returned).
     pub fn set_scoring(&self, pool: Arc<ScoringPool>) -> Result<(), Arc<ScoringPool>> {
         self.scoring.set(pool)
+    }
+
+    /// Sets the workloads the node runs (once; a second call is refused and changes nothing).
+    pub fn set_workloads(&self, workloads: Workloads) -> Result<(), Workloads> {
+        self.workloads.set(workloads)
+    }
+
+    /// The workload that serves `op`, if the node runs one.
+    pub fn workload_for(&self, op: &Op) -> Option<Arc<dyn Workload>> {
+        self.workloads.get()?.iter().find(|w| w.serves(op)).cloned()
     }
 
     /// The node's scoring pool, if it has started.
@@ -260,11 +276,45 @@ impl Registry {
     /// blocks delivery for good. Attempts are bounded by `FORWARD_HOPS_MAX`
     /// plus the group's size.
     pub async fn propose_anywhere(&self, group: u32, cmd: Command) -> Response {
-        let local = self.get(group);
-        if let Some(r) = &local {
-            if r.is_leader() {
-                return r.propose(cmd, self.request_timeout).await;
+        self.at_leader(group, LeaderCall::Propose(cmd)).await
+    }
+
+    /// Reads `op` on `group` linearizably at its leader, wherever it is, as
+    /// `propose_anywhere` proposes.
+    pub async fn read_at_leader(&self, group: u32, op: ReadOp) -> Response {
+        self.at_leader(group, LeaderCall::Read(op)).await
+    }
+
+    /// Reads `op` on `group` from the applied state of the nearest replica (this node's if it
+    /// hosts one, else each other holder in turn): stale, but no quorum round.
+    pub async fn read_stale_anywhere(&self, group: u32, op: ReadOp) -> Response {
+        if let Some(replica) = self.get(group) {
+            return replica.read(&op, Consistency::Stale, self.request_timeout).await;
+        }
+        let msg = encode(&PeerRequest::Read(group, op)).map_err(ErrorReply::Internal)?;
+        let mut last = ErrorReply::ShardUnavailable(group);
+        for peer in self.replicas_of(group).into_iter().filter(|n| *n != self.node_id) {
+            let answer = match self.transport.call(peer, msg.clone(), self.request_timeout).await {
+                Ok(a) => a,
+                Err(e) => {
+                    last = ErrorReply::Timeout(e.to_string());
+                    continue;
+                }
+            };
+            match decode::<PeerResponse>(&answer).map_err(ErrorReply::Internal)? {
+                PeerResponse::Read(Err(e)) if e.is_retryable() => last = e,
+                PeerResponse::Read(r) => return r,
+                PeerResponse::NoSuchGroup(_) => last = ErrorReply::ShardUnavailable(group),
+                other => return Err(ErrorReply::Internal(format!("unexpected peer answer {other:?}"))),
             }
+        }
+        Err(last)
+    }
+
+    async fn at_leader(&self, group: u32, call: LeaderCall) -> Response {
+        let local = self.get(group);
+        if let Some(r) = local.as_ref().filter(|r| r.is_leader()) {
+            return call.run(r, self.request_timeout).await;
         }
         let replicas = self.replicas_of(group);
         let mut queue: std::collections::VecDeque<NodeId> = std::collections::VecDeque::new();
@@ -275,28 +325,40 @@ impl Registry {
         let mut tried: Vec<NodeId> = Vec::new();
         let mut last = ErrorReply::ShardUnavailable(group);
         let attempts_max = FORWARD_HOPS_MAX + replicas.len();
+        let msg = encode(&call.peer_request(group)).map_err(ErrorReply::Internal)?;
         while let Some(to) = queue.pop_front() {
             if tried.contains(&to) || tried.len() >= attempts_max {
                 continue;
             }
             tried.push(to);
             if to == self.node_id {
-                // Only a replica that leads can propose; a hint naming this node is stale.
+                // Only a replica that leads can answer; a hint naming this node is stale.
                 if let Some(r) = self.get(group).filter(|r| r.is_leader()) {
-                    return r.propose(cmd, self.request_timeout).await;
+                    return call.run(&r, self.request_timeout).await;
                 }
                 continue;
             }
-            let msg = encode(&PeerRequest::Propose(group, cmd.clone())).map_err(ErrorReply::Internal)?;
-            let answer = match self.transport.call(to, msg, self.request_timeout).await {
+            let answer = match self.transport.call(to, msg.clone(), self.request_timeout).await {
                 Ok(a) => a,
                 Err(e) => {
                     last = ErrorReply::Timeout(e.to_string());
                     continue;
                 }
             };
-            match decode::<PeerResponse>(&answer) {
-                Ok(PeerResponse::Propose(Err(ErrorReply::NotLeader { leader: Some(l), .. }))) => {
+            let resp = match decode::<PeerResponse>(&answer) {
+                Ok(PeerResponse::Propose(r) | PeerResponse::Read(r)) => r,
+                Ok(PeerResponse::NoSuchGroup(_)) => continue,
+                Ok(other) => {
+                    last = ErrorReply::Internal(format!("unexpected peer answer {other:?}"));
+                    continue;
+                }
+                Err(e) => {
+                    last = ErrorReply::Internal(e);
+                    continue;
+                }
+            };
+            match resp {
+                Err(ErrorReply::NotLeader { leader: Some(l), .. }) => {
                     last = ErrorReply::NotLeader {
                         shard: group,
                         leader: Some(l),
@@ -304,14 +366,37 @@ impl Registry {
                     };
                     queue.push_front(l);
                 }
-                Ok(PeerResponse::Propose(Err(e))) if e.is_retryable() => last = e,
-                Ok(PeerResponse::Propose(r)) => return r,
-                Ok(PeerResponse::NoSuchGroup(_)) => {}
-                Ok(other) => last = ErrorReply::Internal(format!("unexpected peer answer {other:?}")),
-                Err(e) => last = ErrorReply::Internal(e),
+                Err(e) if e.is_retryable() => last = e,
+                r => return r,
             }
         }
         Err(last)
+    }
+}
+
+/// What `Registry::at_leader` asks of a group's leader.
+enum LeaderCall {
+    /// Propose a command.
+    Propose(Command),
+    /// Read linearizably.
+    Read(ReadOp),
+}
+
+impl LeaderCall {
+    /// The same call for a peer to answer.
+    fn peer_request(&self, group: u32) -> PeerRequest {
+        match self {
+            LeaderCall::Propose(cmd) => PeerRequest::Propose(group, cmd.clone()),
+            LeaderCall::Read(op) => PeerRequest::LeaderRead(group, op.clone()),
+        }
+    }
+
+    /// Runs the call on this node's leading replica.
+    async fn run(&self, replica: &Replica, timeout: Duration) -> Response {
+        match self {
+            LeaderCall::Propose(cmd) => replica.propose(cmd.clone(), timeout).await,
+            LeaderCall::Read(op) => replica.read(op, Consistency::Linearizable, timeout).await,
+        }
     }
 }
 

@@ -17,7 +17,8 @@
 //! (net, raft, actors, kernels), so an application links only this crate, the
 //! wire protocol, quinn and rustls. It does not fan out or merge across
 //! shards, except [`Client::common_neighbors`], which intersects two sets,
-//! and [`Client::features`], which reads shard by shard.
+//! and [`Client::features`], which reads shard by shard. The feed's home read
+//! ([`Client::feed_home`]) is merged and ranked by the node, not here.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), plexus_client::ClientError> {
@@ -36,6 +37,7 @@ mod config;
 mod conn;
 mod down;
 mod error;
+mod feed;
 mod ops;
 mod session;
 mod transport;
@@ -49,8 +51,9 @@ pub use conn::{NODE_CONNECTIONS_MAX, REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX, SERV
 pub use error::ClientError;
 pub use ops::FEATURES_READ_CHUNK;
 pub use plexus_proto::{
-    Consistency, Cursor, Direction, EntryId, ErrorReply, FilterSpec, NodeStatus, Op, OwnerId, Page, Reply, ScoreMode,
-    ScoreRequest, ShardMap, TimelineEntry, VertexId,
+    Consistency, Cursor, Direction, EntryId, ErrorReply, FeedCursor, FeedPage, FeedPost, FilterSpec, NodeStatus, Op,
+    OwnerId, Page, PostRef, RankedPost, Reply, ScoreMode, ScoreRequest, ShardMap, TimelineEntry, UserId, VertexId,
+    FEED_PAGE_ITEMS_MAX, FEED_SEEN_ITEMS_MAX,
 };
 pub use roaring::RoaringTreemap;
 pub use transport::{BoxFuture, QuicTransport, Transport};

@@ -6,10 +6,10 @@ mod support;
 use std::sync::Arc;
 
 use plexus_client::{
-    Client, ClientError, Consistency, Cursor, Direction, FilterSpec, NodeStatus, Page, Reply, RoaringTreemap,
-    ScoreMode, ScoreRequest, TimelineEntry,
+    Client, ClientError, Consistency, Cursor, Direction, FeedCursor, FeedPage, FeedPost, FilterSpec, NodeStatus, Page,
+    PostRef, RankedPost, Reply, RoaringTreemap, ScoreMode, ScoreRequest, TimelineEntry,
 };
-use plexus_proto::{AdminOp, Op, ReadOp, Request, Response, WriteOp};
+use plexus_proto::{AdminOp, FeedRequest, Op, ReadOp, Request, Response, WriteOp};
 use support::{config, handler, make_certs, single_node};
 
 fn bitmap(ids: &[u64]) -> Vec<u8> {
@@ -79,7 +79,66 @@ fn answer(req: Request) -> Option<Response> {
                 .map(|c| (*c, *c as f32 / 10.0))
                 .collect(),
         ),
+        Op::Write(WriteOp::FeedPost { author, text }) => Reply::Appended(author * 100 + text.len() as u64),
+        Op::Write(WriteOp::FeedDelete { id, .. }) => Reply::Changed(id % 2 == 0),
+        Op::Write(WriteOp::FeedSeen { posts, .. }) => Reply::Changed(posts.len() > 1),
+        Op::Write(WriteOp::FeedUserAdd { user }) => Reply::Changed(user != 1),
+        Op::Feed(FeedRequest::Home {
+            user,
+            limit,
+            cursor,
+            ranked,
+        }) => Reply::FeedPage(FeedPage {
+            posts: vec![RankedPost {
+                post: FeedPost {
+                    post: PostRef { author: user, id: u64::from(limit) },
+                    text: format!("{cursor:?}").into_bytes(),
+                },
+                score: if ranked { 0.5 } else { 0.0 },
+            }],
+            next: Some("h1.next".into()),
+            newest: Some(9),
+        }),
+        Op::Read(_) => return Some(Err(plexus_client::ErrorReply::Internal("node-internal read".into()))),
     }))
+}
+
+#[tokio::test]
+async fn feed_operations_send_the_right_op_and_decode_the_reply() {
+    let certs = make_certs();
+    let s = single_node(&certs, handler(answer));
+    let c = Client::connect(config(&certs, vec![s.addr_string()])).await.unwrap();
+    assert_eq!(c.feed_post(3, "hello").await.unwrap(), PostRef { author: 3, id: 305 });
+    assert!(c.feed_delete(3, 8).await.unwrap());
+    assert!(!c.feed_seen(4, vec![PostRef { author: 3, id: 305 }]).await.unwrap());
+    assert!(c.feed_user_add(2).await.unwrap());
+    let page = c
+        .feed_home(4, 20, FeedCursor::Before("h1.x".into()), true)
+        .await
+        .unwrap();
+    assert_eq!(page.posts[0].post.post, PostRef { author: 4, id: 20 });
+    assert_eq!(page.posts[0].post.text, br#"Before("h1.x")"#);
+    assert_eq!((page.posts[0].score, page.next.as_deref(), page.newest), (0.5, Some("h1.next"), Some(9)));
+    let ops: Vec<Op> = s.requests().into_iter().map(|r| r.op).collect();
+    assert_eq!(
+        ops[0],
+        Op::Write(WriteOp::FeedPost {
+            author: 3,
+            text: b"hello".to_vec()
+        })
+    );
+    assert_eq!(
+        ops[4],
+        Op::Feed(FeedRequest::Home {
+            user: 4,
+            limit: 20,
+            cursor: FeedCursor::Before("h1.x".into()),
+            ranked: true
+        })
+    );
+    // Writes carry a session; a feed read does not.
+    let sessions: Vec<bool> = s.requests().iter().map(|r| r.session.is_some()).collect();
+    assert_eq!(sessions, vec![true, true, true, true, false]);
 }
 
 #[tokio::test]

@@ -25,6 +25,9 @@ pub enum Canary {
     /// transfer election skips the followers' lease, so the successor can be elected and take
     /// writes while the old leader's lease still runs.
     LeaseIgnoresHandover,
+    /// A post's fan-out skips the first shard other than the author's that it should reach, so
+    /// followers there never get it in their home timelines.
+    FanoutSkipsShard,
 }
 
 /// How many times too long the `LeaseTooLong` canary makes the read lease.
@@ -32,13 +35,14 @@ pub const LEASE_TOO_LONG_FACTOR: u64 = 20;
 
 impl Canary {
     /// Every canary, in a fixed order.
-    pub const ALL: [Canary; 6] = [
+    pub const ALL: [Canary; 7] = [
         Canary::AckBeforeFsync,
         Canary::StaleRead,
         Canary::DoubleApply,
         Canary::HalfFollow,
         Canary::LeaseTooLong,
         Canary::LeaseIgnoresHandover,
+        Canary::FanoutSkipsShard,
     ];
 
     /// The name used on the command line (`plexus sim --canary NAME`).
@@ -50,6 +54,7 @@ impl Canary {
             Canary::HalfFollow => "half-follow",
             Canary::LeaseTooLong => "lease-too-long",
             Canary::LeaseIgnoresHandover => "lease-ignores-handover",
+            Canary::FanoutSkipsShard => "fanout-skips-shard",
         }
     }
 

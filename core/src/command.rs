@@ -3,7 +3,7 @@
 //! It is not openraft's type configuration (`plexus_raft::TypeConfig` names this type as its
 //! `D`): the state machines here know nothing of Raft.
 
-use plexus_proto::{Session, ShardId, ShardMap, VertexId, WriteOp};
+use plexus_proto::{FeedPost, PostRef, Session, ShardId, ShardMap, UserId, VertexId, WriteOp};
 use serde::{Deserialize, Serialize};
 
 /// Group id of the meta group (membership and shard placement).
@@ -52,8 +52,104 @@ pub enum Command {
         /// Last delivered sequence number.
         upto_seq: u64,
     },
+    /// Feed messages from `from_shard`'s feed outbox, numbered from `first_seq`; sequence
+    /// numbers already applied are skipped. `now_millis` (the proposing leader's clock) tells
+    /// which home timelines are still materialised.
+    FeedDelivery {
+        /// Source shard.
+        from_shard: ShardId,
+        /// Feed-outbox sequence number of `items[0]`.
+        first_seq: u64,
+        /// The messages, in outbox order.
+        items: Vec<FeedMsg>,
+        /// Leader wall clock at proposal, in Unix milliseconds.
+        now_millis: u64,
+    },
+    /// The destination shard has applied this shard's feed-outbox entries for `to_shard` up to
+    /// and including `upto_seq`; drop them.
+    FeedOutboxTrim {
+        /// Destination shard.
+        to_shard: ShardId,
+        /// Last delivered sequence number.
+        upto_seq: u64,
+    },
+    /// Mark `user` active at `now_millis`. A timeline that was not materialised (never, or not
+    /// within the active window) starts empty and the answer is `Bool(false)`: the feed service
+    /// then rebuilds it with `FeedRebuild`; a materialised one answers `Bool(true)`.
+    FeedActivate {
+        /// The reader.
+        user: UserId,
+        /// The feed service's clock, in Unix milliseconds.
+        now_millis: u64,
+    },
+    /// Merge posts pulled from the followed authors' timelines into `user`'s home timeline (a
+    /// rebuild after `FeedActivate` answered false); posts already there or deleted since are
+    /// skipped. Answers `Count(posts added)`.
+    FeedRebuild {
+        /// The reader.
+        user: UserId,
+        /// The posts, any order.
+        posts: Vec<FeedPost>,
+        /// The feed service's clock, in Unix milliseconds.
+        now_millis: u64,
+    },
     /// Meta group only: set the cluster's shard map at bootstrap.
     SetShardMap(ShardMap),
     /// Nothing; used to commit a leader's first entry or as a barrier.
     Noop,
+}
+
+/// A message of the feed workload from an author's shard to a reader's shard, carried by the
+/// feed outbox (exactly once and in order per pair of shards, like edge updates).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FeedMsg {
+    /// A new post for the home timelines of `recipients` (users of the destination shard).
+    Post {
+        /// The post.
+        post: FeedPost,
+        /// Followers (and the author) on the destination shard, ascending.
+        recipients: Vec<UserId>,
+    },
+    /// An author's latest posts for a new follower's home timeline.
+    Backfill {
+        /// The new follower.
+        user: UserId,
+        /// The author's latest posts (every one by the same author).
+        posts: Vec<FeedPost>,
+    },
+    /// `user` unfollowed `author`: drop the author's posts from the user's home timeline.
+    Purge {
+        /// The former follower.
+        user: UserId,
+        /// The author.
+        author: UserId,
+    },
+    /// A post was deleted: drop it from the home timelines of `recipients`, and remember it so a
+    /// late copy cannot bring it back.
+    Delete {
+        /// The deleted post.
+        post: PostRef,
+        /// Followers (and the author) on the destination shard, ascending.
+        recipients: Vec<UserId>,
+    },
+    /// `author` has crossed the follower threshold: from now on readers pull its posts.
+    Pulled {
+        /// The author.
+        author: UserId,
+    },
+}
+
+impl FeedMsg {
+    /// Approximate bytes the message holds, the unit of the feed outbox's cap.
+    pub fn bytes(&self) -> usize {
+        const POST_OVERHEAD_BYTES: usize = 24;
+        match self {
+            FeedMsg::Post { post, recipients } => POST_OVERHEAD_BYTES + post.text.len() + 8 * recipients.len(),
+            FeedMsg::Backfill { posts, .. } => {
+                8 + posts.iter().map(|p| POST_OVERHEAD_BYTES + p.text.len()).sum::<usize>()
+            }
+            FeedMsg::Purge { .. } | FeedMsg::Pulled { .. } => 16,
+            FeedMsg::Delete { recipients, .. } => 16 + 8 * recipients.len(),
+        }
+    }
 }

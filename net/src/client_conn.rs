@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use plexus_proto::frame::{decode_body, encode, read_frame, read_msg};
-use plexus_proto::{ErrorReply, FrameError, FrameKind, Hello, HelloAck, Request, Response};
+use plexus_proto::{ErrorReply, FrameError, FrameKind, Hello, HelloAck, Op, Request, Response};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tracing::{debug, info, warn, Instrument};
 
@@ -202,8 +202,6 @@ async fn serve_request(ctx: Arc<ClientCtx>, mut send: SendStream, mut recv: Recv
 /// postcard's own errors are terse ("Serde Deserialization Error"), so the body is probed for the
 /// fields before the operation and the operation's enum tag (postcard writes enum tags as varints).
 fn describe_malformed(body: &[u8], err: FrameError) -> String {
-    /// Number of `Op` variants (write, read, admin); a new variant must be appended and counted here.
-    const OP_KINDS: [&str; 3] = ["write", "read", "admin"];
     #[derive(serde::Deserialize)]
     struct Probe {
         _shard: u32,
@@ -217,7 +215,7 @@ fn describe_malformed(body: &[u8], err: FrameError) -> String {
     };
     match postcard::take_from_bytes::<Probe>(body) {
         Ok((p, _)) if p.consistency > 1 => format!("unknown consistency tag {}", p.consistency),
-        Ok((p, _)) => match OP_KINDS.get(p.op as usize) {
+        Ok((p, _)) => match Op::KINDS.get(p.op as usize) {
             None => format!("unknown operation tag {}", p.op),
             Some(kind) => format!("malformed {kind} operation (unknown operation or bad field): {detail}"),
         },
@@ -258,7 +256,11 @@ mod tests {
     #[test]
     fn malformed_bodies_are_described() {
         // shard 0, linearizable, no session, then the operation tag.
-        assert_eq!(describe(&[0, 0, 0, 3]), "unknown operation tag 3");
+        assert_eq!(describe(&[0, 0, 0, 5]), "unknown operation tag 5");
+        assert_eq!(
+            describe(&[0, 0, 0, 3, 9]),
+            "malformed score operation (unknown operation or bad field): postcard says no"
+        );
         assert_eq!(describe(&[0, 0, 0, 200, 1]), "unknown operation tag 200");
         assert_eq!(describe(&[0, 7, 0, 0]), "unknown consistency tag 7");
         assert_eq!(

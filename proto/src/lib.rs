@@ -8,10 +8,12 @@
 //! languages; the two must change together.
 
 pub mod bytes;
+pub mod feed;
 pub mod frame;
 pub mod msg;
 pub mod shard;
 
+pub use feed::*;
 pub use frame::{FrameError, FrameKind, FRAME_BYTES_MAX, PROTOCOL_VERSION};
 pub use msg::*;
 pub use shard::{shard_for_key, ShardId, ShardKey};

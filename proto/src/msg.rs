@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::feed::{FeedCandidates, FeedPage, FeedPost, FeedRequest, PostRef, UserId};
 use crate::shard::{shard_for_key, ShardId, ShardKey};
 
 /// A node's id in the cluster (also its openraft node id).
@@ -92,6 +93,9 @@ pub enum Op {
     /// Routed by `vertex`; served by any replica of its shard from applied
     /// (possibly stale) state, never under a session.
     Score(ScoreRequest),
+    /// A call of the feed service (answered `Reply::FeedPage`), routed by its user and served by
+    /// the node leading that user's shard.
+    Feed(FeedRequest),
 }
 
 impl Op {
@@ -102,6 +106,21 @@ impl Op {
             Op::Read(r) => Some(r.shard_key()),
             Op::Admin(_) => None,
             Op::Score(s) => Some(ShardKey::Id(s.vertex)),
+            Op::Feed(f) => Some(ShardKey::Id(f.user())),
+        }
+    }
+
+    /// Every kind of operation, in the order of the enum's variants (its wire tags).
+    pub const KINDS: [&'static str; 5] = ["write", "read", "admin", "score", "feed"];
+
+    /// The index of this operation's kind in `Op::KINDS` (its wire tag).
+    pub fn kind(&self) -> usize {
+        match self {
+            Op::Write(_) => 0,
+            Op::Read(_) => 1,
+            Op::Admin(_) => 2,
+            Op::Score(_) => 3,
+            Op::Feed(_) => 4,
         }
     }
 
@@ -189,6 +208,37 @@ pub enum WriteOp {
         /// Its features (at most the server's `features_dim_max` values).
         features: Vec<f32>,
     },
+    /// Post to the feed: append `text` to the author's timeline and fan it out to the home
+    /// timelines of the author's followers; answers `Reply::Appended(post id)` once the post is
+    /// durable in the author's timeline (fan-out follows asynchronously).
+    FeedPost {
+        /// The author, a registered feed user.
+        author: UserId,
+        /// The post's text.
+        #[serde(with = "serde_bytes")]
+        text: Vec<u8>,
+    },
+    /// Delete a post from its author's timeline and from every home timeline it reached;
+    /// answers `Reply::Changed(it existed)`.
+    FeedDelete {
+        /// The author.
+        author: UserId,
+        /// The post's id.
+        id: EntryId,
+    },
+    /// Mark posts seen by `user` (its seen filter); answers `Reply::Changed(any was new)`.
+    FeedSeen {
+        /// The reader.
+        user: UserId,
+        /// The posts (at most `FEED_SEEN_ITEMS_MAX`).
+        posts: Vec<PostRef>,
+    },
+    /// Register a feed user (following or being followed registers one too); answers
+    /// `Reply::Changed(it is new)`.
+    FeedUserAdd {
+        /// The user.
+        user: UserId,
+    },
 }
 
 impl WriteOp {
@@ -201,6 +251,8 @@ impl WriteOp {
             WriteOp::TimelineAppend { owner, .. } | WriteOp::TimelineDelete { owner, .. } => ShardKey::Id(*owner),
             WriteOp::Follow { src, .. } | WriteOp::Unfollow { src, .. } => ShardKey::Id(*src),
             WriteOp::SetFeatures { vertex, .. } => ShardKey::Id(*vertex),
+            WriteOp::FeedPost { author, .. } | WriteOp::FeedDelete { author, .. } => ShardKey::Id(*author),
+            WriteOp::FeedSeen { user, .. } | WriteOp::FeedUserAdd { user } => ShardKey::Id(*user),
         }
     }
 }
@@ -286,6 +338,41 @@ pub enum ReadOp {
         /// The vertices.
         vertices: Vec<VertexId>,
     },
+    /// Node-internal, for the feed service: one window of `user`'s home timeline and what the
+    /// service needs to complete it; answered `Reply::FeedCandidates`.
+    FeedCandidates {
+        /// The reader.
+        user: UserId,
+        /// Only posts ordered below this one (exclusive); `None`: from the newest.
+        below: Option<PostRef>,
+        /// Only posts at or above this one; `None`: no lower bound.
+        floor: Option<PostRef>,
+        /// Most posts to return (capped by the server).
+        max: u32,
+        /// The reading node's clock, to tell whether the timeline is still materialised.
+        now_millis: u64,
+    },
+    /// Node-internal, for the feed service: the latest posts of authors that all live on this
+    /// shard (routed by the first), each within the window; answered `Reply::FeedPosts`,
+    /// newest first per author, authors in request order.
+    FeedLatest {
+        /// The authors.
+        authors: Vec<UserId>,
+        /// Most posts per author (capped by the server).
+        per_author: u32,
+        /// Only posts ordered below this one (exclusive).
+        below: Option<PostRef>,
+        /// Only posts at or above this one.
+        floor: Option<PostRef>,
+    },
+    /// Which of these posts `user`'s seen filter may hold (false positives possible, about
+    /// 0.5%; no false negatives); answered `Reply::Bools` in request order.
+    FeedSeenContains {
+        /// The reader.
+        user: UserId,
+        /// The posts (at most `FEED_SEEN_ITEMS_MAX`).
+        posts: Vec<PostRef>,
+    },
 }
 
 impl ReadOp {
@@ -299,6 +386,8 @@ impl ReadOp {
             }
             ReadOp::HasEdge { src, .. } => ShardKey::Id(*src),
             ReadOp::Features { vertices } => ShardKey::Id(vertices.first().copied().unwrap_or(0)),
+            ReadOp::FeedCandidates { user, .. } | ReadOp::FeedSeenContains { user, .. } => ShardKey::Id(*user),
+            ReadOp::FeedLatest { authors, .. } => ShardKey::Id(authors.first().copied().unwrap_or(0)),
         }
     }
 }
@@ -382,6 +471,12 @@ pub enum Reply {
     Features(Vec<Option<Vec<f32>>>),
     /// `(candidate, score)` pairs, best first; equal scores by lower id.
     Scores(Vec<(VertexId, f32)>),
+    /// One window of a home timeline (node-internal).
+    FeedCandidates(FeedCandidates),
+    /// Posts with their texts.
+    FeedPosts(Vec<FeedPost>),
+    /// A home-feed page.
+    FeedPage(FeedPage),
 }
 
 /// One timeline page.

@@ -87,6 +87,9 @@ pub enum PeerRequest {
     /// The sending node's periodic quiescence ping (`quiesce.rs`): it is alive, and it leads each
     /// claimed group, idle, with the claimed vote and last entry. Answered by `Quiet`.
     Quiet(Vec<QuietClaim>),
+    /// Serve `op` on `group` linearizably if this node leads it (a workload's read of another
+    /// shard); a follower answers `NotLeader`. Answered by `Read`.
+    LeaderRead(u32, ReadOp),
 }
 
 /// The answer to a `PeerRequest`.

@@ -316,6 +316,14 @@ impl Replica {
                 PeerResponse::NoSuchGroup(self.group)
             }
             PeerRequest::Read(_, op) => PeerResponse::Read(self.read(&op, Consistency::Stale, timeout).await),
+            PeerRequest::LeaderRead(_, op) if self.is_leader() => {
+                PeerResponse::Read(self.read(&op, Consistency::Linearizable, timeout).await)
+            }
+            PeerRequest::LeaderRead(..) => PeerResponse::Read(Err(ErrorReply::NotLeader {
+                shard: self.group as ShardId,
+                leader: self.leader(),
+                leader_addr: None,
+            })),
             PeerRequest::TimeoutNow(_) => PeerResponse::TimeoutNow(self.elect_now().await),
         }
     }

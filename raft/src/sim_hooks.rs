@@ -5,7 +5,8 @@
 //! What it is: `SimHooks`, carried in `ReplicaOptions`. The deterministic simulator sets it
 //! through `plexus_actors::NodeSeams`; each canary is implemented at the real code point it
 //! breaks (`log_store` for `AckBeforeFsync`, `replica` and the gateway for `StaleRead`,
-//! `state::session` for `DoubleApply`, `state::graph` for `HalfFollow`, `replica` for
+//! `state::session` for `DoubleApply`, `state::graph` for `HalfFollow`, `state::feed` for
+//! `FanoutSkipsShard`, `replica` for
 //! `LeaseTooLong`, `handover` for `LeaseIgnoresHandover`).
 //!
 //! What it is not: configuration. No config file, flag or environment variable reaches it; the

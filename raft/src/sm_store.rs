@@ -149,7 +149,7 @@ impl StateMachineStore {
     }
 
     fn signal_outbox(&self, state: &ShardState) {
-        if state.outbox_len() > 0 {
+        if state.outbox_len() > 0 || state.feed_outbox_len() > 0 {
             self.outbox_ready.notify_one();
         }
     }

@@ -17,9 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use plexus_actors::clock::Clock;
-use plexus_actors::config::{GatewayLimits, PeerConfig, RaftTimings, TlsPaths};
+use plexus_actors::config::{FeedConfig, GatewayLimits, PeerConfig, RaftTimings, TlsPaths};
 use plexus_actors::restart::RestartPolicy;
 use plexus_actors::{start_core, NodeConfig, NodeCore, NodeSeams};
+use plexus_feed::{FeedService, FeedSettings};
 use plexus_raft::sim_hooks::{Canary, SimHooks};
 use plexus_raft::wal::{WalOptions, WriterMode};
 
@@ -29,6 +30,17 @@ use crate::disk::SimDisk;
 use crate::net::SimNet;
 use crate::params::{salt, SimParams};
 use crate::trace::Trace;
+
+/// The nodes' `[feed]` settings for a run.
+pub fn feed_config(params: &SimParams) -> FeedConfig {
+    FeedConfig {
+        pulled_followers_min: params.feed.pulled_followers_min,
+        follow_backfill_posts: crate::feed_workload::FEED_BACKFILL_POSTS,
+        // Small windows, so ranked reads page through several of them.
+        rank_candidates_max: 16,
+        ..FeedConfig::default()
+    }
+}
 
 /// Wall-clock time as a simulated node sees it: virtual time plus the node's skew.
 struct SimClock {
@@ -130,6 +142,7 @@ impl Cluster {
                     requests_in_flight_max: 1_024,
                     request_timeout_ms: params.request_timeout_ms,
                 },
+                feed: feed_config(params),
                 worker_threads: None,
                 wal_task_yields: None,
                 wal_zero_ahead_bytes: None,
@@ -246,6 +259,7 @@ impl Cluster {
                 on_apply: Some(self.applied.apply_observer(id)),
                 on_snapshot: Some(self.applied.snapshot_observer(id)),
             },
+            workloads: vec![Arc::new(FeedService::new(FeedSettings::from(&node.cfg.feed)))],
         };
         let cfg = node.cfg.clone();
         match start_core(&cfg, fake_addr(id).to_string(), seams).await {

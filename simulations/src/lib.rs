@@ -5,7 +5,8 @@
 //! `run_seed(seed, options)` builds a current-thread tokio runtime with a paused clock, derives
 //! every parameter from the seed (`params`), starts the nodes on a simulated network (`net`) and
 //! simulated disks (`disk`), runs real `plexus_client::Client`s (`workload`, each over the
-//! simulated transport in `client`, its RNG seeded from the seed) while `faults` injects
+//! simulated transport in `client`, its RNG seeded from the seed), and feed clients
+//! (`feed_workload`) on the nodes' real feed service, while `faults` injects
 //! faults, heals the cluster, waits for it to converge and runs the `checkers`. Every delivered
 //! message, fault, crash, restart and client operation is a line of the event `trace`, whose hash
 //! is the run's fingerprint: the same seed gives the same hash. A panic in any node task is a
@@ -21,6 +22,7 @@ pub mod client;
 pub mod cluster;
 pub mod disk;
 pub mod faults;
+pub mod feed_workload;
 pub mod lease_probe;
 pub mod net;
 pub mod panics;

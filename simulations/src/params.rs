@@ -14,6 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::disk::DiskFaults;
+use crate::feed_workload::FeedMix;
 use crate::net::NetFaults;
 
 /// Salts that split one seed into independent RNG streams.
@@ -28,6 +29,8 @@ pub mod salt {
     pub const FAULTS: u64 = 0x4641_554c_5453;
     /// Client `i` is `CLIENT + i`.
     pub const CLIENT: u64 = 0x434c_4945_0000;
+    /// Feed client `i` is `FEED_CLIENT + i`.
+    pub const FEED_CLIENT: u64 = 0x4645_4544_0000;
 }
 
 /// What a person may pin for a run.
@@ -124,6 +127,8 @@ pub struct SimParams {
     /// How long a group must be idle before it goes quiet, in milliseconds (0: never); short
     /// values make groups go quiet and wake between one client's operations, under every fault.
     pub quiesce_after_ms: u64,
+    /// The feed scenario's clients.
+    pub feed: FeedMix,
 }
 
 impl SimParams {
@@ -202,6 +207,22 @@ impl SimParams {
             0 => 0,
             n => [100, 200, 500, 1_000][n - 1],
         };
+        // Drawn after the quiescence, for the same reason. A low threshold makes some feed
+        // users pulled authors in most runs.
+        let feed = FeedMix {
+            clients: rng.gen_range(1..=3),
+            users_per_client: rng.gen_range(2..=4),
+            weights: [
+                rng.gen_range(2..=6),
+                rng.gen_range(0..=2),
+                rng.gen_range(2..=6),
+                rng.gen_range(0..=2),
+                rng.gen_range(1..=4),
+                rng.gen_range(0..=2),
+            ],
+            pulled_followers_min: [2, 3, 5, 1_000][rng.gen_range(0..4)],
+            think_ms_max: rng.gen_range(10..=80),
+        };
         Self {
             seed,
             nodes,
@@ -221,6 +242,7 @@ impl SimParams {
             snapshot_logs_since_last,
             logs_kept_behind_snapshot,
             quiesce_after_ms,
+            feed,
         }
     }
 }

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::ServerState;
+use plexus_core::state::StateLimits;
 use plexus_proto::{shard_for_key, Cursor, Direction, ReadOp, Reply, ShardKey};
 use plexus_raft::META_GROUP;
 use rand::rngs::StdRng;
@@ -25,6 +26,7 @@ use crate::checkers::raft_safety::LeaderSamples;
 use crate::checkers::{self, FinalState, ReplicaEnd};
 use crate::cluster::Cluster;
 use crate::faults::FaultSchedule;
+use crate::feed_workload::{self, FeedHistory};
 use crate::net::{NetFaults, SimNet};
 use crate::panics;
 use crate::params::{salt, SimOptions, SimParams};
@@ -135,7 +137,11 @@ async fn simulate(seed: u64, options: &SimOptions) -> SeedReport {
         trace.event(format_args!("canary {canary}"));
     }
     let net = SimNet::new(seed ^ salt::NET, NetFaults::healthy(), trace.clone());
-    let applied = AppliedEntries::new(params.shard_count, options.canary);
+    let limits = StateLimits {
+        feed: crate::cluster::feed_config(&params).limits(),
+        ..StateLimits::default()
+    };
+    let applied = AppliedEntries::new(params.shard_count, options.canary, limits);
     let mut cluster = Cluster::new(&params, net.clone(), trace.clone(), options.canary, applied.clone());
     let mut violations = Vec::new();
     for id in cluster.ids() {
@@ -169,6 +175,21 @@ async fn simulate(seed: u64, options: &SimOptions) -> SeedReport {
             params.workload.think_ms_max,
             universe.clone(),
             history.clone(),
+            stop.clone(),
+            trace.clone(),
+        )));
+    }
+
+    let feed_history: FeedHistory = Arc::default();
+    for c in 1..=params.feed.clients {
+        let rng = StdRng::seed_from_u64(seed ^ (salt::FEED_CLIENT + c));
+        clients.push(tokio::spawn(feed_workload::run_feed_client(
+            c,
+            net.clone(),
+            cluster.client_addrs(),
+            rng,
+            params.feed.clone(),
+            feed_history.clone(),
             stop.clone(),
             trace.clone(),
         )));
@@ -217,6 +238,9 @@ async fn simulate(seed: u64, options: &SimOptions) -> SeedReport {
         violations.extend(labeled("convergence", checkers::convergence::check(&ends)));
     }
     let end = final_state(&cluster, &params, &universe, &history);
+    let feed_end = feed_workload::final_feed(&cluster, &params, &net, &trace).await;
+    let feed_history = feed_history.lock().map(|h| h.clone()).unwrap_or_default();
+    violations.extend(labeled("feed", checkers::feed::check(&feed_history, &feed_end)));
     let history = history.lock().map(|h| h.clone()).unwrap_or_default();
     let leader_samples = samples.lock().map(|s| s.clone()).unwrap_or_default();
     violations.extend(labeled("acked_writes", checkers::acked_writes::check(&history, &end)));
@@ -239,7 +263,8 @@ async fn simulate(seed: u64, options: &SimOptions) -> SeedReport {
         trace.event(format_args!("panic {p}"));
     }
     violations.extend(labeled("panic", panicked));
-    let ops_ok = history.iter().filter(|r| r.result.is_ok()).count() as u64;
+    let ops_ok = history.iter().filter(|r| r.result.is_ok()).count() as u64
+        + feed_history.iter().filter(|r| r.result.is_ok()).count() as u64;
     let quieted = cluster.quieted_total();
     trace.event(format_args!(
         "end ops={} ok={ops_ok} quieted={quieted} applied_reports={} snapshot_reports(built,installed,loaded)={:?} lin_keys={} lin_unchecked={:?} violations={}",
@@ -258,7 +283,7 @@ async fn simulate(seed: u64, options: &SimOptions) -> SeedReport {
         nodes: params.nodes,
         shards: params.shard_count,
         trace_lines: trace.lines(),
-        ops: history.len() as u64,
+        ops: (history.len() + feed_history.len()) as u64,
         ops_ok,
         faults: schedule.injected(),
         quieted,
@@ -333,7 +358,7 @@ fn converged(cluster: &Cluster, params: &SimParams) -> (bool, BTreeMap<u32, Vec<
                 ok = false;
                 continue;
             };
-            pending += state.outbox_len();
+            pending += state.outbox_len() + state.feed_outbox_len();
             ends.entry(g)
                 .or_default()
                 .push((id, state.last_applied(), state.state_hash()));

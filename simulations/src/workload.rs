@@ -161,7 +161,7 @@ async fn fresh_read(cl: &Client, addr: &str, op: Op) -> Response {
 }
 
 /// Connects client number `client`, trying again until it reaches a seed or `stop` is set.
-async fn connect(
+pub(crate) async fn connect(
     client: u64,
     net: &Arc<SimNet>,
     nodes: &BTreeMap<String, u64>,

@@ -79,3 +79,8 @@ fn lease_too_long_answers_a_stale_read_at_a_cut_off_leader() {
 fn lease_ignores_handover_answers_a_stale_read_after_a_transfer_election() {
     caught_by(Canary::LeaseIgnoresHandover, "faults: lease probe: ");
 }
+
+#[test]
+fn fanout_skipping_a_shard_leaves_home_feeds_short() {
+    caught_by(Canary::FanoutSkipsShard, "feed: ");
+}

@@ -65,6 +65,7 @@ pub fn cluster_configs(
             peers: peers.clone(),
             raft: raft.clone(),
             gateway: GatewayLimits::default(),
+            feed: Default::default(),
             worker_threads: None,
             wal_task_yields: None,
             wal_zero_ahead_bytes: None,

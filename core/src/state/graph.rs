@@ -14,7 +14,7 @@ use plexus_proto::{shard_for_key, Direction, ErrorReply, Reply, ShardId, ShardKe
 use roaring::RoaringTreemap;
 use serde::{Deserialize, Serialize};
 
-use super::outbox::Outbox;
+use super::outbox::{Delivered, Outbox};
 use crate::canary::Canary;
 use crate::command::EdgeUpdate;
 
@@ -43,7 +43,7 @@ pub(crate) struct Graph {
     out: Adjacency,
     inn: Adjacency,
     /// Per source shard, the last outbox sequence applied here.
-    delivered_upto: BTreeMap<ShardId, u64>,
+    delivered: Delivered,
 }
 
 /// The graph in snapshot form: treemaps in roaring's portable format.
@@ -69,7 +69,7 @@ fn remove(adj: &mut Adjacency, v: VertexId, n: VertexId) -> bool {
     removed
 }
 
-fn busy(outbox: &Outbox) -> ErrorReply {
+fn busy(outbox: &Outbox<EdgeUpdate>) -> ErrorReply {
     ErrorReply::Busy(format!("edge outbox holds {} undelivered updates", outbox.len()))
 }
 
@@ -81,7 +81,7 @@ impl Graph {
         here: Placement,
         src: VertexId,
         dst: VertexId,
-        outbox: &mut Outbox,
+        outbox: &mut Outbox<EdgeUpdate>,
         outbox_entries_max: usize,
         canary: Option<Canary>,
     ) -> Result<bool, ErrorReply> {
@@ -95,7 +95,7 @@ impl Graph {
         here: Placement,
         src: VertexId,
         dst: VertexId,
-        outbox: &mut Outbox,
+        outbox: &mut Outbox<EdgeUpdate>,
         outbox_entries_max: usize,
     ) -> Result<bool, ErrorReply> {
         self.change(
@@ -111,7 +111,7 @@ impl Graph {
         &mut self,
         here: Placement,
         u: EdgeUpdate,
-        outbox: &mut Outbox,
+        outbox: &mut Outbox<EdgeUpdate>,
         outbox_entries_max: usize,
         drop_in_half: bool,
     ) -> Result<bool, ErrorReply> {
@@ -152,32 +152,19 @@ impl Graph {
 
     /// Applies in-edge updates from `from_shard`'s outbox numbered from
     /// `first_seq`, skipping those already applied; answers the new
-    /// `delivered_upto`. A batch that starts past the next expected number,
-    /// or holds an update that does not belong here, is refused whole.
+    /// `delivered_upto` and how many leading items were skipped. A batch that starts past the
+    /// next expected number, or holds an update that does not belong here, is refused whole.
     pub(crate) fn deliver(
         &mut self,
         here: Placement,
         from_shard: ShardId,
         first_seq: u64,
         items: &[EdgeUpdate],
-    ) -> Result<u64, ErrorReply> {
-        let upto = self.delivered_upto.get(&from_shard).copied().unwrap_or(0);
-        if items.is_empty() {
-            return Ok(upto);
-        }
-        if first_seq == 0 {
-            return Err(ErrorReply::BadRequest(
-                "edge delivery sequence numbers start at 1".into(),
-            ));
-        }
-        let last_seq = first_seq
-            .checked_add(items.len() as u64 - 1)
-            .ok_or_else(|| ErrorReply::BadRequest("edge delivery sequence overflows".into()))?;
-        if first_seq > upto.saturating_add(1) {
-            return Err(ErrorReply::BadRequest(format!(
-                "gap: shard {from_shard} delivered up to {upto}, batch starts at {first_seq}"
-            )));
-        }
+    ) -> Result<(u64, usize), ErrorReply> {
+        let (skip, new_upto) = self
+            .delivered
+            .admit(from_shard, first_seq, items.len())
+            .map_err(ErrorReply::BadRequest)?;
         if let Some(bad) = items
             .iter()
             .find(|u| u.src == u.dst || here.shard_of(u.dst) != here.shard || here.shard_of(u.src) != from_shard)
@@ -187,19 +174,13 @@ impl Graph {
                 bad.src, bad.dst, here.shard
             )));
         }
-        // Items numbered first_seq..=upto were applied before; first_seq >= 1,
-        // so `upto - first_seq + 1` cannot overflow.
-        let skip = if first_seq > upto {
-            0
-        } else {
-            (upto - first_seq + 1).min(items.len() as u64) as usize
-        };
         for u in &items[skip..] {
             self.apply_in(u);
         }
-        let new_upto = upto.max(last_seq);
-        self.delivered_upto.insert(from_shard, new_upto);
-        Ok(new_upto)
+        if !items.is_empty() {
+            self.delivered.record(from_shard, new_upto);
+        }
+        Ok((new_upto, skip))
     }
 
     fn adjacency(&self, direction: Direction) -> &Adjacency {
@@ -207,6 +188,11 @@ impl Graph {
             Direction::Out => &self.out,
             Direction::In => &self.inn,
         }
+    }
+
+    /// `vertex`'s neighbour set in `direction`, if it has any neighbours.
+    pub(crate) fn set(&self, vertex: VertexId, direction: Direction) -> Option<&RoaringTreemap> {
+        self.adjacency(direction).get(&vertex)
     }
 
     /// A page of neighbours in ascending order after `after` (exclusive).
@@ -260,7 +246,7 @@ impl Graph {
     /// The last sequence applied from `from_shard`.
     #[cfg(test)]
     pub(crate) fn delivered_upto(&self, from_shard: ShardId) -> u64 {
-        self.delivered_upto.get(&from_shard).copied().unwrap_or(0)
+        self.delivered.upto(from_shard)
     }
 
     pub(crate) fn to_form(&self) -> Result<GraphForm, std::io::Error> {
@@ -276,7 +262,7 @@ impl Graph {
         Ok(GraphForm {
             out: encode(&self.out)?,
             inn: encode(&self.inn)?,
-            delivered_upto: self.delivered_upto.iter().map(|(s, u)| (*s, *u)).collect(),
+            delivered_upto: self.delivered.pairs(),
         })
     }
 
@@ -304,14 +290,11 @@ impl Graph {
             }
             Ok(adj)
         }
-        let delivered_upto: BTreeMap<ShardId, u64> = form.delivered_upto.iter().copied().collect();
-        if delivered_upto.len() != form.delivered_upto.len() {
-            return Err("delivered_upto names a shard twice".into());
-        }
+        let delivered = Delivered::from_pairs(&form.delivered_upto).map_err(|e| format!("delivered_upto {e}"))?;
         Ok(Self {
             out: decode(form.out, "out")?,
             inn: decode(form.inn, "in")?,
-            delivered_upto,
+            delivered,
         })
     }
 }

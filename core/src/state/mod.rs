@@ -12,6 +12,7 @@
 
 mod bloom;
 mod features;
+mod feed;
 mod filter;
 mod graph;
 mod hash;
@@ -34,6 +35,7 @@ use std::collections::BTreeMap;
 use plexus_proto::{shard_for_key, ErrorReply, ReadOp, Reply, Response, ShardId, ShardKey, ShardMap, WriteOp};
 
 pub use features::{FEATURES_DIM_MAX, FEATURES_READ_VERTICES_MAX};
+pub use feed::{FeedLimits, SeenSizing};
 pub use filter::{
     FILTER_BLOCK_BYTES_MAX, FILTER_FP_RATE_PPM_MAX, FILTER_FP_RATE_PPM_MIN, FILTER_NAME_BYTES_MAX, FILTER_SEALED_MAX,
     FILTER_TAIL_BLOOMS_MAX,
@@ -41,8 +43,9 @@ pub use filter::{
 pub use snapshot::StateError;
 
 use crate::canary::Canary;
-use crate::command::{Command, EdgeUpdate};
+use crate::command::{Command, EdgeUpdate, FeedMsg};
 use features::FeatureStore;
+use feed::FeedState;
 use filter::NamedFilter;
 use graph::{Graph, Placement};
 use outbox::Outbox;
@@ -70,6 +73,8 @@ pub struct StateLimits {
     pub session_responses_max: usize,
     /// Most undelivered edge updates in the outbox, over all destinations.
     pub outbox_entries_max: usize,
+    /// The social feed's settings.
+    pub feed: FeedLimits,
 }
 
 impl Default for StateLimits {
@@ -83,6 +88,7 @@ impl Default for StateLimits {
             sessions_max: 10_000,
             session_responses_max: 1_024,
             outbox_entries_max: 100_000,
+            feed: FeedLimits::default(),
         }
     }
 }
@@ -97,9 +103,10 @@ pub struct ShardState {
     filters: BTreeMap<String, NamedFilter>,
     timelines: Timelines,
     graph: Graph,
-    outbox: Outbox,
+    outbox: Outbox<EdgeUpdate>,
     sessions: Sessions,
     features: FeatureStore,
+    feed: FeedState,
     /// Simulation only (see `sim_hooks`): not replicated, not in snapshots or the state hash.
     canary: Option<Canary>,
 }
@@ -123,6 +130,7 @@ impl ShardState {
             outbox: Outbox::default(),
             sessions: Sessions::default(),
             features: FeatureStore::default(),
+            feed: FeedState::default(),
             canary: None,
         }
     }
@@ -185,11 +193,25 @@ impl ShardState {
                 from_shard,
                 first_seq,
                 items,
-            } => self
-                .graph
-                .deliver(self.here, *from_shard, *first_seq, items)
-                .map(Reply::Count),
+            } => self.edge_delivery(*from_shard, *first_seq, items),
             Command::OutboxTrim { to_shard, upto_seq } => Ok(Reply::Count(self.outbox.trim(*to_shard, *upto_seq))),
+            Command::FeedDelivery {
+                from_shard,
+                first_seq,
+                items,
+                now_millis,
+            } => self.feed_delivery(*from_shard, *first_seq, items, *now_millis),
+            Command::FeedOutboxTrim { to_shard, upto_seq } => self.feed_trim(*to_shard, *upto_seq),
+            Command::FeedActivate { user, now_millis } => self
+                .check_key(&ShardKey::Id(*user))
+                .and_then(|()| self.feed_activate(*user, *now_millis)),
+            Command::FeedRebuild {
+                user,
+                posts,
+                now_millis,
+            } => self
+                .check_key(&ShardKey::Id(*user))
+                .and_then(|()| self.feed_rebuild(*user, posts, *now_millis)),
             Command::SetShardMap(map) => {
                 self.shard_map = Some(map.clone());
                 Ok(Reply::Done)
@@ -198,7 +220,21 @@ impl ShardState {
         };
         self.last_applied = index;
         debug_assert!(self.outbox.check());
+        debug_assert!(self.feed.check());
         answer
+    }
+
+    /// `Command::EdgeDelivery`: the in-halves, then the feed's reaction to each one applied.
+    fn edge_delivery(&mut self, from_shard: ShardId, first_seq: u64, items: &[EdgeUpdate]) -> Response {
+        let (upto, skip) = self.graph.deliver(self.here, from_shard, first_seq, items)?;
+        // An edge delivery carries no clock, and needs none: the follower of a delivered in-half
+        // lives on the source shard, never here, so the feed's reaction is always queued for it
+        // (and checked against the clock of the feed delivery that carries it there).
+        for u in &items[skip..] {
+            debug_assert_ne!(self.here.shard_of(u.src), self.here.shard);
+            self.feed_on_in_edge(u.src, u.dst, u.add, 0);
+        }
+        Ok(Reply::Count(upto))
     }
 
     /// `WrongShard` unless `key` belongs to this shard.
@@ -287,23 +323,31 @@ impl ShardState {
                 Ok(Reply::Appended(id))
             }
             WriteOp::TimelineDelete { owner, id } => Ok(Reply::Changed(self.timelines.delete(*owner, *id))),
-            WriteOp::Follow { src, dst } => self
-                .graph
-                .follow(
-                    self.here,
-                    *src,
-                    *dst,
-                    &mut self.outbox,
-                    self.limits.outbox_entries_max,
-                    self.canary,
-                )
-                .map(Reply::Changed),
-            WriteOp::Unfollow { src, dst } => self
-                .graph
-                .unfollow(self.here, *src, *dst, &mut self.outbox, self.limits.outbox_entries_max)
-                .map(Reply::Changed),
+            WriteOp::Follow { src, dst } => self.follow(*src, *dst, true, now_millis),
+            WriteOp::Unfollow { src, dst } => self.follow(*src, *dst, false, now_millis),
             WriteOp::SetFeatures { vertex, features } => self.features.set(*vertex, features).map(Reply::Changed),
+            WriteOp::FeedPost { .. }
+            | WriteOp::FeedDelete { .. }
+            | WriteOp::FeedSeen { .. }
+            | WriteOp::FeedUserAdd { .. } => self.feed_write(op, now_millis),
         }
+    }
+
+    /// Follow (`add`) or unfollow: the out-half here, the in-half here or through the outbox,
+    /// and the feed's reaction (registration, backfill or purge).
+    fn follow(&mut self, src: u64, dst: u64, add: bool, now_millis: u64) -> Response {
+        self.feed_admit()?;
+        let (outbox, max) = (&mut self.outbox, self.limits.outbox_entries_max);
+        let changed = if add {
+            self.graph.follow(self.here, src, dst, outbox, max, self.canary)?
+        } else {
+            self.graph.unfollow(self.here, src, dst, outbox, max)?
+        };
+        self.feed_on_out_edge(src);
+        if changed && self.here.shard_of(dst) == self.here.shard {
+            self.feed_on_in_edge(src, dst, add, now_millis);
+        }
+        Ok(Reply::Changed(changed))
     }
 
     /// Serve a read from the applied state.
@@ -337,6 +381,9 @@ impl ShardState {
             ReadOp::Degree { vertex, direction } => Ok(Reply::Count(self.graph.degree(*vertex, *direction))),
             ReadOp::HasEdge { src, dst } => Ok(Reply::Bool(self.graph.has_edge(*src, *dst))),
             ReadOp::Features { vertices } => self.read_features(vertices),
+            ReadOp::FeedCandidates { .. } | ReadOp::FeedLatest { .. } | ReadOp::FeedSeenContains { .. } => {
+                self.feed_read(op)
+            }
         }
     }
 
@@ -364,12 +411,24 @@ impl ShardState {
     /// `(dest, first_seq, items)`, at most `items_max` items per destination,
     /// destinations ascending, none empty.
     pub fn outbox_pending(&self, items_max: usize) -> Vec<(ShardId, u64, Vec<EdgeUpdate>)> {
-        self.outbox.pending(items_max)
+        self.outbox.pending(items_max, usize::MAX)
     }
 
     /// Undelivered edge updates over all destinations.
     pub fn outbox_len(&self) -> usize {
         self.outbox.len()
+    }
+
+    /// Feed-outbox messages not yet trimmed, grouped per destination shard:
+    /// `(dest, first_seq, messages)`, per destination at most `items_max` messages and about
+    /// `bytes_max` bytes (at least one message), destinations ascending, none empty.
+    pub fn feed_outbox_pending(&self, items_max: usize, bytes_max: usize) -> Vec<(ShardId, u64, Vec<FeedMsg>)> {
+        self.feed.outbox.pending(items_max, bytes_max)
+    }
+
+    /// Undelivered feed messages over all destinations.
+    pub fn feed_outbox_len(&self) -> usize {
+        self.feed.outbox.len()
     }
 
     /// The cluster's shard map, once `Command::SetShardMap` has applied.

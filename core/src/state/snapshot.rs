@@ -7,8 +7,8 @@
 //! checks everything and answers an error, never a panic. This is not the
 //! snapshot file: `wal` stores these bytes with openraft's metadata.
 //!
-//! Versions: 2 appended the feature vectors to the body; a version-1 body
-//! is still read, as a state without features.
+//! Versions: 2 appended the feature vectors to the body, 3 the feed state; a
+//! version-1 or -2 body is still read, as a state without them.
 
 use std::collections::BTreeMap;
 
@@ -16,6 +16,7 @@ use plexus_proto::{ShardId, ShardMap, VertexId};
 use serde::{Deserialize, Serialize};
 
 use super::features::{FeatureForm, FeatureStore};
+use super::feed::{FeedForm, FeedState};
 use super::filter::{FilterForm, NamedFilter, FILTER_NAME_BYTES_MAX};
 use super::graph::{Graph, GraphForm, Placement};
 use super::hash::digest64;
@@ -23,16 +24,23 @@ use super::outbox::Outbox;
 use super::session::Sessions;
 use super::timeline::Timelines;
 use super::{ShardState, StateLimits};
+use crate::command::EdgeUpdate;
 
 /// First bytes of every state snapshot.
 const MAGIC: &[u8; 8] = b"PLXSTATE";
 /// The body format this code writes (and the newest it reads).
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 /// The oldest body format this code reads: version 1 lacks `features`.
 const VERSION_OLDEST: u32 = 1;
 /// postcard's encoding of an empty `FeatureForm` (a zero length varint):
 /// appended to a version-1 body it makes the equivalent version-2 body.
 const EMPTY_FEATURES: [u8; 1] = [0];
+/// postcard's encoding of an empty `FeedForm`: appended to a version-2 body it makes the
+/// equivalent version-3 body.
+pub(crate) fn empty_feed() -> Vec<u8> {
+    postcard::to_stdvec(&FeedState::default().to_form()).expect("postcard encodes an empty feed into a Vec")
+}
+
 /// Bytes before the body: magic, version, body length.
 const HEADER_BYTES: usize = 8 + 4 + 8;
 /// Bytes after the body: the checksum.
@@ -85,9 +93,10 @@ struct Body {
     filters: Vec<(String, FilterForm)>,
     timelines: Timelines,
     graph: GraphForm,
-    outbox: Outbox,
+    outbox: Outbox<EdgeUpdate>,
     sessions: Sessions,
     features: FeatureForm,
+    feed: FeedForm,
 }
 
 /// `Body` borrowed for encoding, so a snapshot does not copy the timelines,
@@ -101,9 +110,10 @@ struct BodyRef<'a> {
     filters: Vec<(&'a str, FilterForm)>,
     timelines: &'a Timelines,
     graph: GraphForm,
-    outbox: &'a Outbox,
+    outbox: &'a Outbox<EdgeUpdate>,
     sessions: &'a Sessions,
     features: Vec<(VertexId, &'a [f32])>,
+    feed: FeedForm,
 }
 
 impl ShardState {
@@ -126,6 +136,7 @@ impl ShardState {
             outbox: &self.outbox,
             sessions: &self.sessions,
             features: self.features.to_form(),
+            feed: self.feed.to_form(),
         };
         postcard::to_stdvec(&body).expect("postcard encodes every state type into a Vec")
     }
@@ -173,12 +184,18 @@ impl ShardState {
         if stored != computed {
             return Err(StateError::Checksum { stored, computed });
         }
+        // An older body is the newer one with its missing trailing parts empty.
         let upgraded;
-        let body = if version == 1 {
-            upgraded = [body, &EMPTY_FEATURES[..]].concat();
-            &upgraded[..]
-        } else {
-            body
+        let body = match version {
+            1 => {
+                upgraded = [body, &EMPTY_FEATURES[..], &empty_feed()].concat();
+                &upgraded[..]
+            }
+            2 => {
+                upgraded = [body, &empty_feed()].concat();
+                &upgraded[..]
+            }
+            _ => body,
         };
         let (body, left): (Body, &[u8]) = postcard::take_from_bytes(body)?;
         if !left.is_empty() {
@@ -208,6 +225,7 @@ impl ShardState {
         let mut sessions = body.sessions;
         sessions.restore();
         let features = FeatureStore::from_form(body.features)?;
+        let feed = FeedState::from_form(body.feed, &limits.feed)?;
         Ok(Self {
             here: Placement {
                 shard: body.shard,
@@ -222,6 +240,7 @@ impl ShardState {
             outbox,
             sessions,
             features,
+            feed,
             canary: None,
         })
     }

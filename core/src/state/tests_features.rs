@@ -167,12 +167,15 @@ fn a_version_one_snapshot_loads_without_features() {
         item: b"old".to_vec(),
     })
     .unwrap();
-    // A version-1 body is today's body without the trailing (empty) feature list.
+    // A version-1 body is today's body without the trailing (empty) feature list and feed.
     let mut body = body_of(&h.s.to_snapshot());
+    let feed = snapshot::empty_feed();
+    assert!(body.ends_with(&feed));
+    body.truncate(body.len() - feed.len());
     assert_eq!(body.pop(), Some(0));
     let v1 = snapshot::frame_version_for_test(1, &body);
     assert_eq!(ShardState::from_snapshot(&v1, StateLimits::default()).unwrap(), h.s);
-    // The same body framed as version 2 lacks its feature list.
+    // The same body framed as the current version lacks its feature list.
     assert!(matches!(
         ShardState::from_snapshot(&snapshot::frame_for_test(&body), StateLimits::default()),
         Err(StateError::Decode(_))
@@ -183,12 +186,14 @@ fn a_version_one_snapshot_loads_without_features() {
 fn decoded_features_are_checked() {
     let base = {
         let mut body = body_of(&ShardState::new(HERE, SHARDS, StateLimits::default()).to_snapshot());
+        body.truncate(body.len() - snapshot::empty_feed().len());
         assert_eq!(body.pop(), Some(0));
         body
     };
     let load = |features: Vec<(u64, Vec<f32>)>| {
         let mut body = base.clone();
         body.extend(postcard::to_stdvec(&features).unwrap());
+        body.extend(snapshot::empty_feed());
         ShardState::from_snapshot(&snapshot::frame_for_test(&body), StateLimits::default())
     };
     let loaded = load(vec![(1, vec![1.0]), (9, vec![2.0, 3.0])]).unwrap();

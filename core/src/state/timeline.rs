@@ -91,7 +91,6 @@ impl Timelines {
     }
 
     /// Largest id ever assigned on this shard.
-    #[cfg(test)]
     pub(crate) fn last_id(&self) -> EntryId {
         self.last_id
     }

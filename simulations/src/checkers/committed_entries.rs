@@ -94,6 +94,8 @@ pub struct AppliedEntries {
     shard_count: u32,
     /// The canary the nodes run with (the reference applies with it too).
     canary: Option<Canary>,
+    /// The state limits the nodes apply with (the reference applies with them too).
+    limits: StateLimits,
 }
 
 fn leader_of(log_id: &LogId<u64>) -> Leader {
@@ -109,12 +111,14 @@ fn event_name(event: SnapshotEvent) -> &'static str {
 }
 
 impl AppliedEntries {
-    /// An empty record for a cluster of `shard_count` shards whose nodes run with `canary`.
-    pub fn new(shard_count: u32, canary: Option<Canary>) -> Self {
+    /// An empty record for a cluster of `shard_count` shards whose nodes run with `canary` and
+    /// apply with `limits`.
+    pub fn new(shard_count: u32, canary: Option<Canary>, limits: StateLimits) -> Self {
         Self {
             log: Arc::default(),
             shard_count,
             canary,
+            limits,
         }
     }
 
@@ -241,7 +245,7 @@ pub fn check(applied: &AppliedEntries) -> Vec<String> {
 /// Replays `group`'s first-reported entries into a reference state and compares every snapshot
 /// (sorted by index) with it.
 fn replay(applied: &AppliedEntries, log: &mut Log, group: u32, snapshots: &[Snapshot]) {
-    let mut reference = ShardState::new(group, applied.shard_count, StateLimits::default());
+    let mut reference = ShardState::new(group, applied.shard_count, applied.limits.clone());
     reference.set_canary(applied.canary);
     // The next index the replay expects, and the state hash at the last index replayed (cached:
     // several snapshots often share an index).
@@ -334,7 +338,7 @@ mod tests {
 
     #[test]
     fn one_index_two_entries_is_caught_and_repeats_are_fine() {
-        let applied = AppliedEntries::new(4, None);
+        let applied = AppliedEntries::new(4, None, StateLimits::default());
         applied.record(1, 3, id(2, 1, 10), 0xaa, None);
         applied.record(2, 3, id(2, 1, 10), 0xaa, None);
         applied.record(1, 3, id(2, 1, 10), 0xaa, None);
@@ -375,7 +379,7 @@ mod tests {
     #[test]
     fn a_snapshot_must_hold_the_state_of_the_entries_it_covers() {
         let (a, b, c) = (append(7, "a"), append(7, "b"), append(7, "c"));
-        let applied = AppliedEntries::new(1, None);
+        let applied = AppliedEntries::new(1, None, StateLimits::default());
         // Node 1 applies indexes 1..=3 one by one; node 2 installs a snapshot up to index 2.
         for (i, cmd) in [&a, &b, &c].into_iter().enumerate() {
             applied.record(1, 0, id(1, 1, i as u64 + 1), i as u64, Some(cmd));

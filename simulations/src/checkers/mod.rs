@@ -11,6 +11,8 @@
 //! - `timeline_order`: timeline ids strictly ordered in every page and at the end.
 //! - `edges`: out-edges and in-edges agree after healing.
 //! - `convergence`: all replicas of a shard reach the same state hash after healing.
+//! - `feed`: acknowledged posts kept and deleted ones gone, paging sessions without repeats,
+//!   and every home feed exactly what the follow graph and the posts imply after healing.
 //! - `raft_safety`: at most one leader per group and term.
 //! - `committed_entries`: an index of a group is never applied as two different entries, and
 //!   every snapshot a replica builds, installs or loads holds the state that applying the
@@ -23,6 +25,7 @@ pub mod committed_entries;
 pub mod convergence;
 pub mod edges;
 pub mod exactly_once;
+pub mod feed;
 pub mod linearizable;
 pub mod linearizable_edges;
 pub mod linearizable_filters;
