@@ -400,6 +400,9 @@ async fn write_one(c: &Client, record: Record, client_id: u64, seq: u64, ack_bel
             loop {
                 match c.call_in_session(op.clone(), session).await {
                     Ok(Reply::Appended(_)) => return Ok(()),
+                    // The post was applied and this loader (an earlier run of it) already had the
+                    // answer, so the cluster forgot it: nothing to do.
+                    Err(ClientError::Server(ErrorReply::StaleSession { .. })) => return Ok(()),
                     Ok(other) => return Err(format!("unexpected answer {other:?}")),
                     Err(ClientError::Server(ErrorReply::NotFound(_))) if !registered => {
                         registered = true;

@@ -148,12 +148,9 @@ pub struct FeedConfig {
     pub rank_candidates_max: usize,
     /// Weight of the similarity between reader and author in a post's score.
     pub rank_similarity_weight: f32,
-    /// A post's recency term halves every this many ms (its age taken from the newest post of
+    /// A post's recency term halves every this many ms (its age taken from the upper bound of
     /// the page's window, so a window ranks the same on every page).
     pub rank_recency_half_life_ms: u64,
-    /// A GraphSAGE model (safetensors, PyTorch Geometric `SAGEConv` names) that embeds readers
-    /// and authors before the similarity; unset = the raw features, neighbour-mean for readers.
-    pub rank_model: Option<PathBuf>,
 }
 
 impl Default for FeedConfig {
@@ -170,7 +167,6 @@ impl Default for FeedConfig {
             rank_candidates_max: 2_000,
             rank_similarity_weight: 1.0,
             rank_recency_half_life_ms: 6 * 3_600_000,
-            rank_model: None,
         }
     }
 }
