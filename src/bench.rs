@@ -61,6 +61,9 @@ pub fn run(args: BenchArgs) -> CliResult {
     if args.client_threads == 0 || args.client_threads > CLIENT_THREADS_MAX {
         return Err(format!("--client-threads must be in 1..={CLIENT_THREADS_MAX}"));
     }
+    if args.workload == Workload::Feed {
+        return crate::bench_feed::run(&args);
+    }
     let runtime = match args.client_threads {
         1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
         n => tokio::runtime::Builder::new_multi_thread()
@@ -96,6 +99,7 @@ pub fn run(args: BenchArgs) -> CliResult {
                     let ok = match workload {
                         Workload::Write => c.timeline_append(owner, item.clone()).await.is_ok(),
                         Workload::Read => c.timeline_read(owner, Cursor::Latest, READ_PAGE).await.is_ok(),
+                        Workload::Feed => return Err("the feed workload runs in bench_feed".to_string()),
                     };
                     if ok {
                         let _ = hist.record(t.elapsed().as_micros().max(1) as u64);
@@ -118,6 +122,7 @@ pub fn run(args: BenchArgs) -> CliResult {
         let workload = match args.workload {
             Workload::Write => "write",
             Workload::Read => "read",
+            Workload::Feed => "feed",
         };
         if args.client.json {
             println!(

@@ -205,6 +205,8 @@ pub enum FilterCmd {
 pub enum Workload {
     Write,
     Read,
+    /// The social feed: a power-law follow graph, one post per 50 ranked home reads.
+    Feed,
 }
 
 #[derive(clap::Args, Debug)]
@@ -228,6 +230,31 @@ pub struct BenchArgs {
     /// that shares a small machine with the nodes then does not wake a second thread per reply.
     #[arg(long, default_value_t = 1)]
     pub client_threads: usize,
+    /// Feed: users in the generated follow graph.
+    #[arg(long, default_value_t = 100_000)]
+    pub users: u64,
+    /// Feed: follow edges, about.
+    #[arg(long, default_value_t = 5_000_000)]
+    pub edges: u64,
+    /// Feed: users who read (their home timelines are materialised).
+    #[arg(long, default_value_t = 10_000)]
+    pub readers: u64,
+    /// Feed: posts made before the measurement.
+    #[arg(long, default_value_t = 20_000)]
+    pub posts_before: u64,
+    /// Feed: the seed of the graph, the readers and the operations.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Feed: authors with more followers are pulled at read time (the cluster's
+    /// `feed.pulled_followers_min`; the Redis design uses it too).
+    #[arg(long, default_value_t = 10_000)]
+    pub pulled_followers_min: u64,
+    /// Feed: home list length (the cluster's `feed.home_len_max`), for the Redis design.
+    #[arg(long, default_value_t = 800)]
+    pub home_len_max: usize,
+    /// Feed: run the classic Redis design against the redis-server at this address instead of plexus.
+    #[arg(long)]
+    pub redis: Option<String>,
     #[command(flatten)]
     pub client: ClientOpts,
 }

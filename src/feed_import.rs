@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use plexus_client::{Client, ClientConfig, ClientError, ErrorReply, Reply};
-use plexus_proto::{Session, WriteOp};
+use plexus_proto::{Session, WriteOp, FOLLOW_BATCH_MAX};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::{CliResult, ClientOpts};
@@ -73,10 +73,11 @@ struct Checkpoint {
     posts: Option<(PathBuf, u64, Progress)>,
 }
 
-/// One parsed record.
+/// One parsed record (or, `Follows`, a batch of them).
 #[derive(Debug)]
 enum Record {
     Follow(u64, u64),
+    Follows(u64, Vec<u64>),
     Post(u64, Vec<u8>),
 }
 
@@ -297,6 +298,15 @@ async fn import_file(
     let mut last_report = Instant::now();
     let mut buf = String::new();
     let (mut line_no, mut offset) = (from.line, from.offset);
+    let mut batch: Option<Batch> = None;
+    let ctx = Dispatch {
+        client: client.clone(),
+        tracker: tracker.clone(),
+        permits: permits.clone(),
+        client_id,
+        name: name.to_string(),
+        path: path.display().to_string(),
+    };
     loop {
         buf.clear();
         let n = reader
@@ -338,38 +348,43 @@ async fn import_file(
             tracker.lock().unwrap_or_else(|e| e.into_inner()).next = (line_no, offset);
             continue;
         };
-        let permit = permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| "import stopped".to_string())?;
-        {
-            let mut t = tracker.lock().unwrap_or_else(|e| e.into_inner());
-            t.in_flight.insert(this);
-            t.next = (line_no, offset);
-        }
-        let (c, task_tracker) = (client.clone(), tracker.clone());
-        let ack_below = tracker.lock().unwrap_or_else(|e| e.into_inner()).done_prefix().0 + 1;
-        let path_shown = path.display().to_string();
-        tokio::spawn(async move {
-            let result = write_one(&c, record, client_id, this.0 + 1, ack_below).await;
-            let mut t = task_tracker.lock().unwrap_or_else(|e| e.into_inner());
-            match result {
-                Ok(()) => t.ok += 1,
-                Err(e) => {
-                    t.refused += 1;
-                    if t.refused <= BAD_LINES_REPORTED_MAX {
-                        eprintln!("{name}: {path_shown}: line {}: {e}; skipped", this.0 + 1);
-                    }
-                }
+        // Consecutive follows of one follower go as one `FollowMany` (edge lists are usually
+        // sorted by follower). A batch counts as in flight from its first line on, so no
+        // checkpoint can pass it before it is acknowledged.
+        let record = match (record, batch.take()) {
+            (Record::Follow(src, dst), Some(mut b)) if b.src == src && b.dsts.len() < FOLLOW_BATCH_MAX => {
+                b.dsts.push(dst);
+                batch = Some(b);
+                None
             }
-            t.in_flight.remove(&this);
-            drop(permit);
-        });
+            (Record::Follow(src, dst), open) => {
+                tracker.lock().unwrap_or_else(|e| e.into_inner()).in_flight.insert(this);
+                batch = Some(Batch {
+                    at: this,
+                    src,
+                    dsts: vec![dst],
+                });
+                open.map(|b| (b.at, Record::Follows(b.src, b.dsts)))
+            }
+            (post, open) => {
+                if let Some(b) = open {
+                    dispatch(&ctx, b.at, Record::Follows(b.src, b.dsts)).await?;
+                }
+                tracker.lock().unwrap_or_else(|e| e.into_inner()).in_flight.insert(this);
+                Some((this, post))
+            }
+        };
+        tracker.lock().unwrap_or_else(|e| e.into_inner()).next = (line_no, offset);
+        if let Some((at, record)) = record {
+            dispatch(&ctx, at, record).await?;
+        }
         if last_report.elapsed() >= CHECKPOINT_EVERY {
             last_report = Instant::now();
             report(name, kind, &tracker, cp, cp_path, len, started, false)?;
         }
+    }
+    if let Some(b) = batch.take() {
+        dispatch(&ctx, b.at, Record::Follows(b.src, b.dsts)).await?;
     }
     // Wait for the writes still in flight.
     let _all = permits
@@ -385,10 +400,62 @@ async fn import_file(
     )
 }
 
+/// Follows of one follower, gathered from consecutive lines.
+struct Batch {
+    /// The first line's number and byte offset.
+    at: (u64, u64),
+    src: u64,
+    dsts: Vec<u64>,
+}
+
+/// What sending a record needs.
+struct Dispatch {
+    client: Client,
+    tracker: Arc<Mutex<Tracker>>,
+    permits: Arc<tokio::sync::Semaphore>,
+    client_id: u64,
+    name: String,
+    path: String,
+}
+
+/// Sends `record` (already counted in flight at `at`) once a slot is free, in the background.
+async fn dispatch(ctx: &Dispatch, at: (u64, u64), record: Record) -> CliResult {
+    let permit = ctx
+        .permits
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| "import stopped".to_string())?;
+    let records = match &record {
+        Record::Follows(_, dsts) => dsts.len() as u64,
+        _ => 1,
+    };
+    let ack_below = ctx.tracker.lock().unwrap_or_else(|e| e.into_inner()).done_prefix().0 + 1;
+    let (c, tracker, client_id) = (ctx.client.clone(), ctx.tracker.clone(), ctx.client_id);
+    let (name, path) = (ctx.name.clone(), ctx.path.clone());
+    tokio::spawn(async move {
+        let result = write_one(&c, record, client_id, at.0 + 1, ack_below).await;
+        let mut t = tracker.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(()) => t.ok += records,
+            Err(e) => {
+                t.refused += records;
+                if t.refused <= BAD_LINES_REPORTED_MAX {
+                    eprintln!("{name}: {path}: line {}: {e}; skipped", at.0 + 1);
+                }
+            }
+        }
+        t.in_flight.remove(&at);
+        drop(permit);
+    });
+    Ok(())
+}
+
 /// Sends one record. A post whose author is not registered yet registers it and tries again.
 async fn write_one(c: &Client, record: Record, client_id: u64, seq: u64, ack_below: u64) -> Result<(), String> {
     match record {
         Record::Follow(src, dst) => c.follow(src, dst).await.map(|_| ()).map_err(|e| e.to_string()),
+        Record::Follows(src, dsts) => c.follow_many(src, dsts).await.map(|_| ()).map_err(|e| e.to_string()),
         Record::Post(author, text) => {
             let session = Session {
                 client_id,

@@ -43,6 +43,15 @@ impl Client {
         }
     }
 
+    /// Adds `src → dst` for every `dst` (at most `FOLLOW_BATCH_MAX`), all or none, in one
+    /// replicated write; how many edges were new. For bulk loads.
+    pub async fn follow_many(&self, src: VertexId, dsts: Vec<VertexId>) -> Result<u64, ClientError> {
+        match self.write(WriteOp::FollowMany { src, dsts }).await? {
+            Reply::Count(n) => Ok(n),
+            r => Err(unexpected("follow_many", r)),
+        }
+    }
+
     /// Removes the edge `src → dst`; true if it existed.
     pub async fn unfollow(&self, src: VertexId, dst: VertexId) -> Result<bool, ClientError> {
         match self.write(WriteOp::Unfollow { src, dst }).await? {

@@ -83,6 +83,7 @@ fn answer(req: Request) -> Option<Response> {
         Op::Write(WriteOp::FeedDelete { id, .. }) => Reply::Changed(id % 2 == 0),
         Op::Write(WriteOp::FeedSeen { posts, .. }) => Reply::Changed(posts.len() > 1),
         Op::Write(WriteOp::FeedUserAdd { user }) => Reply::Changed(user != 1),
+        Op::Write(WriteOp::FollowMany { dsts, .. }) => Reply::Count(dsts.len() as u64),
         Op::Feed(FeedRequest::Home {
             user,
             limit,
@@ -91,7 +92,10 @@ fn answer(req: Request) -> Option<Response> {
         }) => Reply::FeedPage(FeedPage {
             posts: vec![RankedPost {
                 post: FeedPost {
-                    post: PostRef { author: user, id: u64::from(limit) },
+                    post: PostRef {
+                        author: user,
+                        id: u64::from(limit),
+                    },
                     text: format!("{cursor:?}").into_bytes(),
                 },
                 score: if ranked { 0.5 } else { 0.0 },
@@ -112,13 +116,17 @@ async fn feed_operations_send_the_right_op_and_decode_the_reply() {
     assert!(c.feed_delete(3, 8).await.unwrap());
     assert!(!c.feed_seen(4, vec![PostRef { author: 3, id: 305 }]).await.unwrap());
     assert!(c.feed_user_add(2).await.unwrap());
+    assert_eq!(c.follow_many(2, vec![3, 4, 5]).await.unwrap(), 3);
     let page = c
         .feed_home(4, 20, FeedCursor::Before("h1.x".into()), true)
         .await
         .unwrap();
     assert_eq!(page.posts[0].post.post, PostRef { author: 4, id: 20 });
     assert_eq!(page.posts[0].post.text, br#"Before("h1.x")"#);
-    assert_eq!((page.posts[0].score, page.next.as_deref(), page.newest), (0.5, Some("h1.next"), Some(9)));
+    assert_eq!(
+        (page.posts[0].score, page.next.as_deref(), page.newest),
+        (0.5, Some("h1.next"), Some(9))
+    );
     let ops: Vec<Op> = s.requests().into_iter().map(|r| r.op).collect();
     assert_eq!(
         ops[0],
@@ -129,6 +137,13 @@ async fn feed_operations_send_the_right_op_and_decode_the_reply() {
     );
     assert_eq!(
         ops[4],
+        Op::Write(WriteOp::FollowMany {
+            src: 2,
+            dsts: vec![3, 4, 5]
+        })
+    );
+    assert_eq!(
+        ops[5],
         Op::Feed(FeedRequest::Home {
             user: 4,
             limit: 20,
@@ -138,7 +153,7 @@ async fn feed_operations_send_the_right_op_and_decode_the_reply() {
     );
     // Writes carry a session; a feed read does not.
     let sessions: Vec<bool> = s.requests().iter().map(|r| r.session.is_some()).collect();
-    assert_eq!(sessions, vec![true, true, true, true, false]);
+    assert_eq!(sessions, vec![true, true, true, true, true, false]);
 }
 
 #[tokio::test]

@@ -239,6 +239,14 @@ pub enum WriteOp {
         /// The user.
         user: UserId,
     },
+    /// Add the edges `src → dst` for every `dst` (at most `FOLLOW_BATCH_MAX`), all or none;
+    /// answers `Reply::Count(edges that were new)`. For bulk loads: one command per follower.
+    FollowMany {
+        /// Follower.
+        src: VertexId,
+        /// Followees.
+        dsts: Vec<VertexId>,
+    },
 }
 
 impl WriteOp {
@@ -249,7 +257,9 @@ impl WriteOp {
                 ShardKey::Name(name.clone())
             }
             WriteOp::TimelineAppend { owner, .. } | WriteOp::TimelineDelete { owner, .. } => ShardKey::Id(*owner),
-            WriteOp::Follow { src, .. } | WriteOp::Unfollow { src, .. } => ShardKey::Id(*src),
+            WriteOp::Follow { src, .. } | WriteOp::Unfollow { src, .. } | WriteOp::FollowMany { src, .. } => {
+                ShardKey::Id(*src)
+            }
             WriteOp::SetFeatures { vertex, .. } => ShardKey::Id(*vertex),
             WriteOp::FeedPost { author, .. } | WriteOp::FeedDelete { author, .. } => ShardKey::Id(*author),
             WriteOp::FeedSeen { user, .. } | WriteOp::FeedUserAdd { user } => ShardKey::Id(*user),
@@ -391,6 +401,9 @@ impl ReadOp {
         }
     }
 }
+
+/// Most followees in one `WriteOp::FollowMany`.
+pub const FOLLOW_BATCH_MAX: usize = 10_000;
 
 /// Most candidates in one `ScoreRequest`.
 pub const SCORE_CANDIDATES_MAX: usize = 4096;

@@ -200,6 +200,16 @@ impl Cluster {
         self.nodes.keys().map(|id| (fake_addr(*id).to_string(), *id)).collect()
     }
 
+    /// `op` answered from the applied state of the first running replica of `shard` (no read
+    /// index: for the checks after the cluster has converged); `None` if none answers it.
+    pub fn read_applied(&self, shard: u32, op: &plexus_proto::ReadOp) -> Option<plexus_proto::Reply> {
+        self.ids().into_iter().filter_map(|id| self.core(id)).find_map(|core| {
+            let replica = core.registry.get(shard)?;
+            let state = replica.state().read().ok()?;
+            state.read(op).ok()
+        })
+    }
+
     /// The registry of `id` while it runs (what a handover fault drives).
     pub fn registry(&self, id: u64) -> Option<std::sync::Arc<plexus_actors::registry::Registry>> {
         self.nodes

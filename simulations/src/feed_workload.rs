@@ -230,18 +230,8 @@ pub async fn run_feed_client(
 pub async fn final_feed(cluster: &Cluster, params: &SimParams, net: &Arc<SimNet>, trace: &Trace) -> FeedFinal {
     let mix = &params.feed;
     let users = all_users(mix.clients, mix.users_per_client);
-    let read = |user: u64, op: ReadOp| {
-        let shard = shard_for_key(&ShardKey::Id(user), params.shard_count);
-        cluster
-            .ids()
-            .into_iter()
-            .filter_map(|id| cluster.core(id))
-            .find_map(|core| {
-                let replica = core.registry.get(shard)?;
-                let state = replica.state().read().ok()?;
-                state.read(&op).ok()
-            })
-    };
+    let read =
+        |user: u64, op: ReadOp| cluster.read_applied(shard_for_key(&ShardKey::Id(user), params.shard_count), &op);
     let mut end = FeedFinal::default();
     for u in &users {
         let op = ReadOp::TimelineRead {

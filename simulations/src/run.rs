@@ -391,18 +391,7 @@ async fn sample_leaders(net: Arc<SimNet>, samples: Arc<Mutex<LeaderSamples>>, ru
 
 /// Reads what the workload touched from one running replica of each shard.
 fn final_state(cluster: &Cluster, params: &SimParams, universe: &Universe, history: &History) -> FinalState {
-    let read = |key: ShardKey, op: ReadOp| {
-        let shard = shard_for_key(&key, params.shard_count);
-        cluster
-            .ids()
-            .into_iter()
-            .filter_map(|id| cluster.core(id))
-            .find_map(|core| {
-                let replica = core.registry.get(shard)?;
-                let state = replica.state().read().ok()?;
-                state.read(&op).ok()
-            })
-    };
+    let read = |key: ShardKey, op: ReadOp| cluster.read_applied(shard_for_key(&key, params.shard_count), &op);
     let mut end = FinalState::default();
     for owner in &universe.owners {
         let op = ReadOp::TimelineRead {

@@ -32,7 +32,9 @@ mod tests_snapshot;
 
 use std::collections::BTreeMap;
 
-use plexus_proto::{shard_for_key, ErrorReply, ReadOp, Reply, Response, ShardId, ShardKey, ShardMap, WriteOp};
+use plexus_proto::{
+    shard_for_key, ErrorReply, ReadOp, Reply, Response, ShardId, ShardKey, ShardMap, WriteOp, FOLLOW_BATCH_MAX,
+};
 
 pub use features::{FEATURES_DIM_MAX, FEATURES_READ_VERTICES_MAX};
 pub use feed::{FeedLimits, SeenSizing};
@@ -323,8 +325,15 @@ impl ShardState {
                 Ok(Reply::Appended(id))
             }
             WriteOp::TimelineDelete { owner, id } => Ok(Reply::Changed(self.timelines.delete(*owner, *id))),
-            WriteOp::Follow { src, dst } => self.follow(*src, *dst, true, now_millis),
-            WriteOp::Unfollow { src, dst } => self.follow(*src, *dst, false, now_millis),
+            WriteOp::Follow { src, dst } => {
+                self.feed_admit()?;
+                self.follow(*src, *dst, true, now_millis).map(Reply::Changed)
+            }
+            WriteOp::Unfollow { src, dst } => {
+                self.feed_admit()?;
+                self.follow(*src, *dst, false, now_millis).map(Reply::Changed)
+            }
+            WriteOp::FollowMany { src, dsts } => self.follow_many(*src, dsts, now_millis),
             WriteOp::SetFeatures { vertex, features } => self.features.set(*vertex, features).map(Reply::Changed),
             WriteOp::FeedPost { .. }
             | WriteOp::FeedDelete { .. }
@@ -334,9 +343,8 @@ impl ShardState {
     }
 
     /// Follow (`add`) or unfollow: the out-half here, the in-half here or through the outbox,
-    /// and the feed's reaction (registration, backfill or purge).
-    fn follow(&mut self, src: u64, dst: u64, add: bool, now_millis: u64) -> Response {
-        self.feed_admit()?;
+    /// and the feed's reaction (registration, backfill or purge); whether the edge changed.
+    fn follow(&mut self, src: u64, dst: u64, add: bool, now_millis: u64) -> Result<bool, ErrorReply> {
         let (outbox, max) = (&mut self.outbox, self.limits.outbox_entries_max);
         let changed = if add {
             self.graph.follow(self.here, src, dst, outbox, max, self.canary)?
@@ -347,7 +355,38 @@ impl ShardState {
         if changed && self.here.shard_of(dst) == self.here.shard {
             self.feed_on_in_edge(src, dst, add, now_millis);
         }
-        Ok(Reply::Changed(changed))
+        Ok(changed)
+    }
+
+    /// `WriteOp::FollowMany`: every edge or, refused before anything is touched, none.
+    fn follow_many(&mut self, src: u64, dsts: &[u64], now_millis: u64) -> Response {
+        if dsts.len() > FOLLOW_BATCH_MAX {
+            return Err(bad(format!(
+                "{} followees exceed the batch limit of {FOLLOW_BATCH_MAX}",
+                dsts.len()
+            )));
+        }
+        if dsts.contains(&src) {
+            return Err(bad(format!("vertex {src} cannot follow itself")));
+        }
+        self.feed_admit()?;
+        let remote = dsts
+            .iter()
+            .filter(|d| self.here.shard_of(**d) != self.here.shard && !self.graph.has_edge(src, **d))
+            .count();
+        if self.outbox.len() + remote > self.limits.outbox_entries_max {
+            return Err(ErrorReply::Busy(format!(
+                "edge outbox holds {} undelivered updates; {remote} more do not fit",
+                self.outbox.len()
+            )));
+        }
+        let mut added = 0u64;
+        for dst in dsts {
+            // Invariant: no self-loop and room for every half were checked above, so no edge
+            // of the batch is refused after others were applied.
+            added += u64::from(self.follow(src, *dst, true, now_millis)?);
+        }
+        Ok(Reply::Count(added))
     }
 
     /// Serve a read from the applied state.

@@ -367,3 +367,26 @@ fn neighbours_paging_set_degree() {
     );
     assert_eq!(h.s.read(&ReadOp::HasEdge { src, dst: dsts[0] }), Ok(Reply::Bool(true)));
 }
+
+#[test]
+fn follow_many_adds_every_edge_or_none() {
+    let limits = StateLimits {
+        outbox_entries_max: 3,
+        ..StateLimits::default()
+    };
+    let mut h = Harness::new(limits);
+    let src = ids_on(HERE, 1)[0];
+    let local = ids_on(HERE, 3)[1..].to_vec();
+    let remote = ids_on(1, 4);
+    let many = |dsts: Vec<u64>| WriteOp::FollowMany { src, dsts };
+    assert_eq!(h.write(many(vec![local[0], remote[0], local[0]])), Ok(Reply::Count(2)));
+    assert_eq!(h.s.outbox_len(), 1);
+    // Three more cross-shard halves do not fit beside the one queued: nothing is applied.
+    let refused = h.write(many(vec![local[1], remote[1], remote[2], remote[3]]));
+    assert!(matches!(refused, Err(ErrorReply::Busy(_))), "{refused:?}");
+    assert!(!h.s.graph.has_edge(src, local[1]));
+    assert!(is_bad(&h.write(many(vec![local[1], src]))));
+    assert!(is_bad(&h.write(many(vec![remote[0]; FOLLOW_BATCH_MAX + 1]))));
+    assert_eq!(h.write(many(vec![local[1], remote[1], remote[0]])), Ok(Reply::Count(2)));
+    assert!(h.s.graph.has_edge(src, remote[1]) && h.s.graph.has_edge(src, local[1]));
+}
