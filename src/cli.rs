@@ -252,6 +252,12 @@ pub struct BenchArgs {
     /// Feed: home list length (the cluster's `feed.home_len_max`), for the Redis design.
     #[arg(long, default_value_t = 800)]
     pub home_len_max: usize,
+    /// Feed: home reads per post in the measured mix.
+    #[arg(long, default_value_t = 50)]
+    pub reads_per_post: u32,
+    /// Feed: read home feeds newest first instead of ranked.
+    #[arg(long)]
+    pub chronological: bool,
     /// Feed: run the classic Redis design against the redis-server at this address instead of plexus.
     #[arg(long)]
     pub redis: Option<String>,

@@ -236,6 +236,8 @@ pub struct NodeCore {
     wal: Wal,
     /// Quiescence of idle groups and its periodic pass, unless `raft.quiesce_after_ms` is 0.
     quiescence: Option<(Arc<Quiescence>, tokio::task::JoinHandle<()>)>,
+    /// The feed pump (`feed_pump.rs`), delivering the feed outboxes of the groups led here.
+    feed_pump: tokio::task::JoinHandle<()>,
 }
 
 /// A running node.
@@ -408,6 +410,7 @@ pub async fn start_core(cfg: &NodeConfig, addr: String, seams: NodeSeams) -> Res
             .map_err(|e| NodeError::Actors(format!("scoring backend probe failed: {e}")))?;
         let _ = registry.set_scoring(Arc::new(scoring));
     }
+    let feed_ready = Arc::new(tokio::sync::Notify::new());
     let opts = ReplicaOptions {
         heartbeat_ms: cfg.raft.heartbeat_ms,
         election_timeout_min_ms: cfg.raft.election_timeout_min_ms,
@@ -418,6 +421,7 @@ pub async fn start_core(cfg: &NodeConfig, addr: String, seams: NodeSeams) -> Res
         limits: cfg.state_limits(),
         shard_count: cfg.shard_count,
         sim_hooks: seams.sim_hooks,
+        feed_ready: Some(feed_ready.clone()),
     };
     let gateway_slot = Arc::new(RwLock::new(None));
     let args = NodeArgs {
@@ -453,6 +457,7 @@ pub async fn start_core(cfg: &NodeConfig, addr: String, seams: NodeSeams) -> Res
         let pass = q.spawn(heartbeat);
         (q, pass)
     });
+    let feed_pump = crate::feed_pump::spawn(registry.clone(), feed_ready);
     Ok(NodeCore {
         peers: Arc::new(PeerService::new(
             registry.clone(),
@@ -464,6 +469,7 @@ pub async fn start_core(cfg: &NodeConfig, addr: String, seams: NodeSeams) -> Res
         join,
         wal,
         quiescence,
+        feed_pump,
     })
 }
 
@@ -499,6 +505,7 @@ impl NodeCore {
         if let Some((_, pass)) = &self.quiescence {
             pass.abort();
         }
+        self.feed_pump.abort();
         self.supervisor.stop(Some("stopped".into()));
     }
 
@@ -507,6 +514,7 @@ impl NodeCore {
         if let Some((_, pass)) = &self.quiescence {
             pass.abort();
         }
+        self.feed_pump.abort();
         self.supervisor.stop(Some("shutdown".into()));
         let _ = tokio::time::timeout(Duration::from_secs(10), self.join).await;
         self.wal.close_async().await;

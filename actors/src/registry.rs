@@ -285,11 +285,18 @@ impl Registry {
         self.at_leader(group, LeaderCall::Read(op)).await
     }
 
+    /// `op` on this node's replica of `group`, from its applied state, without cloning the
+    /// replica or awaiting; `None` when this node hosts no running replica of it.
+    pub fn read_local_applied(&self, group: u32, op: &ReadOp) -> Option<Response> {
+        let replicas = self.replicas.read().unwrap_or_else(|e| e.into_inner());
+        replicas.get(&group).map(|r| r.read_applied(op))
+    }
+
     /// Reads `op` on `group` from the applied state of the nearest replica (this node's if it
     /// hosts one, else each other holder in turn): stale, but no quorum round.
     pub async fn read_stale_anywhere(&self, group: u32, op: ReadOp) -> Response {
-        if let Some(replica) = self.get(group) {
-            return replica.read(&op, Consistency::Stale, self.request_timeout).await;
+        if let Some(answer) = self.read_local_applied(group, &op) {
+            return answer;
         }
         let msg = encode(&PeerRequest::Read(group, op)).map_err(ErrorReply::Internal)?;
         let mut last = ErrorReply::ShardUnavailable(group);

@@ -91,8 +91,7 @@ async fn read_chunk(registry: &Registry, shard: ShardId, vertices: Vec<VertexId>
         vertices: vertices.clone(),
     };
     let mut out = FeatureMap::new();
-    if let Some(replica) = registry.get(shard) {
-        let resp = replica.read(&op, Consistency::Stale, registry.request_timeout).await;
+    if let Some(resp) = registry.read_local_applied(shard, &op) {
         take_features(&vertices, resp, &mut out)?;
         return Ok(out);
     }

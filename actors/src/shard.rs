@@ -37,11 +37,6 @@ pub const IDLE_TICK_PERIOD: Duration = Duration::from_millis(1_000);
 pub const DELIVERY_ITEMS_MAX: usize = 1_024;
 /// Deliveries one leader has in flight at once (to distinct destination shards).
 pub const DELIVERIES_IN_FLIGHT_MAX: usize = 16;
-/// Feed-outbox messages pushed to one destination shard per delivery.
-pub const FEED_DELIVERY_ITEMS_MAX: usize = 256;
-/// Bytes of feed messages pushed to one destination shard per delivery, about (one message
-/// larger than this still goes, alone).
-pub const FEED_DELIVERY_BYTES_MAX: usize = 1 << 20;
 
 /// Everything needed to (re)start one shard actor.
 #[derive(Clone)]
@@ -172,7 +167,7 @@ async fn tick_loop(me: ActorRef<ShardMsg>, replica: Replica) {
 fn has_housekeeping(replica: &Replica) -> bool {
     match replica.state().read() {
         Ok(s) if replica.group == META_GROUP => s.shard_map().is_none(),
-        Ok(s) => s.outbox_len() > 0 || s.feed_outbox_len() > 0,
+        Ok(s) => s.outbox_len() > 0,
         Err(_) => false,
     }
 }
@@ -192,76 +187,41 @@ async fn housekeeping(replica: &Replica, registry: &Registry) {
         }
         return;
     }
-    let (edges, feed) = match replica.state().read() {
-        Ok(s) => (
-            s.outbox_pending(DELIVERY_ITEMS_MAX),
-            s.feed_outbox_pending(FEED_DELIVERY_ITEMS_MAX, FEED_DELIVERY_BYTES_MAX),
-        ),
+    // The feed outbox is the node's feed pump's (`feed_pump.rs`); this drains the edge halves.
+    let edges = match replica.state().read() {
+        Ok(s) => s.outbox_pending(DELIVERY_ITEMS_MAX),
         Err(_) => return,
     };
     let from_shard = replica.group;
-    let edges = edges.into_iter().map(|(dest, first_seq, items)| {
-        let cmd = Command::EdgeDelivery {
-            from_shard,
-            first_seq,
-            items,
-        };
-        (dest, cmd, Outbox::Edges)
-    });
-    let now_millis = registry.clock.now_millis();
-    let feed = feed.into_iter().map(|(dest, first_seq, items)| {
-        let cmd = Command::FeedDelivery {
-            from_shard,
-            first_seq,
-            items,
-            now_millis,
-        };
-        (dest, cmd, Outbox::Feed)
-    });
-    // Destinations are independent (each has its own sequence), so their deliveries overlap; a
-    // fan-out to every shard then costs a few commit rounds, not one per shard.
-    futures::stream::iter(edges.chain(feed))
-        .for_each_concurrent(DELIVERIES_IN_FLIGHT_MAX, |(dest, cmd, outbox)| {
-            deliver(replica, registry, dest, cmd, outbox)
+    // Destinations are independent (each has its own sequence), so their deliveries overlap.
+    futures::stream::iter(edges)
+        .for_each_concurrent(DELIVERIES_IN_FLIGHT_MAX, |(dest, first_seq, items)| {
+            let cmd = Command::EdgeDelivery {
+                from_shard,
+                first_seq,
+                items,
+            };
+            deliver(replica, registry, dest, cmd)
         })
         .await;
 }
 
-/// Which outbox a delivery drains.
-#[derive(Clone, Copy, Debug)]
-enum Outbox {
-    Edges,
-    Feed,
-}
-
 /// Proposes one delivery on the destination shard and, once it answers how far it has applied,
 /// trims this shard's outbox up to there.
-async fn deliver(replica: &Replica, registry: &Registry, dest: u32, cmd: Command, outbox: Outbox) {
+async fn deliver(replica: &Replica, registry: &Registry, dest: u32, cmd: Command) {
     match registry.propose_anywhere(dest, cmd).await {
         Ok(Reply::Count(upto)) => {
-            let trim = match outbox {
-                Outbox::Edges => Command::OutboxTrim {
-                    to_shard: dest,
-                    upto_seq: upto,
-                },
-                Outbox::Feed => Command::FeedOutboxTrim {
-                    to_shard: dest,
-                    upto_seq: upto,
-                },
+            let trim = Command::OutboxTrim {
+                to_shard: dest,
+                upto_seq: upto,
             };
             if let Err(e) = replica.propose(trim, registry.request_timeout).await {
-                tracing::debug!(shard = replica.group, dest, ?outbox, error = %e, "outbox trim deferred");
+                tracing::debug!(shard = replica.group, dest, error = %e, "outbox trim deferred");
             }
         }
-        Ok(other) => tracing::warn!(
-            shard = replica.group,
-            dest,
-            ?outbox,
-            ?other,
-            "unexpected delivery answer"
-        ),
+        Ok(other) => tracing::warn!(shard = replica.group, dest, ?other, "unexpected edge delivery answer"),
         Err(ErrorReply::NotLeader { .. } | ErrorReply::ShardUnavailable(_) | ErrorReply::Timeout(_)) => {}
-        Err(e) => tracing::warn!(shard = replica.group, dest, ?outbox, error = %e, "delivery failed"),
+        Err(e) => tracing::warn!(shard = replica.group, dest, error = %e, "edge delivery failed"),
     }
 }
 

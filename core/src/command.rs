@@ -73,6 +73,23 @@ pub enum Command {
         /// Last delivered sequence number.
         upto_seq: u64,
     },
+    /// Feed messages from several source shards to this one in one entry, each batch as
+    /// `FeedDelivery` would carry it (a node's pump gathers the outboxes of every shard it
+    /// leads, so one entry per destination replaces one per pair of shards). Answers
+    /// `Counts`, each batch's new delivered-up-to in order; a batch with a gap or a stray
+    /// recipient refuses the whole entry.
+    FeedDeliveries {
+        /// The batches, at most one per source shard.
+        batches: Vec<FeedBatch>,
+        /// Leader wall clock at proposal, in Unix milliseconds.
+        now_millis: u64,
+    },
+    /// The destinations have applied this shard's feed-outbox entries up to these sequence
+    /// numbers: drop them, for every `(destination shard, last delivered)` at once.
+    FeedOutboxTrims {
+        /// Per destination, its last delivered sequence number.
+        trims: Vec<(ShardId, u64)>,
+    },
     /// Mark `user` active at `now_millis`. A timeline that was not materialised (never, or not
     /// within the active window) starts empty and the answer is `Bool(false)`: the feed service
     /// then rebuilds it with `FeedRebuild`; a materialised one answers `Bool(true)`.
@@ -97,6 +114,17 @@ pub enum Command {
     SetShardMap(ShardMap),
     /// Nothing; used to commit a leader's first entry or as a barrier.
     Noop,
+}
+
+/// One source shard's feed messages for one destination, numbered from `first_seq`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedBatch {
+    /// Source shard.
+    pub from_shard: ShardId,
+    /// Feed-outbox sequence number of `items[0]`.
+    pub first_seq: u64,
+    /// The messages, in outbox order.
+    pub items: Vec<FeedMsg>,
 }
 
 /// A message of the feed workload from an author's shard to a reader's shard, carried by the

@@ -11,9 +11,11 @@
 //! its author's timeline; followers' home timelines get it when the author's shard delivers its
 //! feed outbox (usually within tens of milliseconds), so a feed read right after a post may not
 //! show it yet. Posts of pulled (high-fan-out) authors are read from their timelines at read
-//! time, linearizably at their shards' leaders.
+//! time from the nearest replica of their shards, so like fan-out they show a few milliseconds
+//! after their commit. A page reads only references to its window's posts (up to
+//! `rank_candidates_max`) and fetches the texts of the few it hands out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use futures::stream::{self, StreamExt};
@@ -36,6 +38,9 @@ const WINDOWS_PER_PAGE_MAX: usize = 8;
 const READS_IN_FLIGHT_MAX: usize = 16;
 /// A materialised timeline read after this fraction of the active window is touched again.
 const TOUCH_FRACTION: u64 = 8;
+/// Posts per pulled author one window reads at most (newest first); a window does not reach
+/// below the oldest of an author that returned all of them.
+const PULL_POSTS_PER_AUTHOR: usize = 200;
 
 fn bad(msg: String) -> ErrorReply {
     ErrorReply::BadRequest(msg)
@@ -57,7 +62,9 @@ struct Window {
 
 /// A window's posts in rank order, with its bounds fixed.
 struct Ranked {
-    posts: Vec<(RankKey, FeedPost)>,
+    posts: Vec<RankKey>,
+    /// The posts that came from the reader's home timeline (their texts are there).
+    from_home: BTreeSet<PostRef>,
     below: PostRef,
     floor: PostRef,
     /// Older posts may exist below `floor`.
@@ -108,7 +115,8 @@ impl Reader<'_> {
             }
         };
         let limit = limit as usize;
-        let mut posts: Vec<RankedPost> = Vec::with_capacity(limit);
+        let mut posts: Vec<RankKey> = Vec::with_capacity(limit);
+        let mut from_home: BTreeSet<PostRef> = BTreeSet::new();
         let mut newest = None;
         let mut next = None;
         for _ in 0..WINDOWS_PER_PAGE_MAX {
@@ -119,16 +127,19 @@ impl Reader<'_> {
             let rest = ranked
                 .posts
                 .into_iter()
-                .filter(|(k, _)| window.last.is_none_or(|last| k.after(&last)));
+                .filter(|k| window.last.is_none_or(|last| k.after(&last)));
             let mut last = window.last;
             let mut left_in_window = false;
-            for (key, post) in rest {
+            for key in rest {
                 if posts.len() == limit {
                     left_in_window = true;
                     break;
                 }
                 last = Some(key);
-                posts.push(RankedPost { post, score: key.score });
+                if ranked.from_home.contains(&key.post) {
+                    from_home.insert(key.post);
+                }
+                posts.push(key);
             }
             let here = Cursor {
                 user: self.user,
@@ -163,31 +174,108 @@ impl Reader<'_> {
                 break;
             }
         }
+        let posts = self.texts(&posts, &from_home).await?;
         Ok(Reply::FeedPage(FeedPage { posts, next, newest }))
     }
 
+    /// The page's posts with their texts: those from the home timeline read here, the pulled
+    /// ones from their authors' shards. A post deleted since it was ranked is left out.
+    async fn texts(&self, page: &[RankKey], from_home: &BTreeSet<PostRef>) -> Result<Vec<RankedPost>, ErrorReply> {
+        let mut found: BTreeMap<PostRef, Vec<u8>> = BTreeMap::new();
+        let take = |reply: Response, found: &mut BTreeMap<PostRef, Vec<u8>>| match reply? {
+            Reply::FeedPosts(posts) => {
+                found.extend(posts.into_iter().map(|p| (p.post, p.text)));
+                Ok(())
+            }
+            other => Err(unexpected("a feed texts read", other)),
+        };
+        let home: Vec<PostRef> = page.iter().map(|k| k.post).filter(|p| from_home.contains(p)).collect();
+        if !home.is_empty() {
+            let op = ReadOp::FeedTexts {
+                owner: self.user,
+                posts: home,
+            };
+            // This replica just served a linearizable read: its applied state is current.
+            take(
+                self.replica
+                    .read(&op, Consistency::Stale, self.registry.request_timeout)
+                    .await,
+                &mut found,
+            )?;
+        }
+        let pulled: Vec<UserId> = page
+            .iter()
+            .filter(|k| !from_home.contains(&k.post))
+            .map(|k| k.post.author)
+            .collect();
+        let reads = self
+            .group_by_shard(&pulled)
+            .into_iter()
+            .map(|(shard, authors)| {
+                let posts: Vec<PostRef> = page
+                    .iter()
+                    .map(|k| k.post)
+                    .filter(|p| !from_home.contains(p) && authors.contains(&p.author))
+                    .collect();
+                (
+                    shard,
+                    ReadOp::FeedTexts {
+                        owner: authors[0],
+                        posts,
+                    },
+                )
+            })
+            .collect();
+        for r in self.read_many(reads).await {
+            take(r, &mut found)?;
+        }
+        Ok(page
+            .iter()
+            .filter_map(|k| {
+                let text = found.remove(&k.post)?;
+                Some(RankedPost {
+                    post: FeedPost { post: k.post, text },
+                    score: k.score,
+                })
+            })
+            .collect())
+    }
+
     /// Reads, completes and ranks one window; `None` when it holds no post at all.
+    ///
+    /// Each source (the home timeline, each pulled author) returns at most its limit, newest
+    /// first. A source that returned its whole limit may hold older posts, so the window may not
+    /// reach below its oldest returned post: otherwise a post between the two would be missed
+    /// here and, being above the window's floor, in every later window too.
     async fn rank_window(&self, w: Window) -> Result<Option<Ranked>, ErrorReply> {
         let max = self.settings.rank_candidates_max;
         let home = self.candidates(w).await?;
-        let home_full = home.posts.len() >= max;
-        let (pulled, pulled_full) = self.pull(&home.pulled, w, max).await?;
-        let mut all: BTreeMap<PostRef, FeedPost> = BTreeMap::new();
-        for p in home.posts.into_iter().chain(pulled) {
-            all.entry(p.post).or_insert(p);
-        }
-        let more_below = home_full || pulled_full || all.len() > max;
-        let window: Vec<FeedPost> = all.into_values().rev().take(max).collect();
-        let (Some(first), Some(oldest)) = (window.first().cloned(), window.last().cloned()) else {
+        let mut bound = (home.posts.len() >= max).then(|| home.posts.last().copied()).flatten();
+        let (pulled, pulled_bound) = self.pull(&home.pulled, w).await?;
+        bound = bound.max(pulled_bound);
+        let from_home: BTreeSet<PostRef> = home.posts.iter().copied().collect();
+        let mut all: BTreeSet<PostRef> = from_home.clone();
+        all.extend(pulled);
+        let all_len = all.len();
+        let window: Vec<PostRef> = all
+            .into_iter()
+            .rev()
+            .take_while(|p| bound.is_none_or(|b| *p >= b))
+            .take(max)
+            .collect();
+        // A window read again from a cursor has its floor fixed, so its reads cannot tell whether
+        // anything lies below it: assume so (the next window's read finds out).
+        let more_below = w.floor.is_some() || bound.is_some() || all_len > window.len();
+        let (Some(first), Some(oldest)) = (window.first().copied(), window.last().copied()) else {
             return Ok(None);
         };
         let below = match w.below {
             Some(b) => b,
             // Invariant: a post with the largest id and author does not exist (ids are millis
             // shifted left), so the newest post always has a successor.
-            None => first.post.successor().unwrap_or(first.post),
+            None => first.successor().unwrap_or(first),
         };
-        let floor = w.floor.unwrap_or(oldest.post);
+        let floor = w.floor.unwrap_or(oldest);
         let similarity = if self.ranked {
             self.similarity(&window).await
         } else {
@@ -198,11 +286,12 @@ impl Reader<'_> {
             half_life_ms: self.settings.recency_half_life_ms,
         };
         Ok(Some(Ranked {
-            posts: rank(window, &similarity, below, params, self.ranked),
+            posts: rank(&window, &similarity, below, params, self.ranked),
+            from_home: window.iter().copied().filter(|p| from_home.contains(p)).collect(),
             below,
             floor,
             more_below,
-            newest: first.post.id,
+            newest: first.id,
         }))
     }
 
@@ -275,6 +364,7 @@ impl Reader<'_> {
                     per_author: per_author as u32,
                     below: None,
                     floor: None,
+                    texts: true,
                 };
                 registry.read_at_leader(shard, op).await
             })
@@ -301,6 +391,35 @@ impl Reader<'_> {
         }
     }
 
+    /// Stale reads of many shards, answered in order: from this node's replicas at once where
+    /// it hosts them (no task, no copy of the replica), the rest from peers, a few at a time.
+    async fn read_many(&self, reads: Vec<(ShardId, ReadOp)>) -> Vec<Response> {
+        let mut answers: Vec<Option<Response>> = Vec::with_capacity(reads.len());
+        let mut remote = Vec::new();
+        for (i, (shard, op)) in reads.into_iter().enumerate() {
+            match self.registry.read_local_applied(shard, &op) {
+                Some(r) => answers.push(Some(r)),
+                None => {
+                    answers.push(None);
+                    remote.push((i, shard, op));
+                }
+            }
+        }
+        let registry = &self.registry;
+        let fetched = stream::iter(remote)
+            .map(|(i, shard, op)| async move { (i, registry.read_stale_anywhere(shard, op).await) })
+            .buffered(READS_IN_FLIGHT_MAX)
+            .collect::<Vec<(usize, Response)>>()
+            .await;
+        for (i, r) in fetched {
+            answers[i] = Some(r);
+        }
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| Err(ErrorReply::Internal("a read went unanswered".into()))))
+            .collect()
+    }
+
     /// Authors grouped by shard (each group at most the state's per-read author limit).
     fn group_by_shard(&self, authors: &[UserId]) -> Vec<(ShardId, Vec<UserId>)> {
         const AUTHORS_PER_READ_MAX: usize = 1_024;
@@ -321,38 +440,46 @@ impl Reader<'_> {
             .collect()
     }
 
-    /// The window's posts of pulled authors, minus those the reader has seen; and whether any
-    /// author had more than `max` in the window (so older ones may remain below it).
-    async fn pull(&self, authors: &[UserId], w: Window, max: usize) -> Result<(Vec<FeedPost>, bool), ErrorReply> {
+    /// The window's posts of pulled authors (at most `PULL_POSTS_PER_AUTHOR` each, newest first),
+    /// minus those the reader has seen; and the oldest post of an author that returned its whole
+    /// allowance, below which the window may not reach. Read from the nearest replica of each
+    /// author's shard: like fan-out, a pulled post shows a few milliseconds after its commit.
+    async fn pull(&self, authors: &[UserId], w: Window) -> Result<(Vec<PostRef>, Option<PostRef>), ErrorReply> {
         if authors.is_empty() {
-            return Ok((Vec::new(), false));
+            return Ok((Vec::new(), None));
         }
-        let registry = &self.registry;
-        let reads = stream::iter(self.group_by_shard(authors))
-            .map(|(shard, authors)| async move {
+        let reads = self
+            .group_by_shard(authors)
+            .into_iter()
+            .map(|(shard, authors)| {
                 let op = ReadOp::FeedLatest {
                     authors,
-                    per_author: max as u32,
+                    per_author: PULL_POSTS_PER_AUTHOR as u32,
                     below: w.below,
                     floor: w.floor,
+                    texts: false,
                 };
-                // At the leader: a post deleted before this read began must not come back.
-                registry.read_at_leader(shard, op).await
+                (shard, op)
             })
-            .buffered(READS_IN_FLIGHT_MAX)
-            .collect::<Vec<Response>>()
-            .await;
+            .collect();
+        let reads = self.read_many(reads).await;
         let mut posts = Vec::new();
-        let mut full = false;
+        let mut bound: Option<PostRef> = None;
         for r in reads {
             match r? {
                 Reply::FeedPosts(p) => {
-                    let mut per_author: BTreeMap<UserId, usize> = BTreeMap::new();
+                    let mut per_author: BTreeMap<UserId, (usize, PostRef)> = BTreeMap::new();
                     for post in &p {
-                        *per_author.entry(post.post.author).or_default() += 1;
+                        let e = per_author.entry(post.post.author).or_insert((0, post.post));
+                        e.0 += 1;
+                        e.1 = e.1.min(post.post);
                     }
-                    full |= per_author.values().any(|n| *n >= max);
-                    posts.extend(p);
+                    for (n, oldest) in per_author.into_values() {
+                        if n >= PULL_POSTS_PER_AUTHOR {
+                            bound = bound.max(Some(oldest));
+                        }
+                    }
+                    posts.extend(p.into_iter().map(|p| p.post));
                 }
                 other => return Err(unexpected("a latest-posts read", other)),
             }
@@ -363,32 +490,24 @@ impl Reader<'_> {
         for chunk in posts.chunks(self.settings.rank_candidates_max.max(1)) {
             let op = ReadOp::FeedSeenContains {
                 user: self.user,
-                posts: chunk.iter().map(|p| p.post).collect(),
+                posts: chunk.to_vec(),
             };
-            let seen = match self
-                .replica
-                .read(&op, Consistency::Stale, registry.request_timeout)
-                .await?
-            {
+            let seen = match self.replica.read_applied(&op)? {
                 Reply::Bools(b) if b.len() == chunk.len() => b,
                 other => return Err(unexpected("a seen lookup", other)),
             };
-            kept.extend(chunk.iter().zip(seen).filter(|(_, s)| !s).map(|(p, _)| p.clone()));
+            kept.extend(chunk.iter().zip(seen).filter(|(_, s)| !s).map(|(p, _)| *p));
         }
-        Ok((kept, full))
+        Ok((kept, bound))
     }
 
     /// Similarity of the reader to each author of the window, from the scoring pool; empty (all
     /// zero) when the node has no pool or scoring fails: ranking then falls back to recency.
-    async fn similarity(&self, window: &[FeedPost]) -> BTreeMap<UserId, f32> {
+    async fn similarity(&self, window: &[PostRef]) -> BTreeMap<UserId, f32> {
         if self.registry.scoring().is_none() {
             return BTreeMap::new();
         }
-        let mut authors: Vec<UserId> = window
-            .iter()
-            .map(|p| p.post.author)
-            .filter(|a| *a != self.user)
-            .collect();
+        let mut authors: Vec<UserId> = window.iter().map(|p| p.author).filter(|a| *a != self.user).collect();
         authors.sort_unstable();
         authors.dedup();
         authors.truncate(SCORE_CANDIDATES_MAX.min(SCORE_K_MAX as usize));

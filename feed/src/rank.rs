@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use plexus_proto::{FeedPost, PostRef, UserId};
+use plexus_proto::{PostRef, UserId};
 
 use crate::cursor::RankKey;
 
@@ -32,20 +32,19 @@ pub fn recency(post_millis: u64, reference_millis: u64, half_life_ms: u64) -> f3
 /// `similarity` maps authors to their similarity with the reader; a missing author counts 0.
 /// With `ranked` false every score is 0, so the order is newest first.
 pub fn rank(
-    posts: Vec<FeedPost>,
+    posts: &[PostRef],
     similarity: &BTreeMap<UserId, f32>,
     reference: PostRef,
     params: RankParams,
     ranked: bool,
-) -> Vec<(RankKey, FeedPost)> {
+) -> Vec<RankKey> {
     let reference_millis = reference.millis();
-    let mut out: Vec<(RankKey, FeedPost)> = posts
-        .into_iter()
+    let mut out: Vec<RankKey> = posts
+        .iter()
         .map(|p| {
             let score = if ranked {
-                let sim = similarity.get(&p.post.author).copied().unwrap_or(0.0);
-                let s =
-                    params.similarity_weight * sim + recency(p.post.millis(), reference_millis, params.half_life_ms);
+                let sim = similarity.get(&p.author).copied().unwrap_or(0.0);
+                let s = params.similarity_weight * sim + recency(p.millis(), reference_millis, params.half_life_ms);
                 // A NaN or infinite score would break the order's totality; such a post ranks last.
                 if s.is_finite() {
                     s
@@ -55,11 +54,11 @@ pub fn rank(
             } else {
                 0.0
             };
-            (RankKey { score, post: p.post }, p)
+            RankKey { score, post: *p }
         })
         .collect();
-    out.sort_by(|(a, _), (b, _)| b.score.total_cmp(&a.score).then(b.post.cmp(&a.post)));
-    debug_assert!(out.windows(2).all(|w| w[1].0.after(&w[0].0)));
+    out.sort_by(|a, b| b.score.total_cmp(&a.score).then(b.post.cmp(&a.post)));
+    debug_assert!(out.windows(2).all(|w| w[1].after(&w[0])));
     out
 }
 
@@ -73,13 +72,10 @@ mod tests {
         half_life_ms: 1_000,
     };
 
-    fn post(author: u64, millis: u64) -> FeedPost {
-        FeedPost {
-            post: PostRef {
-                author,
-                id: millis << ENTRY_SEQ_BITS,
-            },
-            text: Vec::new(),
+    fn post(author: u64, millis: u64) -> PostRef {
+        PostRef {
+            author,
+            id: millis << ENTRY_SEQ_BITS,
         }
     }
 
@@ -100,15 +96,15 @@ mod tests {
         let sims = BTreeMap::from([(7, 0.9), (8, 0.0)]);
         let posts = vec![post(8, 10_000), post(7, 9_000), post(9, 10_000)];
         let reference = PostRef::first_of(10_001 << ENTRY_SEQ_BITS);
-        let order: Vec<u64> = rank(posts.clone(), &sims, reference, PARAMS, true)
+        let order: Vec<u64> = rank(&posts, &sims, reference, PARAMS, true)
             .iter()
-            .map(|(_, p)| p.post.author)
+            .map(|k| k.post.author)
             .collect();
         // 7: 0.9 + 0.5; 8 and 9: 0 + ~1, equal, so the higher author (same id) first.
         assert_eq!(order, vec![7, 9, 8]);
-        let chrono: Vec<u64> = rank(posts, &sims, reference, PARAMS, false)
+        let chrono: Vec<u64> = rank(&posts, &sims, reference, PARAMS, false)
             .iter()
-            .map(|(_, p)| p.post.author)
+            .map(|k| k.post.author)
             .collect();
         assert_eq!(chrono, vec![9, 8, 7]);
     }

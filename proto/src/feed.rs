@@ -168,8 +168,9 @@ pub struct FeedCandidates {
     /// When the user was last marked active (Unix milliseconds; 0 if never).
     pub active_millis: u64,
     /// Home-timeline posts in the asked window, newest first, without seen posts and without
-    /// posts of authors the user no longer follows.
-    pub posts: Vec<FeedPost>,
+    /// posts of authors the user no longer follows (references only: a page fetches the texts
+    /// of the few posts it hands out with `FeedTexts`).
+    pub posts: Vec<PostRef>,
     /// Followed authors (and the user, if so) whose posts are pulled at read time.
     pub pulled: Vec<UserId>,
     /// Every followed author, when the timeline is not materialised (to rebuild it); else empty.

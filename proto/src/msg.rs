@@ -374,6 +374,17 @@ pub enum ReadOp {
         below: Option<PostRef>,
         /// Only posts at or above this one.
         floor: Option<PostRef>,
+        /// With the posts' texts (false: references only, texts empty).
+        texts: bool,
+    },
+    /// Node-internal, for the feed service: the texts of these posts, from `owner`'s home
+    /// timeline, or from the timelines of their authors where those live on this shard; answered
+    /// `Reply::FeedPosts` with the posts found, in request order. Routed by `owner`.
+    FeedTexts {
+        /// A reader (whose home timeline is looked in) or an author of this shard.
+        owner: UserId,
+        /// The posts (at most the server's candidates limit).
+        posts: Vec<PostRef>,
     },
     /// Which of these posts `user`'s seen filter may hold (false positives possible, about
     /// 0.5%; no false negatives); answered `Reply::Bools` in request order.
@@ -398,6 +409,7 @@ impl ReadOp {
             ReadOp::Features { vertices } => ShardKey::Id(vertices.first().copied().unwrap_or(0)),
             ReadOp::FeedCandidates { user, .. } | ReadOp::FeedSeenContains { user, .. } => ShardKey::Id(*user),
             ReadOp::FeedLatest { authors, .. } => ShardKey::Id(authors.first().copied().unwrap_or(0)),
+            ReadOp::FeedTexts { owner, .. } => ShardKey::Id(*owner),
         }
     }
 }
@@ -490,6 +502,8 @@ pub enum Reply {
     FeedPosts(Vec<FeedPost>),
     /// A home-feed page.
     FeedPage(FeedPage),
+    /// Several counts, in the order of what they count.
+    Counts(Vec<u64>),
 }
 
 /// One timeline page.

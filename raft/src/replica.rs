@@ -48,6 +48,9 @@ pub struct ReplicaOptions {
     /// Simulation-only hooks; the default (every hook off) is the only value outside the
     /// simulator.
     pub sim_hooks: SimHooks,
+    /// Notified (node-wide) whenever an apply leaves this group's feed outbox non-empty, for
+    /// the node's feed pump; `None`: the group's own outbox signal is used.
+    pub feed_ready: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Default for ReplicaOptions {
@@ -62,6 +65,7 @@ impl Default for ReplicaOptions {
             limits: StateLimits::default(),
             shard_count: 64,
             sim_hooks: SimHooks::default(),
+            feed_ready: None,
         }
     }
 }
@@ -136,7 +140,7 @@ impl Replica {
         .validate()
         .map_err(|e| ReplicaError::Raft(group, e.to_string()))?;
         let sm = StateMachineStore::open(group, opts.shard_count, opts.limits.clone(), snapshots)
-            .map(|sm| sm.with_hooks(&opts.sim_hooks))
+            .map(|sm| sm.with_hooks(&opts.sim_hooks).with_feed_ready(opts.feed_ready.clone()))
             .map_err(|e| ReplicaError::Storage(group, e.to_string()))?;
         let outbox_ready = sm.outbox_ready();
         let log = log.with_canary(opts.sim_hooks.canary);
@@ -294,6 +298,12 @@ impl Replica {
                 Ok(Err(e)) => return Err(ErrorReply::ShardUnavailable(self.group).with_context(e)),
             }
         }
+        self.read_applied(op)
+    }
+
+    /// Serves `op` from this replica's applied state, now: a stale read with no await, for
+    /// callers that gather many small reads (the feed's pulls and texts, scoring's features).
+    pub fn read_applied(&self, op: &ReadOp) -> Response {
         match self.state.read() {
             Ok(s) => s.read(op),
             Err(_) => Err(ErrorReply::Internal(format!(

@@ -5,8 +5,8 @@
 //! user; Redis: follower sets); make `--readers` users active (plexus: a first home read
 //! materialises their timelines; Redis: the `active` set); post `--posts-before` posts by random
 //! authors so home feeds hold something; then measure for `--duration` seconds with
-//! `--concurrency` requests in flight, one post per 50 home reads (ranked, 20 posts, of random
-//! readers). One post in ten by an author with active followers is followed by a lag probe that
+//! `--concurrency` requests in flight, one post per `--reads-per-post` (50) home reads (ranked,
+//! 20 posts, of random readers). One post in ten by an author with active followers is followed by a lag probe that
 //! polls up to three of those followers' home feeds until the post is in all of them: the
 //! fan-out lag from the post's acknowledgement. Probe reads are not counted as home reads.
 //! Progress goes to stderr; the figures to stdout (JSON with `--json`).
@@ -30,8 +30,6 @@ use crate::cli::{BenchArgs, CliResult};
 use graph::FeedGraph;
 use redis::{RedisFeed, Resp, LOAD_PIPELINE_MAX};
 
-/// Home reads per post in the measured mix.
-const READS_PER_POST: u32 = 50;
 /// Posts on one measured home page.
 const PAGE_POSTS: u32 = 20;
 /// Bytes of a post's text.
@@ -90,10 +88,10 @@ impl Conn {
         }
     }
 
-    async fn home(&mut self, user: u64) -> Result<usize, String> {
+    async fn home(&mut self, user: u64, ranked: bool) -> Result<usize, String> {
         match self {
             Conn::Plexus(c) => c
-                .feed_home(user, PAGE_POSTS, FeedCursor::Latest, true)
+                .feed_home(user, PAGE_POSTS, FeedCursor::Latest, ranked)
                 .await
                 .map(|p| p.posts.len())
                 .map_err(|e| e.to_string()),
@@ -322,7 +320,7 @@ async fn measure(
         let probe_pool = Arc::new(Mutex::new(probe_conns));
         let (g, readers, pulled, rf) = (g.clone(), readers.clone(), pulled.clone(), reader_followers.clone());
         let (probes, lag, lost) = (probes.clone(), lag.clone(), lost.clone());
-        let seed = args.seed;
+        let (seed, ranked, reads_per_post) = (args.seed, !args.chronological, args.reads_per_post);
         tasks.push(tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(seed ^ (w as u64).wrapping_mul(0x9e37_79b9));
             let (mut posts, mut homes) = (new_hist()?, new_hist()?);
@@ -331,7 +329,7 @@ async fn measure(
             while Instant::now() < deadline {
                 n += 1;
                 let t = Instant::now();
-                if rng.gen_ratio(1, READS_PER_POST + 1) {
+                if rng.gen_ratio(1, reads_per_post.saturating_add(1)) {
                     let author = rng.gen_range(1..=g.users);
                     let is_pulled = pulled.contains(&author);
                     match conn.post(author, &text(n), is_pulled).await {
@@ -378,7 +376,7 @@ async fn measure(
                     }
                 } else {
                     let user = readers[rng.gen_range(0..readers.len())];
-                    match conn.home(user).await {
+                    match conn.home(user, ranked).await {
                         Ok(_) => {
                             let _ = homes.record(t.elapsed().as_micros().max(1) as u64);
                         }

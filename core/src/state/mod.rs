@@ -204,6 +204,11 @@ impl ShardState {
                 now_millis,
             } => self.feed_delivery(*from_shard, *first_seq, items, *now_millis),
             Command::FeedOutboxTrim { to_shard, upto_seq } => self.feed_trim(*to_shard, *upto_seq),
+            Command::FeedDeliveries { batches, now_millis } => self.feed_deliveries(batches, *now_millis),
+            Command::FeedOutboxTrims { trims } => {
+                let dropped = trims.iter().map(|(to, upto)| self.feed.outbox.trim(*to, *upto)).sum();
+                Ok(Reply::Count(dropped))
+            }
             Command::FeedActivate { user, now_millis } => self
                 .check_key(&ShardKey::Id(*user))
                 .and_then(|()| self.feed_activate(*user, *now_millis)),
@@ -420,9 +425,10 @@ impl ShardState {
             ReadOp::Degree { vertex, direction } => Ok(Reply::Count(self.graph.degree(*vertex, *direction))),
             ReadOp::HasEdge { src, dst } => Ok(Reply::Bool(self.graph.has_edge(*src, *dst))),
             ReadOp::Features { vertices } => self.read_features(vertices),
-            ReadOp::FeedCandidates { .. } | ReadOp::FeedLatest { .. } | ReadOp::FeedSeenContains { .. } => {
-                self.feed_read(op)
-            }
+            ReadOp::FeedCandidates { .. }
+            | ReadOp::FeedLatest { .. }
+            | ReadOp::FeedTexts { .. }
+            | ReadOp::FeedSeenContains { .. } => self.feed_read(op),
         }
     }
 

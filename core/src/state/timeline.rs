@@ -90,6 +90,25 @@ impl Timelines {
         Page { entries, has_more }
     }
 
+    /// `owner`'s entries with ids below `before` (all, if `None`), newest first, borrowed.
+    pub(crate) fn newest(
+        &self,
+        owner: OwnerId,
+        before: Option<EntryId>,
+    ) -> impl Iterator<Item = (EntryId, &[u8])> + '_ {
+        self.owners.get(&owner).into_iter().flat_map(move |t| {
+            let end = before.map_or(t.index.len(), |b| t.index.partition_point(|s| s.id < b));
+            t.index.range(..end).rev().map(move |s| (s.id, t.item(s)))
+        })
+    }
+
+    /// The item of `owner`'s entry `id`, if it is there.
+    pub(crate) fn get(&self, owner: OwnerId, id: EntryId) -> Option<&[u8]> {
+        let t = self.owners.get(&owner)?;
+        let pos = t.index.binary_search_by_key(&id, |s| s.id).ok()?;
+        Some(t.item(&t.index[pos]))
+    }
+
     /// Largest id ever assigned on this shard.
     pub(crate) fn last_id(&self) -> EntryId {
         self.last_id

@@ -4,18 +4,18 @@
 //! Every method here is pure like the rest of `apply`: time comes from the command, and every
 //! iteration is over ordered maps and bitmaps.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use plexus_proto::{
-    Cursor, Direction, EntryId, ErrorReply, FeedCandidates, FeedPost, PostRef, ReadOp, Reply, Response, ShardId,
-    ShardKey, UserId, WriteOp, FEED_SEEN_ITEMS_MAX,
+    Direction, EntryId, ErrorReply, FeedCandidates, FeedPost, PostRef, ReadOp, Reply, Response, ShardId, ShardKey,
+    UserId, WriteOp, FEED_SEEN_ITEMS_MAX,
 };
 use roaring::RoaringTreemap;
 
 use super::home::{Home, HomeCaps};
 use super::seen::SeenFilter;
 use crate::canary::Canary;
-use crate::command::FeedMsg;
+use crate::command::{FeedBatch, FeedMsg};
 use crate::state::ShardState;
 
 fn bad(msg: String) -> ErrorReply {
@@ -195,7 +195,7 @@ impl ShardState {
             }
             return;
         }
-        let posts = self.latest_posts(dst, self.limits.feed.follow_backfill_posts, None, None);
+        let posts = self.latest_posts(dst, self.limits.feed.follow_backfill_posts, None, None, true);
         if !posts.is_empty() {
             self.feed_send(dest, FeedMsg::Backfill { user: src, posts }, now_millis);
         }
@@ -247,6 +247,24 @@ impl ShardState {
         items: &[FeedMsg],
         now_millis: u64,
     ) -> Response {
+        let (skip, upto) = self.feed_check_delivery(from_shard, first_seq, items)?;
+        for msg in &items[skip..] {
+            self.feed_apply_msg(msg.clone(), now_millis);
+        }
+        if !items.is_empty() {
+            self.feed.delivered.record(from_shard, upto);
+        }
+        Ok(Reply::Count(upto))
+    }
+
+    /// Checks a delivery without applying it: how many leading messages were applied before,
+    /// and the new high-water mark.
+    fn feed_check_delivery(
+        &self,
+        from_shard: ShardId,
+        first_seq: u64,
+        items: &[FeedMsg],
+    ) -> Result<(usize, u64), ErrorReply> {
         let (skip, upto) = self
             .feed
             .delivered
@@ -270,13 +288,27 @@ impl ShardState {
                 )));
             }
         }
-        for msg in &items[skip..] {
-            self.feed_apply_msg(msg.clone(), now_millis);
+        Ok((skip, upto))
+    }
+
+    /// `Command::FeedDeliveries`: every batch checked first (a gap or a stray recipient in any
+    /// refuses the whole entry, as it would a single delivery), then applied in order.
+    pub(in crate::state) fn feed_deliveries(&mut self, batches: &[FeedBatch], now_millis: u64) -> Response {
+        let mut sources = BTreeSet::new();
+        for b in batches {
+            if !sources.insert(b.from_shard) {
+                return Err(bad(format!("feed deliveries name source shard {} twice", b.from_shard)));
+            }
+            self.feed_check_delivery(b.from_shard, b.first_seq, &b.items)?;
         }
-        if !items.is_empty() {
-            self.feed.delivered.record(from_shard, upto);
+        let mut counts = Vec::with_capacity(batches.len());
+        for b in batches {
+            match self.feed_delivery(b.from_shard, b.first_seq, &b.items, now_millis)? {
+                Reply::Count(upto) => counts.push(upto),
+                other => return Err(ErrorReply::Internal(format!("feed delivery answered {other:?}"))),
+            }
         }
-        Ok(Reply::Count(upto))
+        Ok(Reply::Counts(counts))
     }
 
     /// `Command::FeedOutboxTrim`.
@@ -318,31 +350,30 @@ impl ShardState {
     }
 
     /// `author`'s latest posts ordered below `below` (exclusive) and at or above `floor`, at most
-    /// `n`, newest first.
+    /// `n`, newest first; with their texts, or references only (`texts` false, texts empty).
     pub(in crate::state) fn latest_posts(
         &self,
         author: UserId,
         n: usize,
         below: Option<PostRef>,
         floor: Option<PostRef>,
+        texts: bool,
     ) -> Vec<FeedPost> {
-        if n == 0 {
-            return Vec::new();
-        }
         // Within one author, (id, author) order is id order: turn the bounds into id bounds.
-        let cursor = match below {
-            None => Cursor::Latest,
-            Some(b) if author < b.author => b.id.checked_add(1).map_or(Cursor::Latest, Cursor::Before),
-            Some(b) => Cursor::Before(b.id),
+        let before = match below {
+            None => None,
+            Some(b) if author < b.author => b.id.checked_add(1),
+            Some(b) => Some(b.id),
         };
-        let page = self.timelines.read(author, cursor, n);
-        page.entries
-            .into_iter()
-            .map(|e| FeedPost {
-                post: PostRef { author, id: e.id },
-                text: e.item,
+        self.timelines
+            .newest(author, before)
+            .map(|(id, text)| (PostRef { author, id }, text))
+            .take_while(|(p, _)| floor.is_none_or(|f| *p >= f))
+            .take(n)
+            .map(|(post, text)| FeedPost {
+                post,
+                text: if texts { text.to_vec() } else { Vec::new() },
             })
-            .take_while(|p| floor.is_none_or(|f| p.post >= f))
             .collect()
     }
 
@@ -370,10 +401,7 @@ impl ShardState {
                         .filter(|(p, _)| p.author == *user || out.contains(p.author))
                         .filter(|(p, _)| !seen.is_some_and(|s| s.contains(**p)))
                         .take(max)
-                        .map(|(p, text)| FeedPost {
-                            post: *p,
-                            text: text.to_vec(),
-                        })
+                        .map(|(p, _)| *p)
                         .collect()
                 });
                 let mut pulled: Vec<UserId> = (out & &self.feed.pulled).iter().collect();
@@ -398,6 +426,7 @@ impl ShardState {
                 per_author,
                 below,
                 floor,
+                texts,
             } => {
                 if authors.len() > f.latest_authors_max {
                     return Err(bad(format!(
@@ -412,9 +441,34 @@ impl ShardState {
                 let n = (*per_author as usize).min(f.home_len_max);
                 let posts = authors
                     .iter()
-                    .flat_map(|a| self.latest_posts(*a, n, *below, *floor))
+                    .flat_map(|a| self.latest_posts(*a, n, *below, *floor, *texts))
                     .collect();
                 Ok(Reply::FeedPosts(posts))
+            }
+            ReadOp::FeedTexts { owner, posts } => {
+                if posts.len() > f.candidates_max as usize {
+                    return Err(bad(format!(
+                        "{} posts exceed the texts limit of {}",
+                        posts.len(),
+                        f.candidates_max
+                    )));
+                }
+                let home = self.feed.homes.get(owner);
+                let found = posts
+                    .iter()
+                    .filter_map(|p| {
+                        let text = home.and_then(|h| h.text(p)).or_else(|| {
+                            (self.here.shard_of(p.author) == self.here.shard)
+                                .then(|| self.timelines.get(p.author, p.id))
+                                .flatten()
+                        })?;
+                        Some(FeedPost {
+                            post: *p,
+                            text: text.to_vec(),
+                        })
+                    })
+                    .collect();
+                Ok(Reply::FeedPosts(found))
             }
             ReadOp::FeedSeenContains { user, posts } => {
                 self.require_user(*user)?;

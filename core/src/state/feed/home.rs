@@ -92,6 +92,11 @@ impl Home {
         self.posts.contains_key(&post.post)
     }
 
+    /// The text of `post`, if the timeline holds it.
+    pub(crate) fn text(&self, post: &PostRef) -> Option<&[u8]> {
+        self.posts.get(post).map(|t| t.as_slice())
+    }
+
     /// Removes a deleted post and remembers it; whether it was there.
     pub(crate) fn delete(&mut self, post: PostRef, caps: HomeCaps) -> bool {
         if !self.tombstones.contains(&post) {

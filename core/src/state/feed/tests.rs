@@ -1,13 +1,13 @@
 //! The feed's transitions across a whole (small) cluster of shard states: every shard's state
 //! machine, with a pump that delivers edge and feed outboxes between them the way leaders do.
 
-use std::collections::BTreeSet;
-
 use plexus_proto::{
     shard_for_key, ErrorReply, FeedCandidates, FeedPost, PostRef, ReadOp, Reply, Response, ShardKey, UserId, WriteOp,
 };
 
-use crate::command::Command;
+use std::collections::BTreeMap;
+
+use crate::command::{Command, FeedBatch};
 use crate::state::{FeedLimits, ShardState, StateLimits};
 
 const SHARDS: u32 = 4;
@@ -64,14 +64,23 @@ impl Cluster {
         self.shards[shard as usize].0.read(&op)
     }
 
-    /// Delivers every outbox until none holds anything, as leaders' pumps do.
+    /// Delivers every outbox until none holds anything, as the nodes' pumps do: edges one
+    /// delivery per pair of shards, feed messages gathered per destination from every source
+    /// (`FeedDeliveries`) and trimmed per source at once (`FeedOutboxTrims`).
     fn pump(&mut self) {
         for _round in 0..16 {
             let mut moved = false;
+            let mut feed: BTreeMap<u32, Vec<FeedBatch>> = BTreeMap::new();
             for from in 0..SHARDS {
                 let state = &self.shards[from as usize].0;
                 let edges = state.outbox_pending(1_024);
-                let feed = state.feed_outbox_pending(64, 1 << 20);
+                for (dest, first_seq, items) in state.feed_outbox_pending(64, 1 << 20) {
+                    feed.entry(dest).or_default().push(FeedBatch {
+                        from_shard: from,
+                        first_seq,
+                        items,
+                    });
+                }
                 for (dest, first_seq, items) in edges {
                     moved = true;
                     let reply = self.apply(
@@ -94,26 +103,24 @@ impl Cluster {
                     )
                     .unwrap();
                 }
-                for (dest, first_seq, items) in feed {
-                    moved = true;
-                    let cmd = Command::FeedDelivery {
-                        from_shard: from,
-                        first_seq,
-                        items,
-                        now_millis: self.now,
-                    };
-                    let Ok(Reply::Count(upto)) = self.apply(dest, &cmd) else {
-                        panic!("feed delivery refused")
-                    };
-                    self.apply(
-                        from,
-                        &Command::FeedOutboxTrim {
-                            to_shard: dest,
-                            upto_seq: upto,
-                        },
-                    )
-                    .unwrap();
+            }
+            let mut trims: BTreeMap<u32, Vec<(u32, u64)>> = BTreeMap::new();
+            for (dest, batches) in feed {
+                moved = true;
+                let sources: Vec<u32> = batches.iter().map(|b| b.from_shard).collect();
+                let cmd = Command::FeedDeliveries {
+                    batches,
+                    now_millis: self.now,
+                };
+                let Ok(Reply::Counts(uptos)) = self.apply(dest, &cmd) else {
+                    panic!("feed deliveries refused")
+                };
+                for (from, upto) in sources.into_iter().zip(uptos) {
+                    trims.entry(from).or_default().push((dest, upto));
                 }
+            }
+            for (from, trims) in trims {
+                self.apply(from, &Command::FeedOutboxTrims { trims }).unwrap();
             }
             if !moved {
                 return;
@@ -160,7 +167,7 @@ impl Cluster {
     }
 
     fn home(&self, user: UserId) -> Vec<PostRef> {
-        self.candidates(user).posts.iter().map(|p| p.post).collect()
+        self.candidates(user).posts
     }
 
     fn post(&mut self, author: UserId, text: &str) -> PostRef {
@@ -223,8 +230,34 @@ fn a_post_reaches_every_active_follower_once_and_no_one_else() {
     }
     assert!(c.home(stranger).is_empty());
     // Delivery again (a retried batch) changes nothing: sequences are applied once.
-    let texts: BTreeSet<Vec<u8>> = c.candidates(followers[0]).posts.into_iter().map(|p| p.text).collect();
-    assert_eq!(texts, BTreeSet::from([b"hello".to_vec()]));
+    // The texts come by reference: from the reader's home timeline, or the author's.
+    let texts = c.read(ReadOp::FeedTexts {
+        owner: followers[0],
+        posts: vec![p, PostRef { author, id: p.id + 1 }],
+    });
+    assert_eq!(
+        texts,
+        Ok(Reply::FeedPosts(vec![FeedPost {
+            post: p,
+            text: b"hello".to_vec()
+        }]))
+    );
+    let from_author = c.read(ReadOp::FeedTexts {
+        owner: author,
+        posts: vec![p],
+    });
+    assert!(matches!(from_author, Ok(Reply::FeedPosts(v)) if v.len() == 1));
+    let refs_only = c.read(ReadOp::FeedLatest {
+        authors: vec![author],
+        per_author: 5,
+        below: None,
+        floor: None,
+        texts: false,
+    });
+    assert_eq!(
+        refs_only,
+        Ok(Reply::FeedPosts(vec![FeedPost { post: p, text: vec![] }]))
+    );
 }
 
 #[test]
@@ -245,6 +278,7 @@ fn inactive_readers_get_no_fan_out_and_are_told_whom_to_rebuild_from() {
         per_author: 10,
         below: None,
         floor: None,
+        texts: true,
     }) {
         Ok(Reply::FeedPosts(p)) => p,
         other => panic!("{other:?}"),
@@ -280,7 +314,8 @@ fn inactive_readers_get_no_fan_out_and_are_told_whom_to_rebuild_from() {
             authors: vec![author],
             per_author: 1,
             below: None,
-            floor: None
+            floor: None,
+            texts: true
         }),
         Ok(Reply::FeedPosts(vec![FeedPost {
             post: p3,
@@ -437,10 +472,7 @@ fn seen_posts_and_the_cap_shape_the_candidates() {
     let Ok(Reply::FeedCandidates(w)) = window else {
         panic!("{window:?}")
     };
-    assert_eq!(
-        w.posts.iter().map(|p| p.post).collect::<Vec<_>>(),
-        vec![posts[3], posts[2]]
-    );
+    assert_eq!(w.posts, vec![posts[3], posts[2]]);
 }
 
 #[test]
@@ -496,6 +528,30 @@ fn bad_feed_input_is_refused_with_a_reason() {
         now_millis: 0,
     };
     assert!(matches!(c.apply(1, &wrong_source), Err(ErrorReply::BadRequest(_))));
+    // Gathered deliveries are refused whole when any batch is bad, or names a source twice.
+    let good = FeedBatch {
+        from_shard: 1,
+        first_seq: 1,
+        items: vec![crate::command::FeedMsg::Pulled { author: user }],
+    };
+    let gap = FeedBatch {
+        from_shard: 2,
+        first_seq: 5,
+        items: vec![crate::command::FeedMsg::Pulled {
+            author: users_on(2, 1)[0],
+        }],
+    };
+    let cmd = |batches| Command::FeedDeliveries { batches, now_millis: 0 };
+    assert!(matches!(c.apply(1, &cmd(vec![good.clone(), gap])), Err(ErrorReply::BadRequest(m)) if m.contains("gap")));
+    assert!(
+        matches!(c.apply(1, &cmd(vec![good.clone(), good.clone()])), Err(ErrorReply::BadRequest(m)) if m.contains("twice"))
+    );
+    assert_eq!(c.apply(1, &cmd(vec![good.clone()])), Ok(Reply::Counts(vec![1])));
+    assert_eq!(
+        c.apply(1, &cmd(vec![good])),
+        Ok(Reply::Counts(vec![1])),
+        "a redelivery applies nothing"
+    );
 }
 
 #[test]
