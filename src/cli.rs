@@ -44,6 +44,9 @@ pub enum Cmd {
     /// The social feed: post, home feed, seen, delete, users, bulk import.
     #[command(subcommand)]
     Feed(crate::feed_cmd::FeedCmd),
+    /// Identity matching: ingest, upsert, match, explain, link/unlink, identities, change events.
+    #[command(subcommand)]
+    Empi(crate::empi_cmd::EmpiCmd),
     /// Drive a running cluster and report throughput and latency.
     Bench(BenchArgs),
     /// Per-vertex feature vectors (the inputs of scoring).
@@ -276,6 +279,7 @@ pub fn run(cli: Cli) -> CliResult {
         Cmd::Timeline(c) => crate::client_cmds::timeline(c),
         Cmd::Filter(c) => crate::client_cmds::filter(c),
         Cmd::Feed(c) => crate::feed_cmd::run(c),
+        Cmd::Empi(c) => crate::empi_cmd::run(c),
         Cmd::Bench(a) => crate::bench::run(a),
         Cmd::Features(c) => crate::score_cmd::features(c),
         Cmd::Score(a) => crate::score_cmd::score(a),

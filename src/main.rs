@@ -11,6 +11,8 @@ mod bench_feed;
 mod certs;
 mod cli;
 mod client_cmds;
+mod empi_cmd;
+mod empi_ingest;
 mod feed_cmd;
 mod feed_import;
 mod kernels_cmd;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use plexus_actors::clock::SystemClock;
 use plexus_actors::{start_node_with, NodeConfig, NodeError, Workloads};
+use plexus_empi_service::EmpiService;
 use plexus_feed::{FeedService, FeedSettings};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -47,7 +48,10 @@ pub fn run(config: &Path) -> CliResult {
         let mut term = signal(SignalKind::terminate()).map_err(|e| format!("signal handler: {e}"))?;
         let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("signal handler: {e}"))?;
         let node_id = cfg.node_id;
-        let workloads: Workloads = vec![Arc::new(FeedService::new(FeedSettings::from(&cfg.feed)))];
+        let workloads: Workloads = vec![
+            Arc::new(FeedService::new(FeedSettings::from(&cfg.feed))),
+            Arc::new(EmpiService::new()),
+        ];
         let handle = match start_node_with(cfg, Arc::new(SystemClock), workloads).await {
             Ok(handle) => handle,
             Err(e @ (NodeError::Net(_) | NodeError::Actors(_))) => return Err(e.to_string()),

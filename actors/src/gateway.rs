@@ -93,7 +93,7 @@ async fn execute_in_span(registry: &Arc<Registry>, req: Request) -> Response {
     let Some(replica) = registry.get(req.shard) else {
         return Err(registry.redirect(req.shard));
     };
-    if matches!(req.op, Op::Feed(_)) {
+    if matches!(req.op, Op::Feed(_) | Op::Empi(_)) {
         return execute_workload(registry, replica, req).await;
     }
     match req.op {
@@ -119,7 +119,7 @@ async fn execute_in_span(registry: &Arc<Registry>, req: Request) -> Response {
         Op::Admin(_) => Err(ErrorReply::Internal("admin op fell through".into())),
         // Any replica scores (from stale state, see `score`); no leadership check.
         Op::Score(score) => crate::score::execute_score(registry, &replica, score).await,
-        Op::Feed(_) => Err(ErrorReply::Internal("workload op fell through".into())),
+        Op::Feed(_) | Op::Empi(_) => Err(ErrorReply::Internal("workload op fell through".into())),
     }
 }
 

@@ -11,13 +11,13 @@
 pub mod balance;
 pub mod clock;
 pub mod config;
-pub mod feed_pump;
 pub mod gateway;
 pub mod handover;
 pub mod metrics;
 pub mod metrics_http;
 pub mod node;
 pub mod peer;
+pub mod pump;
 pub mod quiesce;
 pub mod registry;
 pub mod restart;

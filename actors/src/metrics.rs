@@ -178,6 +178,8 @@ pub struct Snapshot {
     pub peers: plexus_net::PeerStats,
     /// Scoring `(batches, requests)`, when the node runs a scoring pool.
     pub scoring: Option<(u64, u64)>,
+    /// The workloads' counters.
+    pub workloads: Vec<crate::workload::Counter>,
     /// The process.
     pub process: ProcessFigures,
 }
@@ -456,6 +458,12 @@ pub fn render(snap: &Snapshot) -> String {
         );
     }
 
+    let mut counters = snap.workloads.clone();
+    counters.sort_unstable();
+    for (name, help, value) in counters {
+        single(o, name, "counter", help, value);
+    }
+
     let pr = &snap.process;
     if let Some(cpu) = pr.cpu_seconds {
         single(
@@ -549,6 +557,7 @@ mod tests {
                 batches_failed: 22,
             },
             scoring: Some((30, 31)),
+            workloads: vec![("plexus_z_total", "Last.", 2), ("plexus_a_total", "First.", 1)],
             process: ProcessFigures {
                 cpu_seconds: Some(1.5),
                 resident_bytes: Some(4096),

@@ -236,8 +236,9 @@ pub struct NodeCore {
     wal: Wal,
     /// Quiescence of idle groups and its periodic pass, unless `raft.quiesce_after_ms` is 0.
     quiescence: Option<(Arc<Quiescence>, tokio::task::JoinHandle<()>)>,
-    /// The feed pump (`feed_pump.rs`), delivering the feed outboxes of the groups led here.
-    feed_pump: tokio::task::JoinHandle<()>,
+    /// The workload pump (`pump.rs`), delivering the feed and EMPI outboxes of the groups led
+    /// here.
+    pump: tokio::task::JoinHandle<()>,
 }
 
 /// A running node.
@@ -373,6 +374,7 @@ fn metrics_source(core: &NodeCore, endpoint: &NodeEndpoint) -> crate::metrics_ht
                 let st = pool.stats();
                 (st.batches.load(Ordering::Relaxed), st.requests.load(Ordering::Relaxed))
             }),
+            workloads: registry.workloads().iter().flat_map(|w| w.counters()).collect(),
             process: crate::metrics::ProcessFigures::read(),
         };
         crate::metrics::render(&snap)
@@ -410,7 +412,7 @@ pub async fn start_core(cfg: &NodeConfig, addr: String, seams: NodeSeams) -> Res
             .map_err(|e| NodeError::Actors(format!("scoring backend probe failed: {e}")))?;
         let _ = registry.set_scoring(Arc::new(scoring));
     }
-    let feed_ready = Arc::new(tokio::sync::Notify::new());
+    let pump_ready = Arc::new(tokio::sync::Notify::new());
     let opts = ReplicaOptions {
         heartbeat_ms: cfg.raft.heartbeat_ms,
         election_timeout_min_ms: cfg.raft.election_timeout_min_ms,
@@ -421,7 +423,7 @@ pub async fn start_core(cfg: &NodeConfig, addr: String, seams: NodeSeams) -> Res
         limits: cfg.state_limits(),
         shard_count: cfg.shard_count,
         sim_hooks: seams.sim_hooks,
-        feed_ready: Some(feed_ready.clone()),
+        pump_ready: Some(pump_ready.clone()),
     };
     let gateway_slot = Arc::new(RwLock::new(None));
     let args = NodeArgs {
@@ -457,7 +459,7 @@ pub async fn start_core(cfg: &NodeConfig, addr: String, seams: NodeSeams) -> Res
         let pass = q.spawn(heartbeat);
         (q, pass)
     });
-    let feed_pump = crate::feed_pump::spawn(registry.clone(), feed_ready);
+    let pump = crate::pump::spawn(registry.clone(), pump_ready);
     Ok(NodeCore {
         peers: Arc::new(PeerService::new(
             registry.clone(),
@@ -469,7 +471,7 @@ pub async fn start_core(cfg: &NodeConfig, addr: String, seams: NodeSeams) -> Res
         join,
         wal,
         quiescence,
-        feed_pump,
+        pump,
     })
 }
 
@@ -505,7 +507,7 @@ impl NodeCore {
         if let Some((_, pass)) = &self.quiescence {
             pass.abort();
         }
-        self.feed_pump.abort();
+        self.pump.abort();
         self.supervisor.stop(Some("stopped".into()));
     }
 
@@ -514,7 +516,7 @@ impl NodeCore {
         if let Some((_, pass)) = &self.quiescence {
             pass.abort();
         }
-        self.feed_pump.abort();
+        self.pump.abort();
         self.supervisor.stop(Some("shutdown".into()));
         let _ = tokio::time::timeout(Duration::from_secs(10), self.join).await;
         self.wal.close_async().await;

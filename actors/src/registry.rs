@@ -129,6 +129,11 @@ impl Registry {
         self.workloads.set(workloads)
     }
 
+    /// The workloads the node runs (none until set).
+    pub fn workloads(&self) -> &[Arc<dyn Workload>] {
+        self.workloads.get().map_or(&[], Vec::as_slice)
+    }
+
     /// The workload that serves `op`, if the node runs one.
     pub fn workload_for(&self, op: &Op) -> Option<Arc<dyn Workload>> {
         self.workloads.get()?.iter().find(|w| w.serves(op)).cloned()

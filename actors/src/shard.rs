@@ -187,7 +187,7 @@ async fn housekeeping(replica: &Replica, registry: &Registry) {
         }
         return;
     }
-    // The feed outbox is the node's feed pump's (`feed_pump.rs`); this drains the edge halves.
+    // The feed and EMPI outboxes are the node's workload pump's (`pump.rs`); this drains the edge halves.
     let edges = match replica.state().read() {
         Ok(s) => s.outbox_pending(DELIVERY_ITEMS_MAX),
         Err(_) => return,

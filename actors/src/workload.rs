@@ -26,7 +26,16 @@ pub trait Workload: Send + Sync + 'static {
     /// Runs one request. `replica` is this node's replica of the request's shard, which leads
     /// it (the gateway checked) at the time of the call.
     fn execute(&self, registry: Arc<Registry>, replica: Replica, req: Request) -> BoxFuture<'static, Response>;
+
+    /// Its counters for the node's metrics, each `(name, help, value)`, names starting with
+    /// `plexus_`; none by default.
+    fn counters(&self) -> Vec<Counter> {
+        Vec::new()
+    }
 }
+
+/// One counter of a workload: `(name, help, value)`.
+pub type Counter = (&'static str, &'static str, u64);
 
 /// The workloads a node runs.
 pub type Workloads = Vec<Arc<dyn Workload>>;

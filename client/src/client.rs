@@ -497,7 +497,7 @@ impl Inner {
                     // next call goes straight there even if no redirect ever named it (a
                     // replica asked while the cached leader was down, that has since become the
                     // leader, answers without one).
-                    let leader_only = matches!(op, Op::Write(_) | Op::Feed(_))
+                    let leader_only = matches!(op, Op::Write(_) | Op::Feed(_) | Op::Empi(_))
                         || (matches!(op, Op::Read(_)) && consistency == Consistency::Linearizable);
                     if leader_only && matches!(route, Route::Shard) {
                         self.note_served(shard, &addr);

@@ -36,6 +36,7 @@ mod client;
 mod config;
 mod conn;
 mod down;
+mod empi;
 mod error;
 mod feed;
 mod ops;
@@ -48,11 +49,13 @@ pub use config::{
     CONNECT_TIMEOUT_MS_DEFAULT, IN_FLIGHT_MAX_DEFAULT, REQUEST_TIMEOUT_MS_DEFAULT, RETRIES_MAX_DEFAULT, SEEDS_MAX,
 };
 pub use conn::{NODE_CONNECTIONS_MAX, REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX, SERVER_NAME};
+pub use empi::Upserted;
 pub use error::ClientError;
 pub use ops::FEATURES_READ_CHUNK;
 pub use plexus_proto::{
-    Consistency, Cursor, Direction, EntryId, ErrorReply, FeedCursor, FeedPage, FeedPost, FilterSpec, NodeStatus, Op,
-    OwnerId, Page, PostRef, RankedPost, Reply, ScoreMode, ScoreRequest, ShardMap, TimelineEntry, UserId, VertexId,
+    Consistency, Cursor, Direction, EmpiEvent, EmpiEventKind, EmpiExplanation, EmpiIngested, EmpiMaster, EmpiMatch,
+    EmpiRecord, EntryId, ErrorReply, FeedCursor, FeedPage, FeedPost, FilterSpec, MasterId, NodeStatus, Op, OwnerId,
+    Page, PersonRecord, PostRef, RankedPost, Reply, ScoreMode, ScoreRequest, ShardMap, TimelineEntry, UserId, VertexId,
     FEED_PAGE_ITEMS_MAX, FEED_SEEN_ITEMS_MAX,
 };
 pub use roaring::RoaringTreemap;

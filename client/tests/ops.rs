@@ -9,7 +9,10 @@ use plexus_client::{
     Client, ClientError, Consistency, Cursor, Direction, FeedCursor, FeedPage, FeedPost, FilterSpec, NodeStatus, Page,
     PostRef, RankedPost, Reply, RoaringTreemap, ScoreMode, ScoreRequest, TimelineEntry,
 };
-use plexus_proto::{AdminOp, FeedRequest, Op, ReadOp, Request, Response, WriteOp};
+use plexus_proto::{
+    AdminOp, EmpiEvent, EmpiEventKind, EmpiIngested, EmpiMaster, EmpiMatch, EmpiReply, EmpiRequest, FeedRequest, Op,
+    PersonRecord, ReadOp, Request, Response, WriteOp,
+};
 use support::{config, handler, make_certs, single_node};
 
 fn bitmap(ids: &[u64]) -> Vec<u8> {
@@ -103,8 +106,107 @@ fn answer(req: Request) -> Option<Response> {
             next: Some("h1.next".into()),
             newest: Some(9),
         }),
+        Op::Empi(req) => Reply::Empi(empi_answer(*req)),
         Op::Read(_) => return Some(Err(plexus_client::ErrorReply::Internal("node-internal read".into()))),
     }))
+}
+
+fn empi_answer(req: EmpiRequest) -> EmpiReply {
+    match req {
+        EmpiRequest::Upsert { record } => EmpiReply::Upserted {
+            key: record.key_string(),
+            master: record.source_id.len() as u64,
+            created: true,
+            merged: vec![7],
+        },
+        EmpiRequest::Match { record, k } => EmpiReply::Matches(vec![EmpiMatch {
+            key: format!("{}:{k}", record.source),
+            master: 3,
+            weight: 12.5,
+            probability: 0.99,
+            linked: true,
+        }]),
+        EmpiRequest::Ingest { records } => EmpiReply::Ingested(
+            records
+                .iter()
+                .map(|r| match r.given_name {
+                    Some(_) => EmpiIngested::Linked {
+                        key: r.key_string(),
+                        master: 1,
+                    },
+                    None => EmpiIngested::Refused {
+                        key: r.key_string(),
+                        reason: "no name".into(),
+                    },
+                })
+                .collect(),
+        ),
+        EmpiRequest::Link { .. } | EmpiRequest::Unlink { .. } => EmpiReply::Done,
+        EmpiRequest::Events { cursor, limit } => EmpiReply::Events {
+            events: vec![EmpiEvent {
+                shard: 2,
+                seq: u64::from(limit),
+                master: 5,
+                record: Some(cursor.clone()),
+                kind: EmpiEventKind::Merged { into: 4 },
+                millis: 1,
+            }],
+            cursor: format!("{cursor}+"),
+        },
+        EmpiRequest::Clusters { after, .. } => EmpiReply::Clusters {
+            masters: vec![EmpiMaster {
+                id: after.unwrap_or(0) + 1,
+                members: vec!["a:1".into()],
+                created_millis: 0,
+                merged_into: None,
+            }],
+            next: None,
+        },
+        EmpiRequest::Explain { .. } | EmpiRequest::Get { .. } => EmpiReply::Done,
+    }
+}
+
+#[tokio::test]
+async fn empi_operations_send_the_right_op_and_decode_the_reply() {
+    let certs = make_certs();
+    let s = single_node(&certs, handler(answer));
+    let c = Client::connect(config(&certs, vec![s.addr_string()])).await.unwrap();
+    let rec = |id: &str, given: Option<&str>| PersonRecord {
+        source: "H".into(),
+        source_id: id.into(),
+        given_name: given.map(Into::into),
+        ..PersonRecord::default()
+    };
+    let u = c.empi_upsert(rec("1234", Some("ann"))).await.unwrap();
+    assert_eq!(
+        (u.key.as_str(), u.master, u.created, u.merged),
+        ("H:1234", 4, true, vec![7])
+    );
+    let m = c.empi_match(rec("9", None), 5).await.unwrap();
+    assert_eq!((m[0].key.as_str(), m[0].linked), ("H:5", true));
+    let out = c.empi_ingest(vec![rec("1", Some("a")), rec("2", None)]).await.unwrap();
+    assert!(matches!(&out[0], EmpiIngested::Linked { key, .. } if key == "H:1"));
+    assert!(matches!(&out[1], EmpiIngested::Refused { reason, .. } if reason == "no name"));
+    c.empi_steward("H:1", "H:2", false).await.unwrap();
+    let (events, cursor) = c.empi_events("e1:0", 10).await.unwrap();
+    assert_eq!((events[0].seq, cursor.as_str()), (10, "e1:0+"));
+    assert_eq!(events[0].kind, EmpiEventKind::Merged { into: 4 });
+    let (masters, next) = c.empi_clusters(Some(41), 100).await.unwrap();
+    assert_eq!((masters[0].id, next), (42, None));
+    // A reply of the wrong shape is an error, not a panic.
+    assert!(matches!(
+        c.empi_get("H:1").await,
+        Err(ClientError::UnexpectedReply { op: "empi_get", .. })
+    ));
+    let ops: Vec<Op> = s.requests().into_iter().map(|r| r.op).collect();
+    assert_eq!(
+        ops[3],
+        Op::Empi(Box::new(EmpiRequest::Unlink {
+            a: "H:1".into(),
+            b: "H:2".into()
+        }))
+    );
+    assert_eq!(ops.len(), 7);
 }
 
 #[tokio::test]

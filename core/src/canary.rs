@@ -28,6 +28,9 @@ pub enum Canary {
     /// A post's fan-out skips the first shard other than the author's that it should reach, so
     /// followers there never get it in their home timelines.
     FanoutSkipsShard,
+    /// An EMPI put that moves a stored record to another identity never sends the record's
+    /// `MemberJoin`, so the new identity's members and change events miss it.
+    EmpiSkipsMemberJoin,
 }
 
 /// How many times too long the `LeaseTooLong` canary makes the read lease.
@@ -35,7 +38,7 @@ pub const LEASE_TOO_LONG_FACTOR: u64 = 20;
 
 impl Canary {
     /// Every canary, in a fixed order.
-    pub const ALL: [Canary; 7] = [
+    pub const ALL: [Canary; 8] = [
         Canary::AckBeforeFsync,
         Canary::StaleRead,
         Canary::DoubleApply,
@@ -43,6 +46,7 @@ impl Canary {
         Canary::LeaseTooLong,
         Canary::LeaseIgnoresHandover,
         Canary::FanoutSkipsShard,
+        Canary::EmpiSkipsMemberJoin,
     ];
 
     /// The name used on the command line (`plexus sim --canary NAME`).
@@ -55,6 +59,7 @@ impl Canary {
             Canary::LeaseTooLong => "lease-too-long",
             Canary::LeaseIgnoresHandover => "lease-ignores-handover",
             Canary::FanoutSkipsShard => "fanout-skips-shard",
+            Canary::EmpiSkipsMemberJoin => "empi-skips-member-join",
         }
     }
 

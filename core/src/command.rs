@@ -3,7 +3,7 @@
 //! It is not openraft's type configuration (`plexus_raft::TypeConfig` names this type as its
 //! `D`): the state machines here know nothing of Raft.
 
-use plexus_proto::{FeedPost, PostRef, Session, ShardId, ShardMap, UserId, VertexId, WriteOp};
+use plexus_proto::{FeedPost, MasterId, PersonRecord, PostRef, Session, ShardId, ShardMap, UserId, VertexId, WriteOp};
 use serde::{Deserialize, Serialize};
 
 /// Group id of the meta group (membership and shard placement).
@@ -110,6 +110,70 @@ pub enum Command {
         /// The feed service's clock, in Unix milliseconds.
         now_millis: u64,
     },
+    /// EMPI: store records of this shard with the identities and blocking keys the EMPI service
+    /// decided; each replaces the record of the same `SOURCE:ID` (keeping its steward
+    /// constraints), and its index and membership changes go out through the EMPI outbox.
+    /// Answers `Done`; a record of another shard refuses the whole entry.
+    EmpiPut {
+        /// The records.
+        puts: Vec<EmpiPut>,
+        /// Leader wall clock at proposal, in Unix milliseconds.
+        now_millis: u64,
+    },
+    /// EMPI: a steward's constraint between a record of this shard and another (`link`: they
+    /// stay together; else: never joined by automatic matching); the other record's shard gets
+    /// the same constraint through the outbox. Answers `Changed`.
+    EmpiConstrain {
+        /// The record of this shard.
+        key: String,
+        /// The other record.
+        other: String,
+        /// Link (true) or unlink (false).
+        link: bool,
+        /// Leader wall clock at proposal, in Unix milliseconds.
+        now_millis: u64,
+    },
+    /// EMPI: move a record of this shard to another identity (a steward's split). Answers
+    /// `Changed`.
+    EmpiReassign {
+        /// The record.
+        key: String,
+        /// Its new identity.
+        master: MasterId,
+        /// Leader wall clock at proposal, in Unix milliseconds.
+        now_millis: u64,
+    },
+    /// EMPI: merge identity `from` (of this shard) into `into`: `from` records `Merged` and sends
+    /// each member to `into`. Answers `Count(members moved)`.
+    EmpiMerge {
+        /// The identity merged away.
+        from: MasterId,
+        /// The surviving identity.
+        into: MasterId,
+        /// Leader wall clock at proposal, in Unix milliseconds.
+        now_millis: u64,
+    },
+    /// EMPI: messages from several source shards' EMPI outboxes, as `FeedDeliveries` carries
+    /// the feed's. Answers `Counts`.
+    EmpiDeliveries {
+        /// The batches, at most one per source shard.
+        batches: Vec<EmpiBatch>,
+        /// Leader wall clock at proposal, in Unix milliseconds.
+        now_millis: u64,
+    },
+    /// EMPI: drop delivered EMPI-outbox entries, per destination. Answers `Count(dropped)`.
+    EmpiOutboxTrims {
+        /// Per destination, its last delivered sequence number.
+        trims: Vec<(ShardId, u64)>,
+    },
+    /// EMPI: store the matching model (on the model's shard); a version not above the stored
+    /// one changes nothing. Answers `Changed`.
+    EmpiSetModel {
+        /// Its version.
+        version: u64,
+        /// The model (JSON, as `plexus-empi` writes it).
+        model: Vec<u8>,
+    },
     /// Meta group only: set the cluster's shard map at bootstrap.
     SetShardMap(ShardMap),
     /// Nothing; used to commit a leader's first entry or as a barrier.
@@ -178,6 +242,96 @@ impl FeedMsg {
             }
             FeedMsg::Purge { .. } | FeedMsg::Pulled { .. } => 16,
             FeedMsg::Delete { recipients, .. } => 16 + 8 * recipients.len(),
+        }
+    }
+}
+
+/// One record as the EMPI service decided to store it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmpiPut {
+    /// The record.
+    pub record: PersonRecord,
+    /// Its identity.
+    pub master: MasterId,
+    /// Its blocking keys.
+    pub blocks: Vec<String>,
+}
+
+/// One source shard's EMPI messages for one destination, numbered from `first_seq`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmpiBatch {
+    /// Source shard.
+    pub from_shard: ShardId,
+    /// EMPI-outbox sequence number of `items[0]`.
+    pub first_seq: u64,
+    /// The messages, in outbox order.
+    pub items: Vec<EmpiMsg>,
+}
+
+/// A message of identity matching between shards, carried by the EMPI outbox (exactly once and
+/// in order per pair of shards).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EmpiMsg {
+    /// Index `key` under blocking key `block` (to the block's shard).
+    IndexAdd {
+        /// The blocking key.
+        block: String,
+        /// The record.
+        key: String,
+    },
+    /// Drop `key` from blocking key `block`.
+    IndexRemove {
+        /// The blocking key.
+        block: String,
+        /// The record.
+        key: String,
+    },
+    /// `key` joined identity `master` (to the master's shard, which records the event; a merged
+    /// master answers by sending the record on to the survivor).
+    MemberJoin {
+        /// The identity.
+        master: MasterId,
+        /// The record.
+        key: String,
+    },
+    /// `key` left identity `master`.
+    MemberLeave {
+        /// The identity.
+        master: MasterId,
+        /// The record.
+        key: String,
+    },
+    /// Move record `key` from identity `from` to identity `master` (to the record's shard; after
+    /// a merge). Applied only while the record still names `from`: a put that moved it since
+    /// is newer and wins.
+    Reassign {
+        /// The record.
+        key: String,
+        /// The identity it is moved from (the merged one).
+        from: MasterId,
+        /// Its new identity.
+        master: MasterId,
+    },
+    /// A steward's constraint, for the other record's side (to the record's shard).
+    Constrain {
+        /// The record of the destination shard.
+        key: String,
+        /// The other record.
+        other: String,
+        /// Link or unlink.
+        link: bool,
+    },
+}
+
+impl EmpiMsg {
+    /// Approximate bytes the message holds, the unit of the EMPI outbox's cap.
+    pub fn bytes(&self) -> usize {
+        match self {
+            EmpiMsg::IndexAdd { block, key } | EmpiMsg::IndexRemove { block, key } => 8 + block.len() + key.len(),
+            EmpiMsg::MemberJoin { key, .. } | EmpiMsg::MemberLeave { key, .. } | EmpiMsg::Reassign { key, .. } => {
+                16 + key.len()
+            }
+            EmpiMsg::Constrain { key, other, .. } => 9 + key.len() + other.len(),
         }
     }
 }

@@ -15,4 +15,4 @@ pub mod canary;
 pub mod command;
 pub mod state;
 
-pub use command::{Command, EdgeUpdate, FeedBatch, FeedMsg, META_GROUP};
+pub use command::{Command, EdgeUpdate, EmpiBatch, EmpiMsg, EmpiPut, FeedBatch, FeedMsg, META_GROUP};

@@ -438,7 +438,7 @@ impl BlockIndex {
 mod tests {
     use super::*;
     use crate::normalize::normalize;
-    use crate::schema::PersonRecord;
+    use crate::schema::{PersonRecord, RecordExt};
 
     fn rec(given: &str, family: &str, dob: &str, phone: &str, postcode: &str) -> NormalizedRecord {
         let mut r = PersonRecord::new("S", "1");

@@ -312,7 +312,7 @@ pub fn attribute_vector(seed: u64, key: u64, out: &mut [f32]) {
 mod tests {
     use super::*;
     use crate::normalize::normalize;
-    use crate::schema::PersonRecord;
+    use crate::schema::{PersonRecord, RecordExt};
 
     fn rec(phone: &str, email: &str, address: &str) -> NormalizedRecord {
         let mut r = PersonRecord::new("S", "1");

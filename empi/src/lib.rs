@@ -15,6 +15,7 @@
 pub mod blocking;
 pub mod cluster;
 pub mod compare;
+pub mod context;
 pub mod date;
 pub mod eval;
 pub mod graph;

@@ -21,7 +21,9 @@ use serde_json::Value;
 use thiserror::Error;
 
 use crate::date::Date;
-use crate::schema::{Field, FieldIssue, FieldProblem, PersonRecord, Position, Reason, RecordError, FIELD_BYTES_MAX};
+use crate::schema::{
+    Field, FieldIssue, FieldProblem, PersonRecord, Position, Reason, RecordError, RecordExt, FIELD_BYTES_MAX,
+};
 
 /// Longest mapping text accepted, in bytes.
 pub const MAPPING_BYTES_MAX: usize = 64 * 1024;

@@ -442,6 +442,7 @@ pub fn token_hash(word: &str) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schema::RecordExt;
 
     #[test]
     fn folding() {

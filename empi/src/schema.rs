@@ -19,56 +19,9 @@ pub const FIELD_BYTES_MAX: usize = 256;
 /// Longest accepted source name or source record id, in bytes.
 pub const KEY_PART_BYTES_MAX: usize = 128;
 
-/// A person as one source system knows it. Every field but `source` and `source_id` is optional.
-///
-/// Absent fields serialize as `null` rather than being skipped: a skipped field would break postcard,
-/// which is not self-describing and carries these records between nodes. JSON input may omit them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PersonRecord {
-    /// The system the record comes from (a hospital, a registry); no `:` allowed.
-    pub source: String,
-    /// The record's id inside its source; a record re-sent with the same pair is an update.
-    pub source_id: String,
-    /// First given name.
-    #[serde(default)]
-    pub given_name: Option<String>,
-    /// Family name (surname).
-    #[serde(default)]
-    pub family_name: Option<String>,
-    /// Date of birth as `YYYY-MM-DD`.
-    #[serde(default)]
-    pub birth_date: Option<String>,
-    /// Administrative sex as the source wrote it (`M`, `female`, ...); normalisation maps it.
-    #[serde(default)]
-    pub sex: Option<String>,
-    /// House number, when the source keeps it apart from the street.
-    #[serde(default)]
-    pub street_number: Option<String>,
-    /// Street address (may include the house number).
-    #[serde(default)]
-    pub address_line: Option<String>,
-    /// Second address line (apartment, building).
-    #[serde(default)]
-    pub address_line2: Option<String>,
-    /// City or town.
-    #[serde(default)]
-    pub city: Option<String>,
-    /// Postal code.
-    #[serde(default)]
-    pub postcode: Option<String>,
-    /// State, province or region.
-    #[serde(default)]
-    pub state: Option<String>,
-    /// Telephone number in any format.
-    #[serde(default)]
-    pub phone: Option<String>,
-    /// E-mail address.
-    #[serde(default)]
-    pub email: Option<String>,
-    /// National or social-security identifier.
-    #[serde(default)]
-    pub national_id: Option<String>,
-}
+/// A person as one source system knows it: the wire type of `plexus-proto`, shared with the client
+/// library and the nodes; [`RecordExt`] adds field access, keys and validation.
+pub use plexus_proto::PersonRecord;
 
 /// The canonical fields, in schema order; mappings name their targets with these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -168,9 +121,22 @@ impl fmt::Display for Field {
     }
 }
 
-impl PersonRecord {
+/// Field access, keys and validation of a [`PersonRecord`].
+pub trait RecordExt {
     /// A record with only its key set.
-    pub fn new(source: impl Into<String>, source_id: impl Into<String>) -> Self {
+    fn new(source: impl Into<String>, source_id: impl Into<String>) -> Self;
+    /// The value of a field.
+    fn get(&self, field: Field) -> Option<&str>;
+    /// Sets a field; an empty or blank value clears an optional field.
+    fn set(&mut self, field: Field, value: String);
+    /// The record's key; fails when `source` or `source_id` is not a valid key part.
+    fn key(&self) -> Result<RecordKey, KeyError>;
+    /// Checks every field and returns all problems found, so a steward sees every reason at once.
+    fn validate(&self) -> Result<(), Vec<FieldIssue>>;
+}
+
+impl RecordExt for PersonRecord {
+    fn new(source: impl Into<String>, source_id: impl Into<String>) -> Self {
         PersonRecord {
             source: source.into(),
             source_id: source_id.into(),
@@ -178,73 +144,31 @@ impl PersonRecord {
         }
     }
 
-    /// The value of an optional field (`None` for `source` and `source_id`, which are not optional).
-    pub fn get(&self, field: Field) -> Option<&str> {
-        self.slot(field).map(|s| s.as_deref()).unwrap_or(match field {
+    fn get(&self, field: Field) -> Option<&str> {
+        slot(self, field).map(|s| s.as_deref()).unwrap_or(match field {
             Field::Source => Some(self.source.as_str()),
             Field::SourceId => Some(self.source_id.as_str()),
             _ => None,
         })
     }
 
-    /// Sets a field; an empty or blank value clears an optional field.
-    pub fn set(&mut self, field: Field, value: String) {
+    fn set(&mut self, field: Field, value: String) {
         match field {
             Field::Source => self.source = value,
             Field::SourceId => self.source_id = value,
             _ => {
-                if let Some(slot) = self.slot_mut(field) {
+                if let Some(slot) = slot_mut(self, field) {
                     *slot = if value.trim().is_empty() { None } else { Some(value) };
                 }
             }
         }
     }
 
-    fn slot(&self, field: Field) -> Option<&Option<String>> {
-        Some(match field {
-            Field::Source | Field::SourceId => return None,
-            Field::GivenName => &self.given_name,
-            Field::FamilyName => &self.family_name,
-            Field::BirthDate => &self.birth_date,
-            Field::Sex => &self.sex,
-            Field::StreetNumber => &self.street_number,
-            Field::AddressLine => &self.address_line,
-            Field::AddressLine2 => &self.address_line2,
-            Field::City => &self.city,
-            Field::Postcode => &self.postcode,
-            Field::State => &self.state,
-            Field::Phone => &self.phone,
-            Field::Email => &self.email,
-            Field::NationalId => &self.national_id,
-        })
-    }
-
-    fn slot_mut(&mut self, field: Field) -> Option<&mut Option<String>> {
-        Some(match field {
-            Field::Source | Field::SourceId => return None,
-            Field::GivenName => &mut self.given_name,
-            Field::FamilyName => &mut self.family_name,
-            Field::BirthDate => &mut self.birth_date,
-            Field::Sex => &mut self.sex,
-            Field::StreetNumber => &mut self.street_number,
-            Field::AddressLine => &mut self.address_line,
-            Field::AddressLine2 => &mut self.address_line2,
-            Field::City => &mut self.city,
-            Field::Postcode => &mut self.postcode,
-            Field::State => &mut self.state,
-            Field::Phone => &mut self.phone,
-            Field::Email => &mut self.email,
-            Field::NationalId => &mut self.national_id,
-        })
-    }
-
-    /// The record's key; fails when `source` or `source_id` is not a valid key part.
-    pub fn key(&self) -> Result<RecordKey, KeyError> {
+    fn key(&self) -> Result<RecordKey, KeyError> {
         RecordKey::new(&self.source, &self.source_id)
     }
 
-    /// Checks every field and returns all problems found, so a steward sees every reason at once.
-    pub fn validate(&self) -> Result<(), Vec<FieldIssue>> {
+    fn validate(&self) -> Result<(), Vec<FieldIssue>> {
         let mut issues = Vec::new();
         if let Err(e) = RecordKey::new(&self.source, &self.source_id) {
             let field = match e {
@@ -258,7 +182,7 @@ impl PersonRecord {
             issues.push(FieldIssue { field, problem });
         }
         for field in Field::ALL {
-            let Some(Some(value)) = self.slot(field) else { continue };
+            let Some(Some(value)) = slot(self, field) else { continue };
             if value.len() > FIELD_BYTES_MAX {
                 issues.push(FieldIssue {
                     field,
@@ -284,6 +208,44 @@ impl PersonRecord {
             Err(issues)
         }
     }
+}
+
+fn slot(r: &PersonRecord, field: Field) -> Option<&Option<String>> {
+    Some(match field {
+        Field::Source | Field::SourceId => return None,
+        Field::GivenName => &r.given_name,
+        Field::FamilyName => &r.family_name,
+        Field::BirthDate => &r.birth_date,
+        Field::Sex => &r.sex,
+        Field::StreetNumber => &r.street_number,
+        Field::AddressLine => &r.address_line,
+        Field::AddressLine2 => &r.address_line2,
+        Field::City => &r.city,
+        Field::Postcode => &r.postcode,
+        Field::State => &r.state,
+        Field::Phone => &r.phone,
+        Field::Email => &r.email,
+        Field::NationalId => &r.national_id,
+    })
+}
+
+fn slot_mut(r: &mut PersonRecord, field: Field) -> Option<&mut Option<String>> {
+    Some(match field {
+        Field::Source | Field::SourceId => return None,
+        Field::GivenName => &mut r.given_name,
+        Field::FamilyName => &mut r.family_name,
+        Field::BirthDate => &mut r.birth_date,
+        Field::Sex => &mut r.sex,
+        Field::StreetNumber => &mut r.street_number,
+        Field::AddressLine => &mut r.address_line,
+        Field::AddressLine2 => &mut r.address_line2,
+        Field::City => &mut r.city,
+        Field::Postcode => &mut r.postcode,
+        Field::State => &mut r.state,
+        Field::Phone => &mut r.phone,
+        Field::Email => &mut r.email,
+        Field::NationalId => &mut r.national_id,
+    })
 }
 
 /// A record's name, `SOURCE:SOURCE_RECORD_ID`: the source may not contain `:`, the id may.

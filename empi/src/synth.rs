@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::date::Date;
 use crate::nicknames;
-use crate::schema::PersonRecord;
+use crate::schema::{PersonRecord, RecordExt};
 
 /// Most records one generator run produces, a bound on memory.
 pub const SYNTH_RECORDS_MAX: usize = 20_000_000;

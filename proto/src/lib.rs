@@ -8,11 +8,13 @@
 //! languages; the two must change together.
 
 pub mod bytes;
+pub mod empi;
 pub mod feed;
 pub mod frame;
 pub mod msg;
 pub mod shard;
 
+pub use empi::*;
 pub use feed::*;
 pub use frame::{FrameError, FrameKind, FRAME_BYTES_MAX, PROTOCOL_VERSION};
 pub use msg::*;

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::empi::{EmpiRead, EmpiReply, EmpiRequest, EmpiState};
 use crate::feed::{FeedCandidates, FeedPage, FeedPost, FeedRequest, PostRef, UserId};
 use crate::shard::{shard_for_key, ShardId, ShardKey};
 
@@ -96,6 +97,9 @@ pub enum Op {
     /// A call of the feed service (answered `Reply::FeedPage`), routed by its user and served by
     /// the node leading that user's shard.
     Feed(FeedRequest),
+    /// A call of the EMPI service (answered `Reply::Empi`), served by the node leading the shard
+    /// it is routed to.
+    Empi(Box<EmpiRequest>),
 }
 
 impl Op {
@@ -107,11 +111,12 @@ impl Op {
             Op::Admin(_) => None,
             Op::Score(s) => Some(ShardKey::Id(s.vertex)),
             Op::Feed(f) => Some(ShardKey::Id(f.user())),
+            Op::Empi(e) => Some(e.shard_key()),
         }
     }
 
     /// Every kind of operation, in the order of the enum's variants (its wire tags).
-    pub const KINDS: [&'static str; 5] = ["write", "read", "admin", "score", "feed"];
+    pub const KINDS: [&'static str; 6] = ["write", "read", "admin", "score", "feed", "empi"];
 
     /// The index of this operation's kind in `Op::KINDS` (its wire tag).
     pub fn kind(&self) -> usize {
@@ -121,6 +126,7 @@ impl Op {
             Op::Admin(_) => 2,
             Op::Score(_) => 3,
             Op::Feed(_) => 4,
+            Op::Empi(_) => 5,
         }
     }
 
@@ -394,6 +400,9 @@ pub enum ReadOp {
         /// The posts (at most `FEED_SEEN_ITEMS_MAX`).
         posts: Vec<PostRef>,
     },
+    /// Node-internal, for the EMPI service: a read of identity matching's state on one shard;
+    /// answered `Reply::EmpiState`.
+    Empi(EmpiRead),
 }
 
 impl ReadOp {
@@ -410,6 +419,7 @@ impl ReadOp {
             ReadOp::FeedCandidates { user, .. } | ReadOp::FeedSeenContains { user, .. } => ShardKey::Id(*user),
             ReadOp::FeedLatest { authors, .. } => ShardKey::Id(authors.first().copied().unwrap_or(0)),
             ReadOp::FeedTexts { owner, .. } => ShardKey::Id(*owner),
+            ReadOp::Empi(e) => e.shard_key(),
         }
     }
 }
@@ -504,6 +514,10 @@ pub enum Reply {
     FeedPage(FeedPage),
     /// Several counts, in the order of what they count.
     Counts(Vec<u64>),
+    /// An answer of the EMPI service.
+    Empi(EmpiReply),
+    /// Identity matching's state on one shard (node-internal).
+    EmpiState(EmpiState),
 }
 
 /// One timeline page.

@@ -16,6 +16,8 @@ pub enum ShardKey {
     Id(u64),
     /// A named object (a filter), hashed as its UTF-8 bytes.
     Name(String),
+    /// One shard itself (for a scan of that shard), `shard % shard_count`.
+    Shard(ShardId),
 }
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -40,6 +42,7 @@ pub fn shard_for_key(key: &ShardKey, shard_count: u32) -> ShardId {
     let h = match key {
         ShardKey::Id(id) => fnv1a64(&id.to_le_bytes()),
         ShardKey::Name(name) => fnv1a64(name.as_bytes()),
+        ShardKey::Shard(s) => u64::from(*s),
     };
     (h % u64::from(shard_count.max(1))) as ShardId
 }

@@ -48,9 +48,9 @@ pub struct ReplicaOptions {
     /// Simulation-only hooks; the default (every hook off) is the only value outside the
     /// simulator.
     pub sim_hooks: SimHooks,
-    /// Notified (node-wide) whenever an apply leaves this group's feed outbox non-empty, for
-    /// the node's feed pump; `None`: the group's own outbox signal is used.
-    pub feed_ready: Option<Arc<tokio::sync::Notify>>,
+    /// Notified (node-wide) whenever an apply leaves this group's feed or EMPI outbox
+    /// non-empty, for the node's workload pump; `None`: the group's own outbox signal is used.
+    pub pump_ready: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Default for ReplicaOptions {
@@ -65,7 +65,7 @@ impl Default for ReplicaOptions {
             limits: StateLimits::default(),
             shard_count: 64,
             sim_hooks: SimHooks::default(),
-            feed_ready: None,
+            pump_ready: None,
         }
     }
 }
@@ -140,7 +140,7 @@ impl Replica {
         .validate()
         .map_err(|e| ReplicaError::Raft(group, e.to_string()))?;
         let sm = StateMachineStore::open(group, opts.shard_count, opts.limits.clone(), snapshots)
-            .map(|sm| sm.with_hooks(&opts.sim_hooks).with_feed_ready(opts.feed_ready.clone()))
+            .map(|sm| sm.with_hooks(&opts.sim_hooks).with_pump_ready(opts.pump_ready.clone()))
             .map_err(|e| ReplicaError::Storage(group, e.to_string()))?;
         let outbox_ready = sm.outbox_ready();
         let log = log.with_canary(opts.sim_hooks.canary);

@@ -102,9 +102,9 @@ pub struct StateMachineStore {
     /// Notified whenever an apply or an install leaves the cross-shard outbox non-empty, so the
     /// shard actor delivers it at once instead of polling for it.
     outbox_ready: Arc<tokio::sync::Notify>,
-    /// Notified whenever an apply or an install leaves the feed outbox non-empty (the node's
-    /// feed pump); `None`: `outbox_ready` is.
-    feed_ready: Option<Arc<tokio::sync::Notify>>,
+    /// Notified whenever an apply or an install leaves the feed or EMPI outbox non-empty (the
+    /// node's workload pump); `None`: `outbox_ready` is.
+    pump_ready: Option<Arc<tokio::sync::Notify>>,
 }
 
 fn sm_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
@@ -135,7 +135,7 @@ impl StateMachineStore {
             on_apply: None,
             on_snapshot: None,
             outbox_ready: Arc::new(tokio::sync::Notify::new()),
-            feed_ready: None,
+            pump_ready: None,
         };
         if let Some((meta, data)) = load_snapshot(&store.snapshots, group)? {
             let state = ShardState::from_snapshot(&data, store.limits.clone()).map_err(read_sm_err)?;
@@ -152,9 +152,10 @@ impl StateMachineStore {
         self.outbox_ready.clone()
     }
 
-    /// This store signalling `feed_ready` (the node's feed pump) for its feed outbox.
-    pub fn with_feed_ready(mut self, feed_ready: Option<Arc<tokio::sync::Notify>>) -> Self {
-        self.feed_ready = feed_ready;
+    /// This store signalling `pump_ready` (the node's workload pump) for its feed and EMPI
+    /// outboxes.
+    pub fn with_pump_ready(mut self, pump_ready: Option<Arc<tokio::sync::Notify>>) -> Self {
+        self.pump_ready = pump_ready;
         if let Ok(state) = self.state.read() {
             self.signal_outbox(&state);
         }
@@ -165,8 +166,8 @@ impl StateMachineStore {
         if state.outbox_len() > 0 {
             self.outbox_ready.notify_one();
         }
-        if state.feed_outbox_len() > 0 {
-            match &self.feed_ready {
+        if state.feed_outbox_len() > 0 || state.empi_outbox_len() > 0 {
+            match &self.pump_ready {
                 Some(ready) => ready.notify_one(),
                 None => self.outbox_ready.notify_one(),
             }

@@ -3,14 +3,16 @@
 //!
 //! A shard holds named filters (`filter`), timelines (`timeline`), its graph
 //! partition (`graph`), per-vertex feature vectors (`features`), the
-//! undelivered halves of cross-shard edges (`outbox`) and the exactly-once
-//! session table (`session`). Applying is
+//! undelivered halves of cross-shard edges (`outbox`), the exactly-once
+//! session table (`session`), the social feed (`feed`) and identity matching
+//! (`empi`). Applying is
 //! pure: no clock (time arrives in `Command::Client::now_millis`), no RNG, no
 //! IO and no iteration over hash maps, so every replica that applies the same
 //! log reaches the same `state_hash`. It is not Raft, storage or networking:
 //! `sm_store` feeds it committed entries and persists its snapshots.
 
 mod bloom;
+mod empi;
 mod features;
 mod feed;
 mod filter;
@@ -36,6 +38,7 @@ use plexus_proto::{
     shard_for_key, ErrorReply, ReadOp, Reply, Response, ShardId, ShardKey, ShardMap, WriteOp, FOLLOW_BATCH_MAX,
 };
 
+pub use empi::{EmpiBloomSizing, EmpiLimits, EMPI_BLOOM_CHAIN_MAX, EMPI_BLOOM_FILTER_BYTES_MAX};
 pub use features::{FEATURES_DIM_MAX, FEATURES_READ_VERTICES_MAX};
 pub use feed::{FeedLimits, SeenSizing};
 pub use filter::{
@@ -45,7 +48,8 @@ pub use filter::{
 pub use snapshot::StateError;
 
 use crate::canary::Canary;
-use crate::command::{Command, EdgeUpdate, FeedMsg};
+use crate::command::{Command, EdgeUpdate, EmpiMsg, FeedMsg};
+use empi::EmpiStore;
 use features::FeatureStore;
 use feed::FeedState;
 use filter::NamedFilter;
@@ -77,6 +81,8 @@ pub struct StateLimits {
     pub outbox_entries_max: usize,
     /// The social feed's settings.
     pub feed: FeedLimits,
+    /// Identity matching's settings.
+    pub empi: EmpiLimits,
 }
 
 impl Default for StateLimits {
@@ -91,6 +97,7 @@ impl Default for StateLimits {
             session_responses_max: 1_024,
             outbox_entries_max: 100_000,
             feed: FeedLimits::default(),
+            empi: EmpiLimits::default(),
         }
     }
 }
@@ -109,6 +116,7 @@ pub struct ShardState {
     sessions: Sessions,
     features: FeatureStore,
     feed: FeedState,
+    empi: EmpiStore,
     /// Simulation only (see `sim_hooks`): not replicated, not in snapshots or the state hash.
     canary: Option<Canary>,
 }
@@ -133,6 +141,7 @@ impl ShardState {
             sessions: Sessions::default(),
             features: FeatureStore::default(),
             feed: FeedState::default(),
+            empi: EmpiStore::default(),
             canary: None,
         }
     }
@@ -156,6 +165,10 @@ impl ShardState {
     ///   or a NaN/infinite value is `BadRequest`.
     /// - `EdgeDelivery`: `Count(delivered_upto)` for the source shard.
     /// - `OutboxTrim`: `Count(entries dropped)`.
+    /// - `EmpiPut`: `Done`; `EmpiConstrain`, `EmpiReassign`, `EmpiSetModel`: `Changed`;
+    ///   `EmpiMerge`: `Count(members moved)`; `EmpiDeliveries`: `Counts`; `EmpiOutboxTrims`:
+    ///   `Count(dropped)`. A full EMPI outbox refuses puts, constraints, reassigns and merges
+    ///   with `Busy`, not applied.
     /// - `SetShardMap`, `Noop`: `Done`.
     ///
     /// A client op whose key is not this shard's is `WrongShard`. A write
@@ -219,6 +232,22 @@ impl ShardState {
             } => self
                 .check_key(&ShardKey::Id(*user))
                 .and_then(|()| self.feed_rebuild(*user, posts, *now_millis)),
+            Command::EmpiPut { puts, now_millis } => self.empi_put(puts, *now_millis),
+            Command::EmpiConstrain {
+                key,
+                other,
+                link,
+                now_millis,
+            } => self.empi_constrain(key, other, *link, *now_millis),
+            Command::EmpiReassign {
+                key,
+                master,
+                now_millis,
+            } => self.empi_reassign(key, *master, *now_millis),
+            Command::EmpiMerge { from, into, now_millis } => self.empi_merge(*from, *into, *now_millis),
+            Command::EmpiDeliveries { batches, now_millis } => self.empi_deliveries(batches, *now_millis),
+            Command::EmpiOutboxTrims { trims } => self.empi_trims(trims),
+            Command::EmpiSetModel { version, model } => self.empi_set_model(*version, model),
             Command::SetShardMap(map) => {
                 self.shard_map = Some(map.clone());
                 Ok(Reply::Done)
@@ -228,6 +257,7 @@ impl ShardState {
         self.last_applied = index;
         debug_assert!(self.outbox.check());
         debug_assert!(self.feed.check());
+        debug_assert!(self.empi.check());
         answer
     }
 
@@ -429,6 +459,7 @@ impl ShardState {
             | ReadOp::FeedLatest { .. }
             | ReadOp::FeedTexts { .. }
             | ReadOp::FeedSeenContains { .. } => self.feed_read(op),
+            ReadOp::Empi(read) => self.empi_read(read),
         }
     }
 
@@ -474,6 +505,18 @@ impl ShardState {
     /// Undelivered feed messages over all destinations.
     pub fn feed_outbox_len(&self) -> usize {
         self.feed.outbox.len()
+    }
+
+    /// EMPI-outbox messages not yet trimmed, grouped per destination shard:
+    /// `(dest, first_seq, messages)`, per destination at most `items_max` messages and about
+    /// `bytes_max` bytes (at least one message), destinations ascending, none empty.
+    pub fn empi_outbox_pending(&self, items_max: usize, bytes_max: usize) -> Vec<(ShardId, u64, Vec<EmpiMsg>)> {
+        self.empi.outbox.pending(items_max, bytes_max)
+    }
+
+    /// Undelivered EMPI messages over all destinations.
+    pub fn empi_outbox_len(&self) -> usize {
+        self.empi.outbox.len()
     }
 
     /// The cluster's shard map, once `Command::SetShardMap` has applied.

@@ -1,6 +1,7 @@
 //! A cross-shard outbox: messages this shard owes other shards. The graph's outbox carries
-//! in-edge updates (`EdgeUpdate`), the feed's carries fan-out (`FeedMsg`); each is its own
-//! `Outbox<T>` with its own sequences.
+//! in-edge updates (`EdgeUpdate`), the feed's carries fan-out (`FeedMsg`), identity matching's
+//! carries index and membership changes (`EmpiMsg`); each is its own `Outbox<T>` with its own
+//! sequences.
 //!
 //! Each destination shard has its own sequence, starting at 1, so the
 //! receiver can apply exactly once by remembering the last sequence it
@@ -15,7 +16,7 @@ use std::collections::{BTreeMap, VecDeque};
 use plexus_proto::ShardId;
 use serde::{Deserialize, Serialize};
 
-use crate::command::{EdgeUpdate, FeedMsg};
+use crate::command::{EdgeUpdate, EmpiMsg, FeedMsg};
 
 /// Largest sequence number a restored outbox may hold.
 const SEQ_MAX: u64 = 1 << 63;
@@ -35,6 +36,12 @@ impl OutboxItem for EdgeUpdate {
 impl OutboxItem for FeedMsg {
     fn bytes(&self) -> usize {
         FeedMsg::bytes(self)
+    }
+}
+
+impl OutboxItem for EmpiMsg {
+    fn bytes(&self) -> usize {
+        EmpiMsg::bytes(self)
     }
 }
 

@@ -7,14 +7,16 @@
 //! checks everything and answers an error, never a panic. This is not the
 //! snapshot file: `wal` stores these bytes with openraft's metadata.
 //!
-//! Versions: 2 appended the feature vectors to the body, 3 the feed state; a
-//! version-1 or -2 body is still read, as a state without them.
+//! Versions: 2 appended the feature vectors to the body, 3 the feed state, 4
+//! identity matching's state; a version-1, -2 or -3 body is still read, as a
+//! state without them.
 
 use std::collections::BTreeMap;
 
 use plexus_proto::{ShardId, ShardMap, VertexId};
 use serde::{Deserialize, Serialize};
 
+use super::empi::{EmpiForm, EmpiStore};
 use super::features::{FeatureForm, FeatureStore};
 use super::feed::{FeedForm, FeedState};
 use super::filter::{FilterForm, NamedFilter, FILTER_NAME_BYTES_MAX};
@@ -29,7 +31,7 @@ use crate::command::EdgeUpdate;
 /// First bytes of every state snapshot.
 const MAGIC: &[u8; 8] = b"PLXSTATE";
 /// The body format this code writes (and the newest it reads).
-const VERSION: u32 = 3;
+const VERSION: u32 = 4;
 /// The oldest body format this code reads: version 1 lacks `features`.
 const VERSION_OLDEST: u32 = 1;
 /// postcard's encoding of an empty `FeatureForm` (a zero length varint):
@@ -39,6 +41,11 @@ const EMPTY_FEATURES: [u8; 1] = [0];
 /// equivalent version-3 body.
 pub(crate) fn empty_feed() -> Vec<u8> {
     postcard::to_stdvec(&FeedState::default().to_form()).expect("postcard encodes an empty feed into a Vec")
+}
+/// postcard's encoding of an empty `EmpiForm`: appended to a version-3 body it makes the
+/// equivalent version-4 body.
+pub(crate) fn empty_empi() -> Vec<u8> {
+    postcard::to_stdvec(&EmpiStore::default().to_form()).expect("postcard encodes an empty empi state into a Vec")
 }
 
 /// Bytes before the body: magic, version, body length.
@@ -97,6 +104,7 @@ struct Body {
     sessions: Sessions,
     features: FeatureForm,
     feed: FeedForm,
+    empi: EmpiForm,
 }
 
 /// `Body` borrowed for encoding, so a snapshot does not copy the timelines,
@@ -114,6 +122,7 @@ struct BodyRef<'a> {
     sessions: &'a Sessions,
     features: Vec<(VertexId, &'a [f32])>,
     feed: FeedForm,
+    empi: EmpiForm,
 }
 
 impl ShardState {
@@ -137,6 +146,7 @@ impl ShardState {
             sessions: &self.sessions,
             features: self.features.to_form(),
             feed: self.feed.to_form(),
+            empi: self.empi.to_form(),
         };
         postcard::to_stdvec(&body).expect("postcard encodes every state type into a Vec")
     }
@@ -188,11 +198,15 @@ impl ShardState {
         let upgraded;
         let body = match version {
             1 => {
-                upgraded = [body, &EMPTY_FEATURES[..], &empty_feed()].concat();
+                upgraded = [body, &EMPTY_FEATURES[..], &empty_feed(), &empty_empi()].concat();
                 &upgraded[..]
             }
             2 => {
-                upgraded = [body, &empty_feed()].concat();
+                upgraded = [body, &empty_feed(), &empty_empi()].concat();
+                &upgraded[..]
+            }
+            3 => {
+                upgraded = [body, &empty_empi()].concat();
                 &upgraded[..]
             }
             _ => body,
@@ -226,11 +240,13 @@ impl ShardState {
         sessions.restore();
         let features = FeatureStore::from_form(body.features)?;
         let feed = FeedState::from_form(body.feed, &limits.feed)?;
+        let here = Placement {
+            shard: body.shard,
+            shard_count: body.shard_count,
+        };
+        let empi = EmpiStore::from_form(body.empi, &limits.empi, here)?;
         Ok(Self {
-            here: Placement {
-                shard: body.shard,
-                shard_count: body.shard_count,
-            },
+            here,
             limits,
             last_applied: body.last_applied,
             shard_map: body.shard_map,
@@ -241,6 +257,7 @@ impl ShardState {
             sessions,
             features,
             feed,
+            empi,
             canary: None,
         })
     }

@@ -167,11 +167,12 @@ fn a_version_one_snapshot_loads_without_features() {
         item: b"old".to_vec(),
     })
     .unwrap();
-    // A version-1 body is today's body without the trailing (empty) feature list and feed.
+    // A version-1 body is today's body without the trailing (empty) feature list, feed and
+    // identity-matching state.
     let mut body = body_of(&h.s.to_snapshot());
-    let feed = snapshot::empty_feed();
-    assert!(body.ends_with(&feed));
-    body.truncate(body.len() - feed.len());
+    let tail = [snapshot::empty_feed(), snapshot::empty_empi()].concat();
+    assert!(body.ends_with(&tail));
+    body.truncate(body.len() - tail.len());
     assert_eq!(body.pop(), Some(0));
     let v1 = snapshot::frame_version_for_test(1, &body);
     assert_eq!(ShardState::from_snapshot(&v1, StateLimits::default()).unwrap(), h.s);
@@ -186,7 +187,7 @@ fn a_version_one_snapshot_loads_without_features() {
 fn decoded_features_are_checked() {
     let base = {
         let mut body = body_of(&ShardState::new(HERE, SHARDS, StateLimits::default()).to_snapshot());
-        body.truncate(body.len() - snapshot::empty_feed().len());
+        body.truncate(body.len() - snapshot::empty_feed().len() - snapshot::empty_empi().len());
         assert_eq!(body.pop(), Some(0));
         body
     };
@@ -194,6 +195,7 @@ fn decoded_features_are_checked() {
         let mut body = base.clone();
         body.extend(postcard::to_stdvec(&features).unwrap());
         body.extend(snapshot::empty_feed());
+        body.extend(snapshot::empty_empi());
         ShardState::from_snapshot(&snapshot::frame_for_test(&body), StateLimits::default())
     };
     let loaded = load(vec![(1, vec![1.0]), (9, vec![2.0, 3.0])]).unwrap();

@@ -471,6 +471,20 @@ impl Idf {
         }
     }
 
+    /// The table as `(token hash, count)` pairs ascending, and the record count (for storage).
+    pub fn to_parts(&self) -> (Vec<(u64, u32)>, u32) {
+        let mut df: Vec<(u64, u32)> = self.df.iter().map(|(k, v)| (*k, *v)).collect();
+        df.sort_unstable();
+        (df, self.docs)
+    }
+
+    /// The table `to_parts` gave.
+    pub fn from_parts(parts: &(Vec<(u64, u32)>, u32)) -> Idf {
+        let mut df = u64_map(parts.0.len());
+        df.extend(parts.0.iter().copied());
+        Idf { df, docs: parts.1 }
+    }
+
     /// Smoothed inverse document frequency, `ln((1 + N) / (1 + df)) + 1`; unseen tokens get the largest.
     pub fn weight(&self, token: u32) -> f32 {
         let df = self.df.get(&u64::from(token)).copied().unwrap_or(0);
@@ -482,7 +496,7 @@ impl Idf {
 mod tests {
     use super::*;
     use crate::normalize::normalize;
-    use crate::schema::PersonRecord;
+    use crate::schema::{PersonRecord, RecordExt};
 
     fn rec(given: &str, family: &str, dob: &str) -> NormalizedRecord {
         let mut r = PersonRecord::new("S", "1");

@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::ingest::ndjson::parse_object;
 use crate::ingest::{read_capped, too_long, IngestError, Line, Lines, Records, DOCUMENT_BYTES_MAX};
 use crate::mapping::json_type;
-use crate::schema::{check, Field, FieldIssue, FieldProblem, PersonRecord, Position, Reason, RecordError};
+use crate::schema::{check, Field, FieldIssue, FieldProblem, PersonRecord, Position, Reason, RecordError, RecordExt};
 
 /// FHIR mapping options.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use crate::compare::{ComparisonVector, Idf};
 use crate::graph::RecordGraph;
 use crate::model::{patterns, EmOptions, EmReport, Model, TermFrequencies, TrainingReport};
 use crate::normalize::{normalize, NormalizedRecord};
-use crate::schema::{PersonRecord, RecordKey};
+use crate::schema::{PersonRecord, RecordExt, RecordKey};
 use crate::util::{par_chunks, par_chunks_mut};
 
 impl Linker {

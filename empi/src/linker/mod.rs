@@ -326,6 +326,11 @@ impl Linker {
         })
     }
 
+    /// The address IDF and term-frequency tables of the last batch (for a [`crate::context::MatchContext`]).
+    pub fn tables(&self) -> (&Idf, &TermFrequencies) {
+        (&self.idf, &self.tf)
+    }
+
     /// Replaces the model (one trained elsewhere, or stored); it must use this linker's spec.
     pub fn set_model(&mut self, model: Model) -> Result<(), LinkError> {
         if model.spec() != &self.config.spec {

@@ -9,7 +9,7 @@ use crate::compare::{ComparisonVector, FIELDS_MAX};
 use crate::graph::ATTRIBUTES_PER_RECORD_MAX;
 use crate::model::TfValues;
 use crate::normalize::NormalizedRecord;
-use crate::schema::{PersonRecord, RecordKey};
+use crate::schema::{PersonRecord, RecordExt, RecordKey};
 
 impl Linker {
     /// Held records sharing a blocking key with `n` (by current keys; oversize blocks skipped), except

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use super::*;
 use crate::eval::{blocking, pairwise};
+use crate::schema::RecordExt;
 use crate::synth::{generate, Population, SynthConfig};
 
 fn config() -> LinkerConfig {

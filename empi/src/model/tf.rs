@@ -62,10 +62,52 @@ impl TermFrequencies {
         out
     }
 
+    /// Per field, the value counts as `(value hash, count)` pairs ascending (empty for a field that
+    /// is not adjusted), and the record count (for storage).
+    pub fn to_parts(&self) -> (Vec<Vec<(u64, u32)>>, u64) {
+        let fields = self
+            .fields
+            .iter()
+            .map(|f| {
+                let mut v: Vec<(u64, u32)> = f
+                    .as_ref()
+                    .map(|(_, m)| m.iter().map(|(k, c)| (*k, *c)).collect())
+                    .unwrap_or_default();
+                v.sort_unstable();
+                v
+            })
+            .collect();
+        (fields, self.records)
+    }
+
+    /// The table `to_parts` gave, for `spec` (which says which fields are adjusted, and how).
+    pub fn from_parts(spec: &ComparisonSpec, parts: &(Vec<Vec<(u64, u32)>>, u64)) -> Self {
+        let mut tf = TermFrequencies::build(spec, []);
+        for ((_, map), counts) in tf
+            .fields
+            .iter_mut()
+            .flatten()
+            .zip(tf_adjusted(spec).map(|i| parts.0.get(i).map(Vec::as_slice).unwrap_or(&[])))
+        {
+            map.extend(counts.iter().copied());
+        }
+        tf.records = parts.1;
+        tf
+    }
+
     /// Number of records counted.
     pub fn records(&self) -> u64 {
         self.records
     }
+}
+
+/// The indexes of the fields `spec` adjusts by term frequency.
+fn tf_adjusted(spec: &ComparisonSpec) -> impl Iterator<Item = usize> + '_ {
+    spec.fields
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.tf_adjust)
+        .map(|(i, _)| i)
 }
 
 fn value_hash(r: &NormalizedRecord, a: Attribute) -> Option<u64> {

@@ -1,0 +1,432 @@
+//! Identity matching's replicated state on one shard (the master patient index): the person
+//! records this shard owns, the blocking-index entries and master identities routed to it, the
+//! change events of those identities, the EMPI outbox, and the matching model on its shard.
+//!
+//! How a record reaches its identity. The EMPI service decides a record's identity and blocking
+//! keys and proposes `EmpiPut` on the record's shard. Its apply stores the record and sends what
+//! changed to the shards that own the rest: `IndexRemove`/`IndexAdd` for the blocking keys that
+//! went or came, `MemberLeave` to the old identity and `MemberJoin` to the new one. A message for
+//! this shard is applied in the same apply; the others travel the EMPI outbox, exactly once and
+//! in order per pair of shards, like the feed's fan-out. The identity's shard adds the member and
+//! logs the event, so the change stream is a per-shard log of what its applies did.
+//!
+//! Merges. `EmpiMerge` on the merged identity's shard marks it merged, logs `Merged`, empties it
+//! and sends `Reassign` for each member to the member's shard, which moves the record and so
+//! sends `MemberLeave`/`MemberJoin` like a put. A merged identity is kept for good: a join that
+//! was in flight when it merged is answered with a `Reassign` to the survivor, so the record
+//! follows. Merges must not form a cycle (the service merges into the older identity, ties by
+//! id); a cycle within one shard is refused, one across shards would forward its records round
+//! it for ever.
+//!
+//! Steward constraints. A link or unlink between two records is held by both, and stewards may
+//! change it from either side at once, so the pair's smaller key owns it: the owner applies
+//! changes in its log's order and mirrors each to the other side, and a change made on the other
+//! side is applied there at once and sent to the owner, whose mirror settles it. Both sides end
+//! with the owner's last change. A constraint for a record not stored yet waits (`pending`, a
+//! bounded map) for the record's first put.
+//!
+//! This module is state and its pure transitions (`apply.rs`, `read.rs`); deciding identities,
+//! scoring and the reads that gather candidates across shards belong to `plexus-empi`.
+
+mod apply;
+mod index;
+mod read;
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_reads;
+#[cfg(test)]
+mod tests_snapshot;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use plexus_proto::{
+    block_shard_key, master_shard_key, record_shard_key, shard_for_key, EmpiEvent, EmpiEventKind, EmpiMaster,
+    EmpiRecord, MasterId, ShardId, ShardKey,
+};
+use serde::{Deserialize, Serialize};
+
+use super::graph::Placement;
+use super::outbox::{Delivered, Outbox};
+use crate::command::EmpiMsg;
+use index::{BlockIndex, IndexForm};
+pub use index::{EmpiBloomSizing, EMPI_BLOOM_CHAIN_MAX, EMPI_BLOOM_FILTER_BYTES_MAX};
+
+/// Identity matching's settings. They are cluster configuration, not replicated state: every
+/// replica of a group must be given the same values (they reach it in `StateLimits`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EmpiLimits {
+    /// Most records in one `EmpiPut`.
+    pub put_records_max: usize,
+    /// Most blocking keys of one record.
+    pub record_blocks_max: usize,
+    /// Longest blocking key, in bytes.
+    pub block_bytes_max: usize,
+    /// Longest record key (`SOURCE:ID`), in bytes.
+    pub key_bytes_max: usize,
+    /// Longest optional field of a record, in bytes.
+    pub field_bytes_max: usize,
+    /// Most steward constraints (links and unlinks together) `EmpiConstrain` gives one record.
+    pub record_constraints_max: usize,
+    /// Most records not yet known here that may hold constraints sent by the other side.
+    pub pending_constraints_max: usize,
+    /// Most records one blocking key's list in a `Blocks` answer holds (the first, by key).
+    pub block_records_max: usize,
+    /// Most blocking keys in one `Blocks` read.
+    pub blocks_read_max: usize,
+    /// Most record keys in one `Blocks` answer, over all its blocking keys.
+    pub blocks_read_records_max: usize,
+    /// Most keys in one `Records` read.
+    pub records_read_max: usize,
+    /// Most ids in one `Masters` read.
+    pub masters_read_max: usize,
+    /// Most identities in one `MasterPage` answer.
+    pub masters_page_max: u32,
+    /// Most member keys in one `MasterPage` answer (it ends early past them, never empty).
+    pub page_members_max: usize,
+    /// Most events in one `Events` answer.
+    pub events_page_max: u32,
+    /// Events each shard keeps; appending past it drops the oldest.
+    pub events_retained_max: usize,
+    /// Bytes the EMPI outbox may hold before puts, constraints, reassigns and merges are
+    /// refused (`Busy`).
+    pub outbox_bytes_max: usize,
+    /// Largest matching model, in bytes.
+    pub model_bytes_max: usize,
+    /// Sizing of the blocking-key Bloom filter.
+    pub bloom: EmpiBloomSizing,
+}
+
+impl Default for EmpiLimits {
+    fn default() -> Self {
+        Self {
+            put_records_max: plexus_proto::EMPI_INGEST_RECORDS_MAX,
+            record_blocks_max: 64,
+            block_bytes_max: 256,
+            key_bytes_max: 256,
+            field_bytes_max: 1_024,
+            record_constraints_max: 1_000,
+            pending_constraints_max: 10_000,
+            block_records_max: 1_000,
+            blocks_read_max: 4_096,
+            blocks_read_records_max: 100_000,
+            records_read_max: 10_000,
+            masters_read_max: 10_000,
+            masters_page_max: plexus_proto::EMPI_CLUSTERS_PAGE_MAX,
+            page_members_max: 100_000,
+            events_page_max: plexus_proto::EMPI_EVENTS_PAGE_MAX,
+            events_retained_max: 100_000,
+            outbox_bytes_max: 64 << 20,
+            // Half a frame (`FRAME_BYTES_MAX` is 16 MiB), so the command carrying it fits one.
+            model_bytes_max: 8 << 20,
+            bloom: EmpiBloomSizing {
+                base_items: 16_384,
+                fp_rate_ppm: 10_000,
+            },
+        }
+    }
+}
+
+/// A master identity as this shard holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Master {
+    pub(crate) members: BTreeSet<String>,
+    pub(crate) created_millis: u64,
+    pub(crate) merged_into: Option<MasterId>,
+}
+
+impl Master {
+    pub(crate) fn to_proto(&self, id: MasterId) -> EmpiMaster {
+        EmpiMaster {
+            id,
+            members: self.members.iter().cloned().collect(),
+            created_millis: self.created_millis,
+            merged_into: self.merged_into,
+        }
+    }
+}
+
+/// Steward constraints of one record: the records it is linked to and unlinked from, each
+/// ascending, never both.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Constraints {
+    pub(crate) links: Vec<String>,
+    pub(crate) unlinks: Vec<String>,
+}
+
+impl Constraints {
+    /// Links (or unlinks) `other`, dropping the opposite constraint; whether anything changed.
+    pub(crate) fn set(links: &mut Vec<String>, unlinks: &mut Vec<String>, other: &str, link: bool) -> bool {
+        let (add, drop) = if link { (links, unlinks) } else { (unlinks, links) };
+        let dropped = match drop.binary_search_by(|k| k.as_str().cmp(other)) {
+            Ok(i) => {
+                drop.remove(i);
+                true
+            }
+            Err(_) => false,
+        };
+        let added = match add.binary_search_by(|k| k.as_str().cmp(other)) {
+            Ok(_) => false,
+            Err(i) => {
+                add.insert(i, other.to_string());
+                true
+            }
+        };
+        dropped || added
+    }
+
+    fn validate(links: &[String], unlinks: &[String], what: &str) -> Result<(), String> {
+        let ascending = |v: &[String]| v.windows(2).all(|w| w[0] < w[1]);
+        if !ascending(links) || !ascending(unlinks) {
+            return Err(format!("empi constraints of {what:?} not ascending"));
+        }
+        if let Some(k) = links.iter().find(|k| unlinks.binary_search(k).is_ok()) {
+            return Err(format!("empi record {what:?} is both linked and unlinked to {k:?}"));
+        }
+        Ok(())
+    }
+}
+
+/// Largest event number a restored log may hold: far beyond what counting appends reaches, and
+/// far from overflow.
+const EVENT_SEQ_MAX: u64 = 1 << 63;
+
+/// One shard's log of identity changes, numbered from 1 without gaps, the oldest dropped past
+/// the retention cap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct EventLog {
+    /// The number the next event gets.
+    next_seq: u64,
+    /// The retained events, numbered `next_seq - len .. next_seq`.
+    events: VecDeque<EmpiEvent>,
+}
+
+impl Default for EventLog {
+    fn default() -> Self {
+        Self {
+            next_seq: 1,
+            events: VecDeque::new(),
+        }
+    }
+}
+
+impl EventLog {
+    /// The oldest number still held (`next_seq` when none is).
+    pub(crate) fn first_retained(&self) -> u64 {
+        self.next_seq - self.events.len() as u64
+    }
+
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Appends an event, dropping the oldest past `retained_max` (at least one is kept).
+    pub(crate) fn push(
+        &mut self,
+        shard: ShardId,
+        master: MasterId,
+        record: Option<String>,
+        kind: EmpiEventKind,
+        millis: u64,
+        retained_max: usize,
+    ) {
+        self.events.push_back(EmpiEvent {
+            shard,
+            seq: self.next_seq,
+            master,
+            record,
+            kind,
+            millis,
+        });
+        self.next_seq += 1;
+        while self.events.len() > retained_max.max(1) {
+            self.events.pop_front();
+        }
+    }
+
+    /// Events numbered from `from_seq` (or the oldest held, if later), at most `limit`.
+    pub(crate) fn from(&self, from_seq: u64, limit: usize) -> impl Iterator<Item = &EmpiEvent> {
+        let skip = from_seq.saturating_sub(self.first_retained());
+        let skip = usize::try_from(skip).unwrap_or(usize::MAX);
+        self.events.iter().skip(skip).take(limit)
+    }
+
+    /// Whether the numbers are contiguous and end just before `next_seq`.
+    fn check(&self, shard: ShardId) -> bool {
+        let first = self.first_retained();
+        first >= 1
+            && self
+                .events
+                .iter()
+                .enumerate()
+                .all(|(i, e)| e.seq == first + i as u64 && e.shard == shard)
+    }
+}
+
+/// Identity matching's part of one shard's state.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct EmpiStore {
+    /// Records this shard owns, by `SOURCE:ID`.
+    pub(in crate::state) records: BTreeMap<String, EmpiRecord>,
+    /// Blocking-index entries this shard owns.
+    pub(in crate::state) index: BlockIndex,
+    /// Master identities this shard owns.
+    pub(in crate::state) masters: BTreeMap<MasterId, Master>,
+    /// Changes of those identities.
+    pub(in crate::state) events: EventLog,
+    /// Constraints that arrived for records of this shard not stored yet; a put takes them.
+    pub(in crate::state) pending: BTreeMap<String, Constraints>,
+    /// Messages owed to other shards.
+    pub(in crate::state) outbox: Outbox<EmpiMsg>,
+    /// Per source shard, the last EMPI-outbox sequence applied here.
+    pub(in crate::state) delivered: Delivered,
+    /// The matching model and its version (only on the model's shard).
+    pub(in crate::state) model: Option<(u64, Vec<u8>)>,
+}
+
+/// The EMPI state in snapshot form: every map as a vector in ascending key order.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct EmpiForm {
+    records: Vec<EmpiRecord>,
+    index: IndexForm,
+    masters: Vec<EmpiMaster>,
+    events_next_seq: u64,
+    events: Vec<EmpiEvent>,
+    pending: Vec<(String, Constraints)>,
+    outbox: Outbox<EmpiMsg>,
+    delivered: Vec<(ShardId, u64)>,
+    model: Option<(u64, serde_bytes::ByteBuf)>,
+}
+
+/// The shard `key` routes to, in `here`'s cluster.
+pub(crate) fn route(here: Placement, key: &ShardKey) -> ShardId {
+    shard_for_key(key, here.shard_count)
+}
+
+/// Whether `key` routes to `here`.
+fn owns(here: Placement, key: &ShardKey) -> bool {
+    route(here, key) == here.shard
+}
+
+impl EmpiStore {
+    pub(crate) fn to_form(&self) -> EmpiForm {
+        EmpiForm {
+            records: self.records.values().cloned().collect(),
+            index: self.index.to_form(),
+            masters: self.masters.iter().map(|(id, m)| m.to_proto(*id)).collect(),
+            events_next_seq: self.events.next_seq,
+            events: self.events.events.iter().cloned().collect(),
+            pending: self.pending.iter().map(|(k, c)| (k.clone(), c.clone())).collect(),
+            outbox: self.outbox.clone(),
+            delivered: self.delivered.pairs(),
+            model: self
+                .model
+                .as_ref()
+                .map(|(v, m)| (*v, serde_bytes::ByteBuf::from(m.clone()))),
+        }
+    }
+
+    /// Rebuilds the EMPI state from a snapshot, refusing non-canonical or inconsistent forms.
+    pub(crate) fn from_form(form: EmpiForm, limits: &EmpiLimits, here: Placement) -> Result<Self, String> {
+        let mut records = BTreeMap::new();
+        for r in form.records {
+            let key = r.record.key_string();
+            if records
+                .last_key_value()
+                .is_some_and(|(last, _): (&String, _)| *last >= key)
+            {
+                return Err(format!("empi records not in ascending order at {key:?}"));
+            }
+            if !owns(here, &record_shard_key(&key)) {
+                return Err(format!("empi record {key:?} does not belong to this shard"));
+            }
+            Constraints::validate(&r.links, &r.unlinks, &key)?;
+            if r.blocks.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(format!("empi record {key:?} has blocking keys out of order"));
+            }
+            records.insert(key, r);
+        }
+        let index = BlockIndex::from_form(form.index, limits.bloom, |b| owns(here, &block_shard_key(b)))?;
+        let mut masters = BTreeMap::new();
+        for m in form.masters {
+            if masters.last_key_value().is_some_and(|(last, _)| *last >= m.id) {
+                return Err(format!("empi masters not in ascending order at {}", m.id));
+            }
+            if !owns(here, &master_shard_key(m.id)) {
+                return Err(format!("empi master {} does not belong to this shard", m.id));
+            }
+            if m.members.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(format!("empi master {} has members out of order", m.id));
+            }
+            if (m.merged_into.is_some() && !m.members.is_empty()) || m.merged_into == Some(m.id) {
+                return Err(format!("empi master {} is merged but keeps members or itself", m.id));
+            }
+            let master = Master {
+                members: m.members.into_iter().collect(),
+                created_millis: m.created_millis,
+                merged_into: m.merged_into,
+            };
+            masters.insert(m.id, master);
+        }
+        let events = EventLog {
+            next_seq: form.events_next_seq,
+            events: form.events.into(),
+        };
+        let numbered = (1 + events.events.len() as u64..=EVENT_SEQ_MAX).contains(&form.events_next_seq);
+        if !numbered || !events.check(here.shard) {
+            return Err("empi events are not numbered contiguously before the next number".into());
+        }
+        let mut pending = BTreeMap::new();
+        for (key, c) in form.pending {
+            if pending
+                .last_key_value()
+                .is_some_and(|(last, _): (&String, _)| *last >= key)
+            {
+                return Err(format!("empi pending constraints not in ascending order at {key:?}"));
+            }
+            if records.contains_key(&key) || !owns(here, &record_shard_key(&key)) {
+                return Err(format!(
+                    "empi pending constraints for {key:?}, a stored or foreign record"
+                ));
+            }
+            Constraints::validate(&c.links, &c.unlinks, &key)?;
+            if c.links.is_empty() && c.unlinks.is_empty() {
+                return Err(format!("empi pending constraints for {key:?} are empty"));
+            }
+            pending.insert(key, c);
+        }
+        let mut outbox = form.outbox;
+        outbox.restore().map_err(|e| format!("empi {e}"))?;
+        Ok(Self {
+            records,
+            index,
+            masters,
+            events,
+            pending,
+            outbox,
+            delivered: Delivered::from_pairs(&form.delivered).map_err(|e| format!("empi delivered_upto {e}"))?,
+            model: form.model.map(|(v, m)| (v, m.into_vec())),
+        })
+    }
+
+    /// Undelivered messages over all destinations: (messages, approximate bytes).
+    pub(crate) fn outbox_size(&self) -> (usize, usize) {
+        (self.outbox.len(), self.outbox.bytes())
+    }
+
+    /// Debug check of derived totals and the event numbering (cheap: runs after every apply).
+    pub(crate) fn check(&self) -> bool {
+        self.outbox.check()
+            && self
+                .events
+                .events
+                .front()
+                .is_none_or(|e| e.seq == self.events.first_retained())
+            && self
+                .events
+                .events
+                .back()
+                .is_none_or(|e| e.seq + 1 == self.events.next_seq)
+    }
+}

@@ -1,0 +1,530 @@
+//! Linking records: one at a time (`Upsert`, `Match`) and in batches (`Ingest`).
+//!
+//! A record is normalised and blocked with the cluster's match context; the index shards name
+//! the held records sharing a blocking key with it; those records and their identities are read;
+//! each is scored; and `MatchContext::decide` says which identity the record joins and which
+//! identities it bridges (merged into the oldest). The record is then written on its shard
+//! (`EmpiPut`, whose apply sends the index and membership changes through the EMPI outbox) and
+//! each merge proposed on the merged identity's shard (`EmpiMerge`).
+//!
+//! A batch does the same for every record in order, with the batch's own earlier records as
+//! candidates too (an overlay of their blocks and identities), and with every read done up front
+//! and every write grouped by shard. Between records it yields to the runtime, so a large batch
+//! does not stall the node's other work. Two concurrent upserts of one person on different nodes
+//! may each create an identity (neither sees the other yet); the change events show both.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use plexus_actors::registry::Registry;
+use plexus_core::{Command, EmpiPut};
+use plexus_empi::context::{Candidate, MatchContext};
+use plexus_empi::normalize::NormalizedRecord;
+use plexus_empi::schema::{PersonRecord, RecordExt};
+use plexus_proto::{
+    master_shard_key, record_shard_key, shard_for_key, EmpiIngested, EmpiMatch, EmpiRecord, EmpiReply, ErrorReply,
+    MasterId, Reply, Response,
+};
+
+use crate::reads;
+use crate::recent::{Offered, Recent};
+use crate::Stats;
+
+/// Candidates one record is scored against, at most (the first by key).
+pub const CANDIDATES_MAX: usize = 2_048;
+/// Records of a batch between two yields to the runtime.
+pub const RECORDS_PER_YIELD: usize = 32;
+/// Puts in one `EmpiPut` entry, at most.
+pub const PUTS_PER_ENTRY_MAX: usize = 1_000;
+/// Entries one batch's write has in flight at once.
+pub const WRITES_IN_FLIGHT_MAX: usize = 16;
+/// Hops followed along `merged_into` to an identity's survivor.
+const MERGE_HOPS_MAX: usize = 8;
+
+fn bad(msg: String) -> ErrorReply {
+    ErrorReply::BadRequest(msg)
+}
+
+/// A validated record with its key, normal form and blocking keys.
+pub(crate) struct Prepared {
+    pub(crate) record: PersonRecord,
+    pub(crate) key: String,
+    pub(crate) norm: NormalizedRecord,
+    pub(crate) blocks: Vec<String>,
+}
+
+/// Checks and normalises a record; the reason it is refused otherwise.
+pub(crate) fn prepare(ctx: &MatchContext, record: PersonRecord) -> Result<Prepared, String> {
+    let key = record.key().map_err(|e| format!("record key: {e}"))?.to_string();
+    record
+        .validate()
+        .map_err(|issues| issues.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?;
+    let norm = ctx.normalize(&record);
+    let blocks = ctx.blocks(&norm);
+    Ok(Prepared {
+        record,
+        key,
+        norm,
+        blocks,
+    })
+}
+
+/// Bits of a master id below its creation time.
+const MASTER_ID_HASH_BITS: u32 = 20;
+
+/// A new identity's id: its creation time in milliseconds above 20 bits of a hash of the
+/// founding record, so that ids order identities by age (ties broken by the hash) and a merge,
+/// always of the larger id into the smaller, can never close a cycle across shards, whatever
+/// each node has seen.
+pub(crate) fn new_master(key: &str, now_millis: u64) -> MasterId {
+    let h = plexus_proto::shard::fnv1a64(format!("master/{key}/{now_millis}").as_bytes());
+    let millis = now_millis & ((1u64 << (63 - MASTER_ID_HASH_BITS)) - 1);
+    ((millis << MASTER_ID_HASH_BITS) | (h & ((1 << MASTER_ID_HASH_BITS) - 1))).max(1)
+}
+
+/// What the cluster holds around a set of records: the candidates their blocking keys reach,
+/// normalised, and the identities those belong to (merged ones resolved to their survivors).
+pub(crate) struct Held {
+    pub(crate) block_members: BTreeMap<String, Vec<String>>,
+    pub(crate) records: BTreeMap<String, (EmpiRecord, NormalizedRecord)>,
+    /// Identity → (survivor, its age: the survivor's id, smaller is older).
+    pub(crate) masters: BTreeMap<MasterId, (MasterId, u64)>,
+}
+
+impl Held {
+    /// Reads what is held around `prepared` (and the records named in `also`, e.g. themselves).
+    pub(crate) async fn read(
+        registry: &Arc<Registry>,
+        ctx: &MatchContext,
+        prepared: &[&Prepared],
+        also: &[String],
+        offered: Offered,
+        stats: &Stats,
+    ) -> Result<Held, ErrorReply> {
+        let blocks: BTreeSet<String> = prepared.iter().flat_map(|p| p.blocks.iter().cloned()).collect();
+        let blocks: Vec<String> = blocks.into_iter().collect();
+        let (mut block_members, rejected_blocks) = reads::blocks(registry, &blocks).await?;
+        stats.blocks_asked.fetch_add(blocks.len() as u64, Ordering::Relaxed);
+        stats
+            .blocks_rejected
+            .fetch_add(u64::from(rejected_blocks), Ordering::Relaxed);
+        for (b, keys) in offered.blocks {
+            let members = block_members.entry(b).or_default();
+            members.extend(keys);
+            members.sort_unstable();
+            members.dedup();
+        }
+        let mut keys: BTreeSet<String> = also.iter().cloned().collect();
+        for p in prepared {
+            let mut mine: BTreeSet<&String> = BTreeSet::new();
+            for b in &p.blocks {
+                mine.extend(block_members.get(b).into_iter().flatten());
+            }
+            keys.extend(mine.into_iter().take(CANDIDATES_MAX).cloned());
+        }
+        let keys: Vec<String> = keys.into_iter().collect();
+        let mut found = reads::records(registry, &keys).await?;
+        let mut offered_norms: BTreeMap<String, NormalizedRecord> = BTreeMap::new();
+        for (k, (r, n)) in offered.records {
+            // The shard's copy wins: it may carry a newer identity or steward constraints.
+            if !found.contains_key(&k) {
+                found.insert(k.clone(), r);
+                offered_norms.insert(k, n);
+            }
+        }
+        let mut ids: BTreeSet<MasterId> = found.values().map(|r| r.master).collect();
+        let mut masters: BTreeMap<MasterId, (MasterId, u64)> = BTreeMap::new();
+        let mut resolved: BTreeMap<MasterId, Option<MasterId>> = BTreeMap::new();
+        for _ in 0..MERGE_HOPS_MAX {
+            let ask: Vec<MasterId> = ids.iter().copied().filter(|m| !resolved.contains_key(m)).collect();
+            if ask.is_empty() {
+                break;
+            }
+            let got = reads::masters(registry, &ask).await?;
+            ids.clear();
+            for m in ask {
+                match got.get(&m) {
+                    Some(master) => {
+                        resolved.insert(m, master.merged_into);
+                        ids.extend(master.merged_into);
+                    }
+                    // Not created yet (its join is in flight).
+                    None => {
+                        resolved.insert(m, None);
+                    }
+                }
+            }
+        }
+        for &m in resolved.keys() {
+            let mut at = m;
+            for _ in 0..MERGE_HOPS_MAX {
+                match resolved.get(&at) {
+                    Some(Some(next)) if *next != at => at = *next,
+                    _ => break,
+                }
+            }
+            masters.insert(m, (at, at));
+        }
+        let records = found
+            .into_iter()
+            .map(|(k, r)| {
+                let n = offered_norms.remove(&k).unwrap_or_else(|| ctx.normalize(&r.record));
+                (k, (r, n))
+            })
+            .collect();
+        Ok(Held {
+            block_members,
+            records,
+            masters,
+        })
+    }
+
+    /// The identity `m` stands for now, and its age (its id: see `new_master`).
+    pub(crate) fn survivor(&self, m: MasterId) -> (MasterId, u64) {
+        self.masters.get(&m).copied().unwrap_or((m, m))
+    }
+
+    /// The held candidates of `p` (itself left out), scored.
+    pub(crate) fn candidates(&self, ctx: &MatchContext, p: &Prepared, own_unlinks: &[String]) -> Vec<Candidate> {
+        let mut keys: BTreeSet<&String> = BTreeSet::new();
+        for b in &p.blocks {
+            keys.extend(self.block_members.get(b).into_iter().flatten());
+        }
+        let held: Vec<(&String, &EmpiRecord, &NormalizedRecord)> = keys
+            .into_iter()
+            .filter(|k| **k != p.key)
+            .take(CANDIDATES_MAX)
+            .filter_map(|k| self.records.get(k).map(|(r, n)| (k, r, n)))
+            .collect();
+        let norms: Vec<&NormalizedRecord> = held.iter().map(|(_, _, n)| *n).collect();
+        let weights = ctx.weights(&p.norm, &norms);
+        held.into_iter()
+            .zip(weights)
+            .map(|((k, r, n), weight)| {
+                let (master, created) = self.survivor(r.master);
+                Candidate {
+                    key: k.clone(),
+                    record: n.clone(),
+                    master,
+                    master_created_millis: created,
+                    weight,
+                    unlinked: own_unlinks.contains(k) || r.unlinks.contains(&p.key),
+                }
+            })
+            .collect()
+    }
+}
+
+/// `EmpiRequest::Match`: the best `k` candidates of a record, without writing it.
+pub(crate) async fn match_record(
+    registry: &Arc<Registry>,
+    ctx: &MatchContext,
+    record: PersonRecord,
+    k: u32,
+    stats: &Stats,
+) -> Response {
+    let p = prepare(ctx, record).map_err(bad)?;
+    let held = Held::read(registry, ctx, &[&p], &[], Offered::default(), stats).await?;
+    let mut cands = held.candidates(ctx, &p, &[]);
+    cands.sort_by(|a, b| b.weight.total_cmp(&a.weight).then(a.key.cmp(&b.key)));
+    let threshold = ctx.threshold();
+    let matches = cands
+        .into_iter()
+        .take(k as usize)
+        .map(|c| EmpiMatch {
+            key: c.key,
+            master: c.master,
+            weight: c.weight,
+            probability: plexus_empi::model::probability(c.weight),
+            linked: c.weight >= threshold && !c.unlinked,
+        })
+        .collect();
+    Ok(Reply::Empi(EmpiReply::Matches(matches)))
+}
+
+/// Where each record of a batch goes: `(identity, created, merged identities)`, in order.
+pub(crate) async fn place(
+    ctx: &MatchContext,
+    held: &mut Held,
+    batch: &[Prepared],
+    now_millis: u64,
+) -> Vec<(MasterId, bool, Vec<MasterId>)> {
+    // The batch's own records, as candidates of the ones after them: per block the batch
+    // indexes seen so far, and each one's identity.
+    let mut overlay: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    let mut placed: Vec<(MasterId, bool, Vec<MasterId>)> = Vec::with_capacity(batch.len());
+    for (i, p) in batch.iter().enumerate() {
+        if i % RECORDS_PER_YIELD == RECORDS_PER_YIELD - 1 {
+            tokio::task::yield_now().await;
+        }
+        let existing = held.records.get(&p.key).map(|(r, _)| r.clone());
+        let unlinks = existing.as_ref().map(|r| r.unlinks.clone()).unwrap_or_default();
+        let mut cands = held.candidates(ctx, p, &unlinks);
+        let mut seen: BTreeSet<usize> = BTreeSet::new();
+        for b in &p.blocks {
+            seen.extend(overlay.get(b.as_str()).into_iter().flatten().copied());
+        }
+        let earlier: Vec<usize> = seen.into_iter().filter(|j| batch[*j].key != p.key).collect();
+        let norms: Vec<&NormalizedRecord> = earlier.iter().map(|j| &batch[*j].norm).collect();
+        for (j, weight) in earlier.iter().zip(ctx.weights(&p.norm, &norms)) {
+            let (master, created) = held.survivor(placed[*j].0);
+            cands.push(Candidate {
+                key: batch[*j].key.clone(),
+                record: batch[*j].norm.clone(),
+                master,
+                master_created_millis: created,
+                weight,
+                unlinked: unlinks.contains(&batch[*j].key),
+            });
+        }
+        let decision = ctx.decide(&p.norm, &cands);
+        // A record a steward linked keeps its identity; an update that matches nothing keeps
+        // the identity it had.
+        let pinned = existing
+            .as_ref()
+            .filter(|r| !r.links.is_empty())
+            .map(|r| held.survivor(r.master).0);
+        let (master, created, merged) = match (pinned, decision.join, &existing) {
+            (Some(m), _, _) => (m, false, Vec::new()),
+            (None, Some(join), _) => (join, false, decision.merge),
+            (None, None, Some(r)) => (held.survivor(r.master).0, false, Vec::new()),
+            (None, None, None) => (new_master(&p.key, now_millis), true, Vec::new()),
+        };
+        if created {
+            held.masters.insert(master, (master, master));
+        }
+        for m in &merged {
+            held.masters.insert(*m, (master, master));
+        }
+        for b in &p.blocks {
+            overlay.entry(b.as_str()).or_default().push(i);
+        }
+        placed.push((master, created, merged));
+    }
+    // Resolve every placement to its survivor (a later record may have merged an earlier one's
+    // identity away).
+    placed
+        .into_iter()
+        .map(|(m, c, merged)| (held.survivor(m).0, c, merged))
+        .collect()
+}
+
+/// Writes a batch's placements: the records grouped by shard (up to `WRITES_IN_FLIGHT_MAX`
+/// shards at once), then the merges.
+pub(crate) async fn write(
+    registry: &Arc<Registry>,
+    batch: &[Prepared],
+    placed: &[(MasterId, bool, Vec<MasterId>)],
+    now_millis: u64,
+) -> Vec<Result<(), ErrorReply>> {
+    let mut by_shard: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for (i, p) in batch.iter().enumerate() {
+        by_shard
+            .entry(shard_for_key(&record_shard_key(&p.key), registry.shard_count))
+            .or_default()
+            .push(i);
+    }
+    let entries: Vec<(u32, Vec<usize>)> = by_shard
+        .into_iter()
+        .flat_map(|(shard, idx)| {
+            idx.chunks(PUTS_PER_ENTRY_MAX)
+                .map(|c| (shard, c.to_vec()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let answers: Vec<(Vec<usize>, Result<Reply, ErrorReply>)> = futures::stream::iter(entries)
+        .map(|(shard, chunk)| async move {
+            let puts = chunk
+                .iter()
+                .map(|&i| EmpiPut {
+                    record: batch[i].record.clone(),
+                    master: placed[i].0,
+                    blocks: batch[i].blocks.clone(),
+                })
+                .collect();
+            let answer = registry
+                .propose_anywhere(shard, Command::EmpiPut { puts, now_millis })
+                .await;
+            (chunk, answer)
+        })
+        .buffer_unordered(WRITES_IN_FLIGHT_MAX)
+        .collect()
+        .await;
+    let mut outcome: Vec<Result<(), ErrorReply>> = vec![Ok(()); batch.len()];
+    for (chunk, answer) in answers {
+        if let Err(e) = answer {
+            for i in chunk {
+                outcome[i] = Err(e.clone());
+            }
+        }
+    }
+    let mut merges: BTreeSet<(MasterId, MasterId)> = BTreeSet::new();
+    for (master, _, merged) in placed {
+        merges.extend(merged.iter().filter(|m| *m != master).map(|m| (*m, *master)));
+    }
+    futures::stream::iter(merges)
+        .for_each_concurrent(WRITES_IN_FLIGHT_MAX, |(from, into)| async move {
+            let shard = shard_for_key(&master_shard_key(from), registry.shard_count);
+            let cmd = Command::EmpiMerge { from, into, now_millis };
+            if let Err(e) = registry.propose_anywhere(shard, cmd).await {
+                tracing::warn!(from, into, error = %e, "identity merge failed; the next upsert touching them retries it");
+            }
+        })
+        .await;
+    outcome
+}
+
+/// `EmpiRequest::Upsert`.
+pub(crate) async fn upsert(
+    registry: &Arc<Registry>,
+    ctx: &MatchContext,
+    record: PersonRecord,
+    stats: &Stats,
+) -> Response {
+    let p = prepare(ctx, record).map_err(bad)?;
+    let now_millis = registry.clock.now_millis();
+    let also = std::slice::from_ref(&p.key);
+    let mut held = Held::read(registry, ctx, &[&p], also, Offered::default(), stats).await?;
+    let batch = [p];
+    let placed = place(ctx, &mut held, &batch, now_millis).await;
+    let written = write(registry, &batch, &placed, now_millis).await;
+    stats.record_placed(&placed, &written);
+    if let Some(Err(e)) = written.into_iter().next() {
+        return Err(e);
+    }
+    let (master, created, merged) = placed.into_iter().next().unwrap_or((0, false, Vec::new()));
+    let [p] = batch;
+    Ok(Reply::Empi(EmpiReply::Upserted {
+        key: p.key,
+        master,
+        created,
+        merged,
+    }))
+}
+
+/// `EmpiRequest::Ingest`: the batch's valid records placed and written; each record's outcome.
+/// `recent` offers what this node linked in the last batches, and takes this batch's records.
+/// `placing` makes concurrent batches place their records one batch after another (each one
+/// offered the last one's placements before they are written), while their writes overlap.
+pub(crate) async fn ingest(
+    registry: &Arc<Registry>,
+    ctx: &MatchContext,
+    records: Vec<PersonRecord>,
+    recent: &std::sync::Mutex<Recent>,
+    placing: &tokio::sync::Mutex<()>,
+    stats: &Stats,
+) -> Response {
+    let mut outcomes: Vec<Option<EmpiIngested>> = Vec::with_capacity(records.len());
+    let mut batch: Vec<Prepared> = Vec::new();
+    let mut slot_of: Vec<usize> = Vec::new();
+    for r in records {
+        let shown = r.key_string();
+        match prepare(ctx, r) {
+            Ok(p) => {
+                slot_of.push(outcomes.len());
+                outcomes.push(None);
+                batch.push(p);
+            }
+            Err(reason) => outcomes.push(Some(EmpiIngested::Refused { key: shown, reason })),
+        }
+    }
+    // A record sent twice in one batch: the last copy wins, as a later upsert would.
+    let mut last: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, p) in batch.iter().enumerate() {
+        last.insert(p.key.as_str(), i);
+    }
+    let keep: Vec<bool> = (0..batch.len())
+        .map(|i| last.get(batch[i].key.as_str()) == Some(&i))
+        .collect();
+    drop(last);
+    let turn = placing.lock().await;
+    let now_millis = registry.clock.now_millis();
+    let keys: Vec<String> = batch.iter().map(|p| p.key.clone()).collect();
+    let refs: Vec<&Prepared> = batch.iter().collect();
+    let offered = recent
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .around(batch.iter().flat_map(|p| p.blocks.iter()));
+    let mut held = Held::read(registry, ctx, &refs, &keys, offered, stats).await?;
+    let mut kept: Vec<Prepared> = Vec::new();
+    let mut kept_slot: Vec<usize> = Vec::new();
+    let mut superseded: Vec<(usize, String)> = Vec::new();
+    for (i, p) in batch.into_iter().enumerate() {
+        if keep[i] {
+            kept_slot.push(slot_of[i]);
+            kept.push(p);
+        } else {
+            superseded.push((slot_of[i], p.key));
+        }
+    }
+    let placed = place(ctx, &mut held, &kept, now_millis).await;
+    {
+        let mut recent = recent.lock().unwrap_or_else(|e| e.into_inner());
+        for (p, (master, _, _)) in kept.iter().zip(&placed) {
+            recent.add(p.record.clone(), p.norm.clone(), *master, p.blocks.clone());
+        }
+    }
+    drop(turn);
+    let written = write(registry, &kept, &placed, now_millis).await;
+    {
+        let mut recent = recent.lock().unwrap_or_else(|e| e.into_inner());
+        for ((p, (master, _, _)), w) in kept.iter().zip(&placed).zip(&written) {
+            if w.is_err() {
+                recent.forget(&p.key, *master);
+            }
+        }
+    }
+    stats.record_placed(&placed, &written);
+    for (j, p) in kept.iter().enumerate() {
+        outcomes[kept_slot[j]] = Some(match &written[j] {
+            Ok(()) => EmpiIngested::Linked {
+                key: p.key.clone(),
+                master: placed[j].0,
+            },
+            Err(e) => EmpiIngested::Refused {
+                key: p.key.clone(),
+                reason: e.to_string(),
+            },
+        });
+    }
+    for (slot, key) in superseded {
+        outcomes[slot] = Some(EmpiIngested::Refused {
+            key,
+            reason: "superseded by a later copy of the same record in this batch".into(),
+        });
+    }
+    Ok(Reply::Empi(EmpiReply::Ingested(
+        outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or(EmpiIngested::Refused {
+                    key: String::new(),
+                    reason: "not processed".into(),
+                })
+            })
+            .collect(),
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn master_ids_order_identities_by_age() {
+        let a = new_master("S:1", 1_796_000_000_000);
+        let b = new_master("S:2", 1_796_000_000_001);
+        let c = new_master("S:3", 1_796_000_000_001);
+        assert!(a < b && a < c, "an older identity has the smaller id");
+        assert_ne!(b, c, "one millisecond's identities differ by their founding record");
+        assert_eq!(
+            new_master("S:1", 1_796_000_000_000),
+            a,
+            "ids are a function of record and time"
+        );
+        assert!(a >> MASTER_ID_HASH_BITS == 1_796_000_000_000 && a < 1 << 63);
+        assert!(new_master("S:1", 0) >= 1);
+    }
+}

@@ -1,0 +1,147 @@
+//! A steward's view and hand: one record, the explanation of a pair, and manual link / unlink.
+//!
+//! A link records the constraint on both records (the first record's shard applies it and sends
+//! it to the other's) and merges their identities, the younger into the older, whatever the
+//! guard would say; automatic placement then never moves a linked record. An unlink records the
+//! opposite constraint (automatic matching never puts them together again) and, if the two share
+//! an identity, moves the second record to an identity of its own. Records linked to the second
+//! record stay where they are: the steward splits further by unlinking them too.
+
+use std::sync::Arc;
+
+use plexus_actors::registry::Registry;
+use plexus_core::Command;
+use plexus_empi::context::MatchContext;
+use plexus_proto::{
+    master_shard_key, record_shard_key, shard_for_key, EmpiExplanation, EmpiFieldWeight, EmpiReply, ErrorReply, Reply,
+    Response,
+};
+
+use crate::link::new_master;
+use crate::reads;
+
+fn not_found(key: &str) -> ErrorReply {
+    ErrorReply::NotFound(format!("record {key}"))
+}
+
+/// `EmpiRequest::Get`.
+pub(crate) async fn get(registry: &Arc<Registry>, key: String) -> Response {
+    let mut found = reads::records(registry, std::slice::from_ref(&key)).await?;
+    let record = found.remove(&key).ok_or_else(|| not_found(&key))?;
+    Ok(Reply::Empi(EmpiReply::Record(Box::new(record))))
+}
+
+/// `EmpiRequest::Explain`: every field's level and weight, the term-frequency adjustments, the
+/// prior and the total, and why the pair is or is not in one identity.
+pub(crate) async fn explain(registry: &Arc<Registry>, ctx: &MatchContext, a: String, b: String) -> Response {
+    let found = reads::records(registry, &[a.clone(), b.clone()]).await?;
+    let (ra, rb) = match (found.get(&a), found.get(&b)) {
+        (Some(x), Some(y)) => (x, y),
+        (None, _) => return Err(not_found(&a)),
+        (_, None) => return Err(not_found(&b)),
+    };
+    let (na, nb) = (ctx.normalize(&ra.record), ctx.normalize(&rb.record));
+    let e = ctx.explain(&na, &nb);
+    let masters = reads::masters(registry, &[ra.master, rb.master]).await?;
+    let survivor = |m: u64| masters.get(&m).and_then(|x| x.merged_into).unwrap_or(m);
+    let same_master = survivor(ra.master) == survivor(rb.master);
+    let threshold = ctx.threshold();
+    let reason = if ra.links.contains(&b) {
+        "a steward linked them".to_string()
+    } else if ra.unlinks.contains(&b) {
+        "a steward unlinked them: automatic matching never joins them".to_string()
+    } else if same_master && e.total >= threshold {
+        format!(
+            "linked: the weight {:.2} is at or above the threshold {threshold:.2}",
+            e.total
+        )
+    } else if same_master {
+        format!(
+            "in one identity through other records (their own weight {:.2} is below the threshold {threshold:.2})",
+            e.total
+        )
+    } else if e.total >= threshold {
+        format!(
+            "not linked although the weight {:.2} reaches the threshold {threshold:.2}: the clustering guard \
+             (size, national id, sex or given-name rules) kept their identities apart, or they were placed before \
+             one another was held",
+            e.total
+        )
+    } else {
+        format!(
+            "not linked: the weight {:.2} is below the threshold {threshold:.2}",
+            e.total
+        )
+    };
+    let fields = e
+        .fields
+        .iter()
+        .map(|t| EmpiFieldWeight {
+            field: t.field.clone(),
+            level: t.level.clone(),
+            weight: t.weight,
+            tf_adjustment: t.tf_adjustment,
+        })
+        .collect();
+    let text = format!("{a} vs {b}\n{e}\n{reason}");
+    Ok(Reply::Empi(EmpiReply::Explanation(Box::new(EmpiExplanation {
+        a,
+        b,
+        fields,
+        prior: e.prior,
+        total: e.total,
+        probability: e.probability,
+        same_master,
+        reason,
+        text,
+    }))))
+}
+
+/// `EmpiRequest::Link` (`link`) and `Unlink`.
+pub(crate) async fn link(registry: &Arc<Registry>, a: String, b: String, link: bool) -> Response {
+    if a == b {
+        return Err(ErrorReply::BadRequest(format!(
+            "{a} cannot be linked or unlinked to itself"
+        )));
+    }
+    let found = reads::records(registry, &[a.clone(), b.clone()]).await?;
+    let (ra, rb) = match (found.get(&a), found.get(&b)) {
+        (Some(x), Some(y)) => (x.clone(), y.clone()),
+        (None, _) => return Err(not_found(&a)),
+        (_, None) => return Err(not_found(&b)),
+    };
+    let now_millis = registry.clock.now_millis();
+    // The pair's smaller key owns its constraint (the state machine mirrors it to the other
+    // side): proposing there makes steward actions take effect in the order acknowledged.
+    let (owner, other) = if a < b { (&a, &b) } else { (&b, &a) };
+    let constrain = Command::EmpiConstrain {
+        key: owner.clone(),
+        other: other.clone(),
+        link,
+        now_millis,
+    };
+    let owner_shard = shard_for_key(&record_shard_key(owner), registry.shard_count);
+    registry.propose_anywhere(owner_shard, constrain).await?;
+    let masters = reads::masters(registry, &[ra.master, rb.master]).await?;
+    let survivor = |m: u64| masters.get(&m).and_then(|x| x.merged_into).unwrap_or(m);
+    let (ma, mb) = (survivor(ra.master), survivor(rb.master));
+    if link && ma != mb {
+        // The younger (larger) id merges into the older, as automatic merges do: one order
+        // everywhere, so merges never close a cycle.
+        let (from, into) = (ma.max(mb), ma.min(mb));
+        let shard = shard_for_key(&master_shard_key(from), registry.shard_count);
+        registry
+            .propose_anywhere(shard, Command::EmpiMerge { from, into, now_millis })
+            .await?;
+    }
+    if !link && ma == mb {
+        let shard_b = shard_for_key(&record_shard_key(&b), registry.shard_count);
+        let cmd = Command::EmpiReassign {
+            key: b.clone(),
+            master: new_master(&b, now_millis),
+            now_millis,
+        };
+        registry.propose_anywhere(shard_b, cmd).await?;
+    }
+    Ok(Reply::Empi(EmpiReply::Done))
+}
