@@ -23,6 +23,9 @@ use crate::scoring::ScoringPool;
 use crate::stopping::StoppingPeers;
 use crate::workload::{Workload, Workloads};
 
+/// The longest wait between two tries of `Registry::propose_patiently`.
+pub const PATIENT_BACKOFF_MAX: Duration = Duration::from_millis(320);
+
 /// Forwarding hops a proposal may take while chasing a moving leader.
 pub const FORWARD_HOPS_MAX: usize = 3;
 
@@ -282,6 +285,24 @@ impl Registry {
     /// plus the group's size.
     pub async fn propose_anywhere(&self, group: u32, cmd: Command) -> Response {
         self.at_leader(group, LeaderCall::Propose(cmd)).await
+    }
+
+    /// `propose_anywhere`, tried again while the answer is retryable (no leader during an
+    /// election, a leader that just moved) until `patience` has passed, waiting 10 ms after the
+    /// first try and twice as long after each next one, up to `PATIENT_BACKOFF_MAX`. For
+    /// workloads whose command is safe to apply twice, or exactly-once by itself.
+    pub async fn propose_patiently(&self, group: u32, cmd: Command, patience: Duration) -> Response {
+        let started = tokio::time::Instant::now();
+        let mut wait = Duration::from_millis(10);
+        loop {
+            match self.propose_anywhere(group, cmd.clone()).await {
+                Err(e) if e.is_retryable() && started.elapsed() + wait < patience => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(PATIENT_BACKOFF_MAX);
+                }
+                answer => return answer,
+            }
+        }
     }
 
     /// Reads `op` on `group` linearizably at its leader, wherever it is, as

@@ -56,6 +56,21 @@ pub struct MatchContext {
     tf: (Vec<Vec<(u64, u32)>>, u64),
     /// Records the tables were built from.
     pub trained_on: u64,
+    /// The tables built from `idf` and `tf`, once, on first use.
+    #[serde(skip)]
+    built: Built,
+}
+
+/// The lookup tables of a context, built once from its serialised parts: building them per
+/// record (a hash map of every address token) cost more than the matching itself.
+#[derive(Debug, Clone, Default)]
+struct Built(std::sync::OnceLock<std::sync::Arc<(Idf, TermFrequencies)>>);
+
+impl PartialEq for Built {
+    /// A cache of the context's own parts: equal contexts are equal whatever it holds.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// One candidate of a decision: a held record the blocking keys found, scored.
@@ -63,8 +78,8 @@ pub struct MatchContext {
 pub struct Candidate {
     /// Its key (`SOURCE:ID`).
     pub key: String,
-    /// Its normalised form.
-    pub record: NormalizedRecord,
+    /// Its normalised form (shared: a record is a candidate of many).
+    pub record: std::sync::Arc<NormalizedRecord>,
     /// Its identity.
     pub master: u64,
     /// When its identity was created (the older survives a merge).
@@ -130,6 +145,7 @@ impl MatchContext {
             idf: (Vec::new(), 0),
             tf: (Vec::new(), 0),
             trained_on: 0,
+            built: Built::default(),
         })
     }
 
@@ -146,6 +162,7 @@ impl MatchContext {
             idf: idf.to_parts(),
             tf: tf.to_parts(),
             trained_on: linker.len() as u64,
+            built: Built::default(),
         }
     }
 
@@ -164,12 +181,21 @@ impl MatchContext {
         Ok(ctx)
     }
 
-    fn idf(&self) -> Idf {
-        Idf::from_parts(&self.idf)
+    fn tables(&self) -> &(Idf, TermFrequencies) {
+        self.built.0.get_or_init(|| {
+            std::sync::Arc::new((
+                Idf::from_parts(&self.idf),
+                TermFrequencies::from_parts(&self.spec, &self.tf),
+            ))
+        })
     }
 
-    fn tf_table(&self) -> TermFrequencies {
-        TermFrequencies::from_parts(&self.spec, &self.tf)
+    fn idf(&self) -> &Idf {
+        &self.tables().0
+    }
+
+    fn tf_table(&self) -> &TermFrequencies {
+        &self.tables().1
     }
 
     /// Normalises a record, with the address weights of the context's IDF table.
@@ -212,7 +238,7 @@ impl MatchContext {
     /// The match weight (bits) of `a` against each of `bs`.
     pub fn weights(&self, a: &NormalizedRecord, bs: &[&NormalizedRecord]) -> Vec<f64> {
         let tf = self.tf_table();
-        let values = self.tf_values(&tf, a);
+        let values = self.tf_values(tf, a);
         bs.iter()
             .map(|b| self.model.score(&self.spec.compare(a, b), &values))
             .collect()
@@ -222,7 +248,7 @@ impl MatchContext {
     pub fn explain(&self, a: &NormalizedRecord, b: &NormalizedRecord) -> Explanation {
         let tf = self.tf_table();
         self.model
-            .explain(&self.spec.compare(a, b), &self.tf_values(&tf, a), None)
+            .explain(&self.spec.compare(a, b), &self.tf_values(tf, a), None)
     }
 
     /// Links at or above this weight (bits) are merge candidates.
@@ -240,7 +266,9 @@ impl MatchContext {
         cands.truncate(DECIDE_CANDIDATES_MAX);
         let mut clusters = Clusters::new();
         let facts = Facts {
-            records: std::iter::once(record).chain(cands.iter().map(|c| &c.record)).collect(),
+            records: std::iter::once(record)
+                .chain(cands.iter().map(|c| &*c.record))
+                .collect(),
         };
         for _ in 0..facts.records.len() {
             clusters.add_record();
@@ -304,7 +332,7 @@ mod tests {
         let weight = ctx.weights(r, &[&n])[0];
         Candidate {
             key: c.key_string(),
-            record: n,
+            record: std::sync::Arc::new(n),
             master,
             master_created_millis: created,
             weight,

@@ -187,7 +187,10 @@ async fn train(registry: &Arc<Registry>, records: &[plexus_empi::schema::PersonR
         version: 1,
         model: ctx.to_json(),
     };
-    registry.propose_anywhere(shard, cmd).await.map(|_| ())
+    registry
+        .propose_patiently(shard, cmd, registry.request_timeout)
+        .await
+        .map(|_| ())
 }
 
 async fn serve(inner: Arc<Inner>, registry: Arc<Registry>, req: EmpiRequest) -> Response {

@@ -29,7 +29,7 @@ use plexus_proto::{
 };
 
 use crate::reads;
-use crate::recent::{Offered, Recent};
+use crate::recent::{Known, Offered, Recent};
 use crate::Stats;
 
 /// Candidates one record is scored against, at most (the first by key).
@@ -51,7 +51,7 @@ fn bad(msg: String) -> ErrorReply {
 pub(crate) struct Prepared {
     pub(crate) record: PersonRecord,
     pub(crate) key: String,
-    pub(crate) norm: NormalizedRecord,
+    pub(crate) norm: Arc<NormalizedRecord>,
     pub(crate) blocks: Vec<String>,
 }
 
@@ -61,7 +61,7 @@ pub(crate) fn prepare(ctx: &MatchContext, record: PersonRecord) -> Result<Prepar
     record
         .validate()
         .map_err(|issues| issues.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?;
-    let norm = ctx.normalize(&record);
+    let norm = Arc::new(ctx.normalize(&record));
     let blocks = ctx.blocks(&norm);
     Ok(Prepared {
         record,
@@ -88,7 +88,7 @@ pub(crate) fn new_master(key: &str, now_millis: u64) -> MasterId {
 /// normalised, and the identities those belong to (merged ones resolved to their survivors).
 pub(crate) struct Held {
     pub(crate) block_members: BTreeMap<String, Vec<String>>,
-    pub(crate) records: BTreeMap<String, (EmpiRecord, NormalizedRecord)>,
+    pub(crate) records: BTreeMap<String, Known>,
     /// Identity → (survivor, its age: the survivor's id, smaller is older).
     pub(crate) masters: BTreeMap<MasterId, (MasterId, u64)>,
 }
@@ -125,16 +125,21 @@ impl Held {
             keys.extend(mine.into_iter().take(CANDIDATES_MAX).cloned());
         }
         let keys: Vec<String> = keys.into_iter().collect();
-        let mut found = reads::records(registry, &keys).await?;
-        let mut offered_norms: BTreeMap<String, NormalizedRecord> = BTreeMap::new();
-        for (k, (r, n)) in offered.records {
-            // The shard's copy wins: it may carry a newer identity or steward constraints.
-            if !found.contains_key(&k) {
-                found.insert(k.clone(), r);
-                offered_norms.insert(k, n);
-            }
+        let found = reads::records(registry, &keys).await?;
+        let mut offered = offered.records;
+        // The shard's copy wins: it may carry a newer identity or steward constraints. Its
+        // normal form is the offered one's when the fields are the same (normalising is most
+        // of a candidate's cost).
+        let mut records: BTreeMap<String, Known> = BTreeMap::new();
+        for (k, r) in found {
+            let norm = match offered.remove(&k) {
+                Some((o, n)) if o.record == r.record => n,
+                _ => Arc::new(ctx.normalize(&r.record)),
+            };
+            records.insert(k, (Arc::new(r), norm));
         }
-        let mut ids: BTreeSet<MasterId> = found.values().map(|r| r.master).collect();
+        records.extend(offered);
+        let mut ids: BTreeSet<MasterId> = records.values().map(|(r, _)| r.master).collect();
         let mut masters: BTreeMap<MasterId, (MasterId, u64)> = BTreeMap::new();
         let mut resolved: BTreeMap<MasterId, Option<MasterId>> = BTreeMap::new();
         for _ in 0..MERGE_HOPS_MAX {
@@ -167,13 +172,6 @@ impl Held {
             }
             masters.insert(m, (at, at));
         }
-        let records = found
-            .into_iter()
-            .map(|(k, r)| {
-                let n = offered_norms.remove(&k).unwrap_or_else(|| ctx.normalize(&r.record));
-                (k, (r, n))
-            })
-            .collect();
         Ok(Held {
             block_members,
             records,
@@ -192,13 +190,13 @@ impl Held {
         for b in &p.blocks {
             keys.extend(self.block_members.get(b).into_iter().flatten());
         }
-        let held: Vec<(&String, &EmpiRecord, &NormalizedRecord)> = keys
+        let held: Vec<(&String, &EmpiRecord, &Arc<NormalizedRecord>)> = keys
             .into_iter()
             .filter(|k| **k != p.key)
             .take(CANDIDATES_MAX)
-            .filter_map(|k| self.records.get(k).map(|(r, n)| (k, r, n)))
+            .filter_map(|k| self.records.get(k).map(|(r, n)| (k, &**r, n)))
             .collect();
-        let norms: Vec<&NormalizedRecord> = held.iter().map(|(_, _, n)| *n).collect();
+        let norms: Vec<&NormalizedRecord> = held.iter().map(|(_, _, n)| &***n).collect();
         let weights = ctx.weights(&p.norm, &norms);
         held.into_iter()
             .zip(weights)
@@ -267,7 +265,7 @@ pub(crate) async fn place(
             seen.extend(overlay.get(b.as_str()).into_iter().flatten().copied());
         }
         let earlier: Vec<usize> = seen.into_iter().filter(|j| batch[*j].key != p.key).collect();
-        let norms: Vec<&NormalizedRecord> = earlier.iter().map(|j| &batch[*j].norm).collect();
+        let norms: Vec<&NormalizedRecord> = earlier.iter().map(|j| &*batch[*j].norm).collect();
         for (j, weight) in earlier.iter().zip(ctx.weights(&p.norm, &norms)) {
             let (master, created) = held.survivor(placed[*j].0);
             cands.push(Candidate {
@@ -345,7 +343,7 @@ pub(crate) async fn write(
                 })
                 .collect();
             let answer = registry
-                .propose_anywhere(shard, Command::EmpiPut { puts, now_millis })
+                .propose_patiently(shard, Command::EmpiPut { puts, now_millis }, registry.request_timeout)
                 .await;
             (chunk, answer)
         })
@@ -368,7 +366,8 @@ pub(crate) async fn write(
         .for_each_concurrent(WRITES_IN_FLIGHT_MAX, |(from, into)| async move {
             let shard = shard_for_key(&master_shard_key(from), registry.shard_count);
             let cmd = Command::EmpiMerge { from, into, now_millis };
-            if let Err(e) = registry.propose_anywhere(shard, cmd).await {
+            if let Err(e) = registry.propose_patiently(shard, cmd, registry.request_timeout)
+.await {
                 tracing::warn!(from, into, error = %e, "identity merge failed; the next upsert touching them retries it");
             }
         })

@@ -8,6 +8,7 @@
 //! Identities may have been merged since: the reader resolves each through its survivor.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use plexus_empi::normalize::NormalizedRecord;
@@ -32,14 +33,20 @@ struct Entry {
 pub(crate) struct Recent {
     by_block: BTreeMap<String, Vec<String>>,
     /// Per record: the copy offered, and its generation.
-    records: BTreeMap<String, ((EmpiRecord, NormalizedRecord), u64)>,
+    records: BTreeMap<String, (Known, u64)>,
     order: VecDeque<Entry>,
     generation: u64,
 }
 
 impl Recent {
     /// Offers a linked record.
-    pub(crate) fn add(&mut self, record: PersonRecord, norm: NormalizedRecord, master: MasterId, blocks: Vec<String>) {
+    pub(crate) fn add(
+        &mut self,
+        record: PersonRecord,
+        norm: Arc<NormalizedRecord>,
+        master: MasterId,
+        blocks: Vec<String>,
+    ) {
         self.expire();
         let key = record.key_string();
         if let Some(((old, _), _)) = self.records.remove(&key) {
@@ -57,7 +64,8 @@ impl Recent {
             blocks: blocks.clone(),
             updated_millis: 0,
         };
-        self.records.insert(key.clone(), ((stored, norm), self.generation));
+        self.records
+            .insert(key.clone(), ((Arc::new(stored), norm), self.generation));
         self.order.push_back(Entry {
             at: Instant::now(),
             key,
@@ -110,7 +118,7 @@ impl Recent {
     }
 
     /// A recent record.
-    pub(crate) fn get(&self, key: &str) -> Option<&(EmpiRecord, NormalizedRecord)> {
+    pub(crate) fn get(&self, key: &str) -> Option<&Known> {
         self.records.get(key).map(|(r, _)| r)
     }
 
@@ -139,8 +147,12 @@ pub(crate) struct Offered {
     /// Per block, its recent records.
     pub(crate) blocks: BTreeMap<String, Vec<String>>,
     /// Those records.
-    pub(crate) records: BTreeMap<String, (EmpiRecord, NormalizedRecord)>,
+    pub(crate) records: BTreeMap<String, Known>,
 }
+
+/// A record as held and its normal form, shared between the overlay and the batches it offers
+/// them to.
+pub(crate) type Known = (Arc<EmpiRecord>, Arc<NormalizedRecord>);
 
 #[cfg(test)]
 mod tests {
@@ -151,7 +163,7 @@ mod tests {
 
     fn add(r: &mut Recent, ctx: &MatchContext, id: &str, master: MasterId, blocks: &[&str]) {
         let rec = PersonRecord::new("S", id);
-        let norm = ctx.normalize(&rec);
+        let norm = Arc::new(ctx.normalize(&rec));
         r.add(rec, norm, master, blocks.iter().map(|b| b.to_string()).collect());
     }
 

@@ -121,7 +121,9 @@ pub(crate) async fn link(registry: &Arc<Registry>, a: String, b: String, link: b
         now_millis,
     };
     let owner_shard = shard_for_key(&record_shard_key(owner), registry.shard_count);
-    registry.propose_anywhere(owner_shard, constrain).await?;
+    registry
+        .propose_patiently(owner_shard, constrain, registry.request_timeout)
+        .await?;
     let masters = reads::masters(registry, &[ra.master, rb.master]).await?;
     let survivor = |m: u64| masters.get(&m).and_then(|x| x.merged_into).unwrap_or(m);
     let (ma, mb) = (survivor(ra.master), survivor(rb.master));
@@ -131,7 +133,11 @@ pub(crate) async fn link(registry: &Arc<Registry>, a: String, b: String, link: b
         let (from, into) = (ma.max(mb), ma.min(mb));
         let shard = shard_for_key(&master_shard_key(from), registry.shard_count);
         registry
-            .propose_anywhere(shard, Command::EmpiMerge { from, into, now_millis })
+            .propose_patiently(
+                shard,
+                Command::EmpiMerge { from, into, now_millis },
+                registry.request_timeout,
+            )
             .await?;
     }
     if !link && ma == mb {
@@ -141,7 +147,9 @@ pub(crate) async fn link(registry: &Arc<Registry>, a: String, b: String, link: b
             master: new_master(&b, now_millis),
             now_millis,
         };
-        registry.propose_anywhere(shard_b, cmd).await?;
+        registry
+            .propose_patiently(shard_b, cmd, registry.request_timeout)
+            .await?;
     }
     Ok(Reply::Empi(EmpiReply::Done))
 }
