@@ -1,9 +1,12 @@
 //! Reads of the replicated EMPI state across shards: grouped by shard, answered from this node's
 //! replicas where it hosts them and from peers otherwise, a few at a time.
 //!
-//! Matching reads stale state (the nearest replica's applied state): a candidate written a few
-//! milliseconds ago may be missed, as it would be by a concurrent upsert anyway. Writes go to
-//! the leaders.
+//! The blocking index is read stale (the nearest replica's applied state): a candidate written
+//! a few milliseconds ago may be missed, as it would be by a concurrent upsert anyway. Records
+//! and identities are read at their shard's leader (`Fresh::Leader`), since they carry steward
+//! constraints that must hold from the moment the steward's call returns: a follower a few
+//! entries behind would let automatic matching join a pair a steward has just unlinked. Writes
+//! go to the leaders.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,12 +27,26 @@ pub(crate) fn unexpected(what: &str, reply: Reply) -> ErrorReply {
     ErrorReply::Internal(format!("unexpected answer to {what}: {reply:?}"))
 }
 
-/// Stale reads of many shards, answered in order.
-pub(crate) async fn read_many(registry: &Arc<Registry>, reads: Vec<(ShardId, ReadOp)>) -> Vec<Response> {
+/// How fresh a read must be.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Fresh {
+    /// Any replica's applied state, this node's first.
+    Stale,
+    /// The leader's: this node's applied state where it leads the shard (every acknowledged
+    /// write has applied there), else a linearizable read at the leader.
+    Leader,
+}
+
+/// Reads of many shards, answered in order.
+pub(crate) async fn read_many(registry: &Arc<Registry>, reads: Vec<(ShardId, ReadOp)>, fresh: Fresh) -> Vec<Response> {
     let mut answers: Vec<Option<Response>> = Vec::with_capacity(reads.len());
     let mut remote = Vec::new();
     for (i, (shard, op)) in reads.into_iter().enumerate() {
-        match registry.read_local_applied(shard, &op) {
+        let here = match fresh {
+            Fresh::Stale => true,
+            Fresh::Leader => registry.get(shard).is_some_and(|r| r.is_leader()),
+        };
+        match here.then(|| registry.read_local_applied(shard, &op)).flatten() {
             Some(r) => answers.push(Some(r)),
             None => {
                 answers.push(None);
@@ -38,7 +55,13 @@ pub(crate) async fn read_many(registry: &Arc<Registry>, reads: Vec<(ShardId, Rea
         }
     }
     let fetched = stream::iter(remote)
-        .map(|(i, shard, op)| async move { (i, registry.read_stale_anywhere(shard, op).await) })
+        .map(|(i, shard, op)| async move {
+            let answer = match fresh {
+                Fresh::Stale => registry.read_stale_anywhere(shard, op).await,
+                Fresh::Leader => registry.read_at_leader(shard, op).await,
+            };
+            (i, answer)
+        })
         .buffered(READS_IN_FLIGHT_MAX)
         .collect::<Vec<(usize, Response)>>()
         .await;
@@ -83,7 +106,7 @@ pub(crate) async fn blocks(
         .collect();
     let mut out = BTreeMap::new();
     let mut rejected = 0;
-    for r in read_many(registry, reads).await {
+    for r in read_many(registry, reads, Fresh::Stale).await {
         match r? {
             Reply::EmpiState(EmpiState::Blocks(EmpiBlocks {
                 found,
@@ -110,7 +133,7 @@ pub(crate) async fn records(
         .map(|(s, keys)| (*s, ReadOp::Empi(EmpiRead::Records { keys: keys.clone() })))
         .collect();
     let mut out = BTreeMap::new();
-    for ((_, keys), r) in groups.into_iter().zip(read_many(registry, reads).await) {
+    for ((_, keys), r) in groups.into_iter().zip(read_many(registry, reads, Fresh::Leader).await) {
         match r? {
             Reply::EmpiState(EmpiState::Records(found)) if found.len() == keys.len() => {
                 out.extend(keys.into_iter().zip(found).filter_map(|(k, r)| Some((k, r?))));
@@ -132,7 +155,7 @@ pub(crate) async fn masters(
         .map(|(s, ids)| (*s, ReadOp::Empi(EmpiRead::Masters { ids: ids.clone() })))
         .collect();
     let mut out = BTreeMap::new();
-    for ((_, ids), r) in groups.into_iter().zip(read_many(registry, reads).await) {
+    for ((_, ids), r) in groups.into_iter().zip(read_many(registry, reads, Fresh::Leader).await) {
         match r? {
             Reply::EmpiState(EmpiState::Masters(found)) if found.len() == ids.len() => {
                 out.extend(ids.into_iter().zip(found).filter_map(|(id, m)| Some((id, m?))));

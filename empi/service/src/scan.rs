@@ -14,7 +14,7 @@ use plexus_proto::{
     EmpiEvent, EmpiEventPage, EmpiMaster, EmpiRead, EmpiReply, EmpiState, ErrorReply, MasterId, ReadOp, Reply, Response,
 };
 
-use crate::reads::{read_many, unexpected};
+use crate::reads::{read_many, unexpected, Fresh};
 
 /// Version tag of the event cursor.
 const CURSOR_TAG: &str = "e1:";
@@ -62,7 +62,7 @@ pub(crate) async fn events(registry: &Arc<Registry>, cursor: &str, limit: u32) -
         })
         .collect();
     let mut events: Vec<EmpiEvent> = Vec::new();
-    for (s, r) in read_many(registry, reads).await.into_iter().enumerate() {
+    for (s, r) in read_many(registry, reads, Fresh::Stale).await.into_iter().enumerate() {
         let page = match r? {
             Reply::EmpiState(EmpiState::Events(p)) => p,
             other => return Err(unexpected("an events read", other)),
@@ -109,7 +109,7 @@ pub(crate) async fn clusters(registry: &Arc<Registry>, after: Option<MasterId>, 
         .collect();
     let mut all: BTreeMap<MasterId, EmpiMaster> = BTreeMap::new();
     let mut more = false;
-    for r in read_many(registry, reads).await {
+    for r in read_many(registry, reads, Fresh::Stale).await {
         match r? {
             Reply::EmpiState(EmpiState::MasterPage(page)) => {
                 // A shard that filled its page may hold more beyond it.

@@ -73,7 +73,7 @@ pub(crate) async fn explain(registry: &Arc<Registry>, ctx: &MatchContext, a: Str
             e.total
         )
     };
-    let fields = e
+    let mut fields: Vec<EmpiFieldWeight> = e
         .fields
         .iter()
         .map(|t| EmpiFieldWeight {
@@ -83,6 +83,19 @@ pub(crate) async fn explain(registry: &Arc<Registry>, ctx: &MatchContext, a: Str
             tf_adjustment: t.tf_adjustment,
         })
         .collect();
+    // The graph term as a row of its own (its level is `null` where no embedding was computed:
+    // online matching does not compute record-attribute graph embeddings yet).
+    if let Some(g) = &e.graph {
+        fields.push(EmpiFieldWeight {
+            field: "graph".into(),
+            level: match g.similarity {
+                Some(s) => format!("{} ({s:.2})", g.level),
+                None => g.level.clone(),
+            },
+            weight: g.weight,
+            tf_adjustment: 0.0,
+        });
+    }
     let text = format!("{a} vs {b}\n{e}\n{reason}");
     Ok(Reply::Empi(EmpiReply::Explanation(Box::new(EmpiExplanation {
         a,
