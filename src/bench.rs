@@ -64,6 +64,9 @@ pub fn run(args: BenchArgs) -> CliResult {
     if args.workload == Workload::Feed {
         return crate::bench_feed::run(&args);
     }
+    if args.workload == Workload::Empi {
+        return crate::bench_empi::run(&args);
+    }
     let runtime = match args.client_threads {
         1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
         n => tokio::runtime::Builder::new_multi_thread()
@@ -99,7 +102,7 @@ pub fn run(args: BenchArgs) -> CliResult {
                     let ok = match workload {
                         Workload::Write => c.timeline_append(owner, item.clone()).await.is_ok(),
                         Workload::Read => c.timeline_read(owner, Cursor::Latest, READ_PAGE).await.is_ok(),
-                        Workload::Feed => return Err("the feed workload runs in bench_feed".to_string()),
+                        Workload::Feed | Workload::Empi => return Err("runs in its own module".to_string()),
                     };
                     if ok {
                         let _ = hist.record(t.elapsed().as_micros().max(1) as u64);
@@ -123,6 +126,7 @@ pub fn run(args: BenchArgs) -> CliResult {
             Workload::Write => "write",
             Workload::Read => "read",
             Workload::Feed => "feed",
+            Workload::Empi => "empi",
         };
         if args.client.json {
             println!(

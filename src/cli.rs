@@ -210,6 +210,9 @@ pub enum Workload {
     Read,
     /// The social feed: a power-law follow graph, one post per 50 ranked home reads.
     Feed,
+    /// Identity matching: bulk link of synthetic records with ground truth, quality, match
+    /// latency, ablation.
+    Empi,
 }
 
 #[derive(clap::Args, Debug)]
@@ -264,6 +267,25 @@ pub struct BenchArgs {
     /// Feed: run the classic Redis design against the redis-server at this address instead of plexus.
     #[arg(long)]
     pub redis: Option<String>,
+    /// EMPI: synthetic records bulk-linked and scored against their ground truth.
+    #[arg(long, default_value_t = 500_000)]
+    pub records: usize,
+    /// EMPI: records held during the match phase (more are generated and linked first); 0
+    /// skips it.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub match_records: usize,
+    /// EMPI: match clients, one call in flight each.
+    #[arg(long, default_value_t = 16)]
+    pub match_clients: usize,
+    /// EMPI: records per ingest batch.
+    #[arg(long, default_value_t = 2_000)]
+    pub batch: usize,
+    /// EMPI: ingest batches in flight.
+    #[arg(long, default_value_t = 2)]
+    pub ingest_concurrency: usize,
+    /// EMPI: skip the batch pipeline's ablation.
+    #[arg(long)]
+    pub no_ablation: bool,
     #[command(flatten)]
     pub client: ClientOpts,
 }

@@ -7,6 +7,7 @@
 //! are `plexus-actors`, clients are `plexus-client`.
 
 mod bench;
+mod bench_empi;
 mod bench_feed;
 mod certs;
 mod cli;

@@ -28,7 +28,7 @@ use plexus_proto::{
     MasterId, Reply, Response,
 };
 
-use crate::reads;
+use crate::reads::{self, Fresh};
 use crate::recent::{Known, Offered, Recent};
 use crate::Stats;
 
@@ -102,6 +102,7 @@ impl Held {
         also: &[String],
         offered: Offered,
         stats: &Stats,
+        fresh: Fresh,
     ) -> Result<Held, ErrorReply> {
         let blocks: BTreeSet<String> = prepared.iter().flat_map(|p| p.blocks.iter().cloned()).collect();
         let blocks: Vec<String> = blocks.into_iter().collect();
@@ -125,7 +126,7 @@ impl Held {
             keys.extend(mine.into_iter().take(CANDIDATES_MAX).cloned());
         }
         let keys: Vec<String> = keys.into_iter().collect();
-        let found = reads::records(registry, &keys).await?;
+        let found = reads::records_as(registry, &keys, fresh).await?;
         let mut offered = offered.records;
         // The shard's copy wins: it may carry a newer identity or steward constraints. Its
         // normal form is the offered one's when the fields are the same (normalising is most
@@ -147,7 +148,7 @@ impl Held {
             if ask.is_empty() {
                 break;
             }
-            let got = reads::masters(registry, &ask).await?;
+            let got = reads::masters_as(registry, &ask, fresh).await?;
             ids.clear();
             for m in ask {
                 match got.get(&m) {
@@ -224,7 +225,8 @@ pub(crate) async fn match_record(
     stats: &Stats,
 ) -> Response {
     let p = prepare(ctx, record).map_err(bad)?;
-    let held = Held::read(registry, ctx, &[&p], &[], Offered::default(), stats).await?;
+    // A match writes nothing: the nearest replicas' state will do.
+    let held = Held::read(registry, ctx, &[&p], &[], Offered::default(), stats, Fresh::Stale).await?;
     let mut cands = held.candidates(ctx, &p, &[]);
     cands.sort_by(|a, b| b.weight.total_cmp(&a.weight).then(a.key.cmp(&b.key)));
     let threshold = ctx.threshold();
@@ -385,7 +387,7 @@ pub(crate) async fn upsert(
     let p = prepare(ctx, record).map_err(bad)?;
     let now_millis = registry.clock.now_millis();
     let also = std::slice::from_ref(&p.key);
-    let mut held = Held::read(registry, ctx, &[&p], also, Offered::default(), stats).await?;
+    let mut held = Held::read(registry, ctx, &[&p], also, Offered::default(), stats, Fresh::Leader).await?;
     let batch = [p];
     let placed = place(ctx, &mut held, &batch, now_millis).await;
     let written = write(registry, &batch, &placed, now_millis).await;
@@ -446,7 +448,7 @@ pub(crate) async fn ingest(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .around(batch.iter().flat_map(|p| p.blocks.iter()));
-    let mut held = Held::read(registry, ctx, &refs, &keys, offered, stats).await?;
+    let mut held = Held::read(registry, ctx, &refs, &keys, offered, stats, Fresh::Leader).await?;
     let mut kept: Vec<Prepared> = Vec::new();
     let mut kept_slot: Vec<usize> = Vec::new();
     let mut superseded: Vec<(usize, String)> = Vec::new();

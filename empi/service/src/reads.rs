@@ -5,8 +5,8 @@
 //! a few milliseconds ago may be missed, as it would be by a concurrent upsert anyway. Records
 //! and identities are read at their shard's leader (`Fresh::Leader`), since they carry steward
 //! constraints that must hold from the moment the steward's call returns: a follower a few
-//! entries behind would let automatic matching join a pair a steward has just unlinked. Writes
-//! go to the leaders.
+//! entries behind would let automatic matching join a pair a steward has just unlinked. A
+//! `match`, which writes nothing, reads them stale too. Writes go to the leaders.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -122,10 +122,19 @@ pub(crate) async fn blocks(
     Ok((out, rejected))
 }
 
-/// The records named (absent ones left out).
+/// The records named (absent ones left out), read at their leaders.
 pub(crate) async fn records(
     registry: &Arc<Registry>,
     keys: &[String],
+) -> Result<BTreeMap<String, EmpiRecord>, ErrorReply> {
+    records_as(registry, keys, Fresh::Leader).await
+}
+
+/// The records named (absent ones left out), as fresh as asked.
+pub(crate) async fn records_as(
+    registry: &Arc<Registry>,
+    keys: &[String],
+    fresh: Fresh,
 ) -> Result<BTreeMap<String, EmpiRecord>, ErrorReply> {
     let groups = by_shard(registry.shard_count, keys, |k| record_shard_key(k));
     let reads: Vec<(ShardId, ReadOp)> = groups
@@ -133,7 +142,7 @@ pub(crate) async fn records(
         .map(|(s, keys)| (*s, ReadOp::Empi(EmpiRead::Records { keys: keys.clone() })))
         .collect();
     let mut out = BTreeMap::new();
-    for ((_, keys), r) in groups.into_iter().zip(read_many(registry, reads, Fresh::Leader).await) {
+    for ((_, keys), r) in groups.into_iter().zip(read_many(registry, reads, fresh).await) {
         match r? {
             Reply::EmpiState(EmpiState::Records(found)) if found.len() == keys.len() => {
                 out.extend(keys.into_iter().zip(found).filter_map(|(k, r)| Some((k, r?))));
@@ -144,10 +153,19 @@ pub(crate) async fn records(
     Ok(out)
 }
 
-/// The identities named (absent ones left out).
+/// The identities named (absent ones left out), read at their leaders.
 pub(crate) async fn masters(
     registry: &Arc<Registry>,
     ids: &[MasterId],
+) -> Result<BTreeMap<MasterId, EmpiMaster>, ErrorReply> {
+    masters_as(registry, ids, Fresh::Leader).await
+}
+
+/// The identities named (absent ones left out), as fresh as asked.
+pub(crate) async fn masters_as(
+    registry: &Arc<Registry>,
+    ids: &[MasterId],
+    fresh: Fresh,
 ) -> Result<BTreeMap<MasterId, EmpiMaster>, ErrorReply> {
     let groups = by_shard(registry.shard_count, ids, |m| master_shard_key(*m));
     let reads: Vec<(ShardId, ReadOp)> = groups
@@ -155,7 +173,7 @@ pub(crate) async fn masters(
         .map(|(s, ids)| (*s, ReadOp::Empi(EmpiRead::Masters { ids: ids.clone() })))
         .collect();
     let mut out = BTreeMap::new();
-    for ((_, ids), r) in groups.into_iter().zip(read_many(registry, reads, Fresh::Leader).await) {
+    for ((_, ids), r) in groups.into_iter().zip(read_many(registry, reads, fresh).await) {
         match r? {
             Reply::EmpiState(EmpiState::Masters(found)) if found.len() == ids.len() => {
                 out.extend(ids.into_iter().zip(found).filter_map(|(id, m)| Some((id, m?))));
