@@ -247,7 +247,7 @@ async fn write_frame<T: serde::Serialize>(send: &mut SendStream, kind: FrameKind
 #[cfg(test)]
 mod tests {
     use super::{describe_malformed, token_eq};
-    use plexus_proto::FrameError;
+    use plexus_proto::{FrameError, Op};
 
     fn describe(body: &[u8]) -> String {
         describe_malformed(body, FrameError::Malformed("postcard says no".into()))
@@ -256,7 +256,13 @@ mod tests {
     #[test]
     fn malformed_bodies_are_described() {
         // shard 0, linearizable, no session, then the operation tag.
-        assert_eq!(describe(&[0, 0, 0, 5]), "unknown operation tag 5");
+        // The first tag past the known kinds (one varint byte while there are fewer than 128).
+        let next = u8::try_from(Op::KINDS.len()).expect("fewer than 128 operation kinds");
+        assert_eq!(describe(&[0, 0, 0, next]), format!("unknown operation tag {next}"));
+        assert_eq!(
+            describe(&[0, 0, 0, 5, 99]),
+            "malformed empi operation (unknown operation or bad field): postcard says no"
+        );
         assert_eq!(
             describe(&[0, 0, 0, 3, 9]),
             "malformed score operation (unknown operation or bad field): postcard says no"
