@@ -6,15 +6,19 @@
 //! opposite constraint (automatic matching never puts them together again) and, if the two share
 //! an identity, moves the second record to an identity of its own. Records linked to the second
 //! record stay where they are: the steward splits further by unlinking them too.
+//!
+//! The answer comes once both records' shards hold the constraint, so an upsert of either
+//! record that starts after it sees the constraint; the identities are read after that wait.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use plexus_actors::registry::Registry;
+use plexus_actors::registry::{Registry, PATIENT_BACKOFF_MAX};
 use plexus_core::Command;
 use plexus_empi::context::MatchContext;
 use plexus_proto::{
-    master_shard_key, record_shard_key, shard_for_key, EmpiExplanation, EmpiFieldWeight, EmpiReply, ErrorReply, Reply,
-    Response,
+    master_shard_key, record_shard_key, shard_for_key, EmpiExplanation, EmpiFieldWeight, EmpiRecord, EmpiReply,
+    ErrorReply, Reply, Response,
 };
 
 use crate::link::new_master;
@@ -118,11 +122,11 @@ pub(crate) async fn link(registry: &Arc<Registry>, a: String, b: String, link: b
         )));
     }
     let found = reads::records(registry, &[a.clone(), b.clone()]).await?;
-    let (ra, rb) = match (found.get(&a), found.get(&b)) {
-        (Some(x), Some(y)) => (x.clone(), y.clone()),
-        (None, _) => return Err(not_found(&a)),
-        (_, None) => return Err(not_found(&b)),
-    };
+    match (found.contains_key(&a), found.contains_key(&b)) {
+        (true, true) => {}
+        (false, _) => return Err(not_found(&a)),
+        (_, false) => return Err(not_found(&b)),
+    }
     let now_millis = registry.clock.now_millis();
     // The pair's smaller key owns its constraint (the state machine mirrors it to the other
     // side): proposing there makes steward actions take effect in the order acknowledged.
@@ -137,6 +141,12 @@ pub(crate) async fn link(registry: &Arc<Registry>, a: String, b: String, link: b
     registry
         .propose_patiently(owner_shard, constrain, registry.request_timeout)
         .await?;
+    // The owner's shard sends the constraint on to the other record's; waiting for it there
+    // means that from the answer on, an upsert of either record sees it. Re-reading the records
+    // afterwards places the pair where they are now, not where they were before the wait: a put
+    // placed before the constraint arrived has landed, and later ones keep a linked record.
+    let (ra, rb) = await_both_sides(registry, owner, other, link).await?;
+    let (ra, rb) = if a < b { (ra, rb) } else { (rb, ra) };
     let masters = reads::masters(registry, &[ra.master, rb.master]).await?;
     let survivor = |m: u64| masters.get(&m).and_then(|x| x.merged_into).unwrap_or(m);
     let (ma, mb) = (survivor(ra.master), survivor(rb.master));
@@ -165,4 +175,38 @@ pub(crate) async fn link(registry: &Arc<Registry>, a: String, b: String, link: b
             .await?;
     }
     Ok(Reply::Empi(EmpiReply::Done))
+}
+
+/// Waits until the other record's side holds the owner's constraint on the pair (or the owner
+/// no longer does: a later steward action superseded it), up to the request timeout; then the
+/// owner's and the other record, read at their leaders.
+async fn await_both_sides(
+    registry: &Arc<Registry>,
+    owner: &str,
+    other: &str,
+    link: bool,
+) -> Result<(EmpiRecord, EmpiRecord), ErrorReply> {
+    let holds = |r: &EmpiRecord, k: &str| {
+        let list = if link { &r.links } else { &r.unlinks };
+        list.iter().any(|x| x == k)
+    };
+    let keys = [owner.to_string(), other.to_string()];
+    let started = tokio::time::Instant::now();
+    let mut wait = Duration::from_millis(5);
+    loop {
+        let mut found = reads::records(registry, &keys).await?;
+        let (Some(ro), Some(rx)) = (found.remove(owner), found.remove(other)) else {
+            return Err(ErrorReply::NotFound(format!("record {owner} or {other}")));
+        };
+        if !holds(&ro, other) || holds(&rx, owner) {
+            return Ok((ro, rx));
+        }
+        if started.elapsed() + wait >= registry.request_timeout {
+            return Err(ErrorReply::Timeout(format!(
+                "the constraint on {owner} and {other} did not reach {other}'s shard in time (it holds at {owner}'s)"
+            )));
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(PATIENT_BACKOFF_MAX);
+    }
 }

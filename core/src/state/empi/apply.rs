@@ -312,7 +312,14 @@ impl ShardState {
             };
             self.empi_send(msg, local);
         }
-        if old_master != Some(p.master) {
+        // A record a steward linked keeps its identity whatever the put says: the service reads
+        // the constraint before placing, but a put placed just before a link arrived must not
+        // undo it (only steward actions and merges move a linked record).
+        let master = match old_master {
+            Some(old) if !kept.links.is_empty() => old,
+            _ => p.master,
+        };
+        if old_master != Some(master) {
             if let Some(old) = old_master {
                 let msg = EmpiMsg::MemberLeave {
                     master: old,
@@ -325,7 +332,7 @@ impl ShardState {
             let skip = old_master.is_some() && self.canary == Some(Canary::EmpiSkipsMemberJoin);
             if !skip {
                 let msg = EmpiMsg::MemberJoin {
-                    master: p.master,
+                    master,
                     key: key.clone(),
                 };
                 self.empi_send(msg, local);
@@ -333,7 +340,7 @@ impl ShardState {
         }
         let record = EmpiRecord {
             record: p.record.clone(),
-            master: p.master,
+            master,
             links: kept.links,
             unlinks: kept.unlinks,
             blocks,

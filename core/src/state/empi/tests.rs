@@ -502,10 +502,20 @@ fn steward_constraints_reach_both_sides_and_wait_for_unknown_records() {
     c.put(vec![put(unborn, m, &[])]).unwrap();
     assert_eq!(c.record(unborn).map(|r| r.links), Some(vec![x.clone()]));
     assert!(c.shards[2].0.empi.pending.is_empty());
-    // An update keeps the constraints.
-    c.put(vec![put(x, m, &[])]).unwrap();
+    // An update keeps the constraints, and a linked record keeps its identity whatever the
+    // put says (one placed before the link arrived must not undo it).
+    let elsewhere = masters_on(1, 1)[0];
+    c.put(vec![put(x, elsewhere, &[])]).unwrap();
+    c.pump();
     let kept = c.record(x).unwrap();
     assert_eq!((kept.links, kept.unlinks), (vec![unborn.clone()], vec![y.clone()]));
+    assert_eq!(kept.master, m, "a linked record is pinned");
+    assert!(!c.members(elsewhere).contains(x));
+    // Without links, the same put moves it.
+    c.put(vec![put(y, elsewhere, &[])]).unwrap();
+    c.pump();
+    assert_eq!(c.record(y).map(|r| r.master), Some(elsewhere));
+    assert_eq!(c.violations(), Vec::<String>::new());
     // Refusals: an unknown record here, a record of another shard, itself.
     let ghost = &records_on(0, 3)[2];
     assert!(matches!(c.constrain(ghost, x, true), Err(ErrorReply::NotFound(_))));
