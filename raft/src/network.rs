@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
@@ -25,6 +27,14 @@ use crate::quiesce::QuietClaim;
 use crate::types::{Command, TypeConfig};
 
 type NodeId = u64;
+
+/// Most encoded bytes of one AppendEntries with more than one entry. openraft gives an
+/// AppendEntries one heartbeat interval to be answered and then resends the same run of
+/// entries: a follower far behind a leader of large entries (bulk EMPI puts) was sent runs of
+/// many megabytes that a busy machine could not move in time, over and over. A longer run is
+/// refused as too large, with a hint of how many entries fit, and openraft retries at once with
+/// that many for its next few sends. A single entry goes whatever its size.
+pub const APPEND_BYTES_MAX: usize = 1 << 20;
 
 /// A boxed, sendable future (the transport is used as a trait object).
 pub type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -190,12 +200,25 @@ impl GroupNetwork {
         req: PeerRequest,
         option: &RPCOption,
     ) -> Result<PeerResponse, RPCError<NodeId, BasicNode, E>> {
+        let bytes = self.encode(&req).map_err(RPCError::Network)?;
+        self.send(&req, bytes, option).await
+    }
+
+    fn encode(&self, req: &PeerRequest) -> Result<Vec<u8>, NetworkError> {
+        encode(req).map_err(|e| NetworkError::new(&TransportError::Remote(self.target, e)))
+    }
+
+    /// Sends the encoded `req` and decodes the answer.
+    async fn send<E: std::error::Error>(
+        &self,
+        req: &PeerRequest,
+        bytes: Vec<u8>,
+        option: &RPCOption,
+    ) -> Result<PeerResponse, RPCError<NodeId, BasicNode, E>> {
         let req_is_consensus = matches!(
             req,
             PeerRequest::Append(..) | PeerRequest::Vote(..) | PeerRequest::TransferVote(..)
         );
-        let bytes =
-            encode(&req).map_err(|e| RPCError::Network(NetworkError::new(&TransportError::Remote(self.target, e))))?;
         // Snapshot chunks are large: they take the ordinary lane, not the consensus one.
         let call = match req_is_consensus {
             true => self.transport.call_consensus(self.target, bytes, option.hard_ttl()),
@@ -214,13 +237,29 @@ impl GroupNetwork {
     }
 }
 
+/// For an AppendEntries of `entries` entries encoded in `bytes` bytes: `None` when it may go,
+/// else how many entries to send instead (a proportional share of `APPEND_BYTES_MAX`, at least 1).
+fn entries_that_fit(entries: usize, bytes: usize) -> Option<u64> {
+    if entries <= 1 || bytes <= APPEND_BYTES_MAX {
+        return None;
+    }
+    let share = (entries as u128 * APPEND_BYTES_MAX as u128 / bytes as u128) as u64;
+    Some(share.clamp(1, entries as u64 - 1))
+}
+
 impl RaftNetwork<TypeConfig> for GroupNetwork {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        match self.roundtrip(PeerRequest::Append(self.group, rpc), &option).await? {
+        let entries = rpc.entries.len();
+        let req = PeerRequest::Append(self.group, rpc);
+        let bytes = self.encode(&req).map_err(RPCError::Network)?;
+        if let Some(hint) = entries_that_fit(entries, bytes.len()) {
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(hint)));
+        }
+        match self.send(&req, bytes, &option).await? {
             PeerResponse::Append(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
             _ => Err(self.unexpected("append")),
         }
@@ -252,5 +291,24 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
             PeerResponse::Vote(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
             _ => Err(self.unexpected("vote")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{entries_that_fit, APPEND_BYTES_MAX};
+
+    #[test]
+    fn a_long_run_of_large_entries_is_split_in_proportion() {
+        assert_eq!(entries_that_fit(300, APPEND_BYTES_MAX), None);
+        assert_eq!(
+            entries_that_fit(1, 50 * APPEND_BYTES_MAX),
+            None,
+            "one entry goes whatever its size"
+        );
+        assert_eq!(entries_that_fit(300, 16 * APPEND_BYTES_MAX), Some(18));
+        assert_eq!(entries_that_fit(2, 100 * APPEND_BYTES_MAX), Some(1));
+        // Barely over: one entry fewer at most, never the same run again.
+        assert_eq!(entries_that_fit(10, APPEND_BYTES_MAX + 1), Some(9));
     }
 }

@@ -416,6 +416,9 @@ struct Inner {
     counters: Arc<Counters>,
     #[cfg(test)]
     gate: Arc<writer::Gate>,
+    /// Requests handed to the writer's channel (a slot is taken a moment before that).
+    #[cfg(test)]
+    sent: std::sync::atomic::AtomicU64,
 }
 
 /// The node's write-ahead log. Cheap to clone; all clones share one writer.
@@ -518,6 +521,8 @@ impl Wal {
             counters,
             #[cfg(test)]
             gate,
+            #[cfg(test)]
+            sent: std::sync::atomic::AtomicU64::new(0),
         };
         Ok((Wal { inner: Arc::new(inner) }, recovered))
     }
@@ -665,6 +670,8 @@ impl Wal {
             // without running `done`, matching the contract that an `Err` means no callback.
             Some(tx) => {
                 tx.send(request).map_err(|_| WalError::Closed)?;
+                #[cfg(test)]
+                self.inner.sent.fetch_add(1, Ordering::Release);
                 if let Some(wake) = &self.inner.wake {
                     wake.notify_one();
                 }
@@ -672,6 +679,12 @@ impl Wal {
             }
             None => Err(WalError::Closed),
         }
+    }
+
+    /// Test hook: requests handed to the writer so far.
+    #[cfg(test)]
+    pub(crate) fn sent(&self) -> u64 {
+        self.inner.sent.load(Ordering::Acquire)
     }
 
     /// Test hook: holds the writer before it drains its next batch until the guard is dropped.

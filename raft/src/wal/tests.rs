@@ -70,9 +70,10 @@ pub(super) fn reopen(dir: &Path, options: WalOptions) -> Recovered {
     recovered
 }
 
-/// Waits (without the wall clock) until `n` requests sit in the queue.
+/// Waits (without the wall clock) until `n` requests sit in the queue, handed to the writer (a
+/// request holds its queue slot a moment before it is in the writer's channel).
 async fn until_queued(wal: &Wal, n: u64) {
-    while wal.stats().queued_requests < n {
+    while wal.stats().queued_requests < n || wal.sent() < n {
         tokio::task::yield_now().await;
     }
 }
