@@ -20,6 +20,7 @@ use plexus_actors::clock::Clock;
 use plexus_actors::config::{FeedConfig, GatewayLimits, PeerConfig, RaftTimings, TlsPaths};
 use plexus_actors::restart::RestartPolicy;
 use plexus_actors::{start_core, NodeConfig, NodeCore, NodeSeams};
+use plexus_empi_service::EmpiService;
 use plexus_feed::{FeedService, FeedSettings};
 use plexus_raft::sim_hooks::{Canary, SimHooks};
 use plexus_raft::wal::{WalOptions, WriterMode};
@@ -269,7 +270,10 @@ impl Cluster {
                 on_apply: Some(self.applied.apply_observer(id)),
                 on_snapshot: Some(self.applied.snapshot_observer(id)),
             },
-            workloads: vec![Arc::new(FeedService::new(FeedSettings::from(&node.cfg.feed)))],
+            workloads: vec![
+                Arc::new(FeedService::new(FeedSettings::from(&node.cfg.feed))),
+                Arc::new(EmpiService::new()),
+            ],
         };
         let cfg = node.cfg.clone();
         match start_core(&cfg, fake_addr(id).to_string(), seams).await {

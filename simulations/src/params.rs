@@ -14,6 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::disk::DiskFaults;
+use crate::empi_workload::EmpiMix;
 use crate::feed_workload::FeedMix;
 use crate::net::NetFaults;
 
@@ -31,6 +32,10 @@ pub mod salt {
     pub const CLIENT: u64 = 0x434c_4945_0000;
     /// Feed client `i` is `FEED_CLIENT + i`.
     pub const FEED_CLIENT: u64 = 0x4645_4544_0000;
+    /// EMPI client `i` is `EMPI_CLIENT + i` (the subscriber is the last).
+    pub const EMPI_CLIENT: u64 = 0x454d_5049_0000;
+    /// The EMPI scenario's population of person records.
+    pub const EMPI_DATA: u64 = 0x454d_5049_4441;
 }
 
 /// What a person may pin for a run.
@@ -129,6 +134,8 @@ pub struct SimParams {
     pub quiesce_after_ms: u64,
     /// The feed scenario's clients.
     pub feed: FeedMix,
+    /// The identity-matching scenario's clients.
+    pub empi: EmpiMix,
 }
 
 impl SimParams {
@@ -223,6 +230,24 @@ impl SimParams {
             pulled_followers_min: [2, 3, 5, 1_000][rng.gen_range(0..4)],
             think_ms_max: rng.gen_range(10..=80),
         };
+        // Drawn after the feed, for the same reason. Few operations: the scenario's matching
+        // runs unoptimised in debug test builds, and the seed-range tests run many seeds.
+        let empi = EmpiMix {
+            clients: rng.gen_range(2..=3),
+            records_per_client: rng.gen_range(6..=10),
+            ops_per_client: rng.gen_range(6..=10),
+            weights: [
+                rng.gen_range(2..=4),
+                rng.gen_range(3..=5),
+                rng.gen_range(1..=2),
+                rng.gen_range(1..=3),
+                rng.gen_range(0..=1),
+            ],
+            repoint_pct: rng.gen_range(50..=80),
+            events_page: rng.gen_range(4..=32),
+            think_ms_max: rng.gen_range(50..=300),
+            poll_ms_max: rng.gen_range(300..=1_000),
+        };
         Self {
             seed,
             nodes,
@@ -243,6 +268,7 @@ impl SimParams {
             logs_kept_behind_snapshot,
             quiesce_after_ms,
             feed,
+            empi,
         }
     }
 }

@@ -25,6 +25,7 @@ use crate::checkers::committed_entries::AppliedEntries;
 use crate::checkers::raft_safety::LeaderSamples;
 use crate::checkers::{self, FinalState, ReplicaEnd};
 use crate::cluster::Cluster;
+use crate::empi_workload::{self, EmpiHistory};
 use crate::faults::FaultSchedule;
 use crate::feed_workload::{self, FeedHistory};
 use crate::net::{NetFaults, SimNet};
@@ -195,6 +196,37 @@ async fn simulate(seed: u64, options: &SimOptions) -> SeedReport {
         )));
     }
 
+    let empi_history: EmpiHistory = Arc::default();
+    let population = empi_workload::population(&params);
+    for c in 1..=params.empi.clients {
+        let rng = StdRng::seed_from_u64(seed ^ (salt::EMPI_CLIENT + c));
+        clients.push(tokio::spawn(empi_workload::run_empi_client(
+            c,
+            net.clone(),
+            cluster.client_addrs(),
+            rng,
+            params.empi.clone(),
+            population.clone(),
+            empi_history.clone(),
+            stop.clone(),
+            trace.clone(),
+        )));
+    }
+    if params.empi.clients > 0 {
+        let c = params.empi.clients + 1;
+        let rng = StdRng::seed_from_u64(seed ^ (salt::EMPI_CLIENT + c));
+        clients.push(tokio::spawn(empi_workload::run_empi_subscriber(
+            c,
+            net.clone(),
+            cluster.client_addrs(),
+            rng,
+            params.empi.clone(),
+            empi_history.clone(),
+            stop.clone(),
+            trace.clone(),
+        )));
+    }
+
     let mut schedule = FaultSchedule::new(&params, trace.clone());
     net.set_faults(params.net.clone());
     let safety_end = tokio::time::Instant::now() + Duration::from_secs(params.safety_secs);
@@ -224,7 +256,7 @@ async fn simulate(seed: u64, options: &SimOptions) -> SeedReport {
 
     trace.event(format_args!("phase liveness"));
     let healed = wait_until(params.liveness_secs_max, || {
-        all_led(&cluster, &params) && converged(&cluster, &params).0
+        all_led(&cluster, &params) && settled(&cluster, &params)
     })
     .await;
     sampling.store(false, Ordering::Release);
@@ -241,6 +273,21 @@ async fn simulate(seed: u64, options: &SimOptions) -> SeedReport {
     let feed_end = feed_workload::final_feed(&cluster, &params, &net, &trace).await;
     let feed_history = feed_history.lock().map(|h| h.clone()).unwrap_or_default();
     violations.extend(labeled("feed", checkers::feed::check(&feed_history, &feed_end)));
+    // A request its client gave up on may still be writing in a node after convergence: the
+    // EMPI state is read when the cluster is converged again, with no await in between.
+    if healed {
+        wait_until(params.liveness_secs_max, || settled(&cluster, &params)).await;
+    }
+    let empi_history = empi_history.lock().map(|h| h.clone()).unwrap_or_default();
+    let empi_end = empi_workload::final_empi(&cluster, &params, &population, &empi_history);
+    trace.event(format_args!(
+        "empi final records={} identities={} events={} pending={}",
+        empi_end.records.len(),
+        empi_end.masters.len(),
+        empi_end.events.values().map(|(_, l)| l.len()).sum::<usize>(),
+        empi_end.pending
+    ));
+    violations.extend(labeled("empi", checkers::empi::check(&empi_history, &empi_end)));
     let history = history.lock().map(|h| h.clone()).unwrap_or_default();
     let leader_samples = samples.lock().map(|s| s.clone()).unwrap_or_default();
     violations.extend(labeled("acked_writes", checkers::acked_writes::check(&history, &end)));
@@ -264,7 +311,8 @@ async fn simulate(seed: u64, options: &SimOptions) -> SeedReport {
     }
     violations.extend(labeled("panic", panicked));
     let ops_ok = history.iter().filter(|r| r.result.is_ok()).count() as u64
-        + feed_history.iter().filter(|r| r.result.is_ok()).count() as u64;
+        + feed_history.iter().filter(|r| r.result.is_ok()).count() as u64
+        + empi_history.iter().filter(|r| r.result.is_ok()).count() as u64;
     let quieted = cluster.quieted_total();
     trace.event(format_args!(
         "end ops={} ok={ops_ok} quieted={quieted} applied_reports={} snapshot_reports(built,installed,loaded)={:?} lin_keys={} lin_unchecked={:?} violations={}",
@@ -283,7 +331,7 @@ async fn simulate(seed: u64, options: &SimOptions) -> SeedReport {
         nodes: params.nodes,
         shards: params.shard_count,
         trace_lines: trace.lines(),
-        ops: (history.len() + feed_history.len()) as u64,
+        ops: (history.len() + feed_history.len() + empi_history.len()) as u64,
         ops_ok,
         faults: schedule.injected(),
         quieted,
@@ -332,6 +380,38 @@ fn all_led(cluster: &Cluster, params: &SimParams) -> bool {
     })
 }
 
+/// Whether every shard's running replicas agree (`converged`), hashing their states only once
+/// every outbox is empty and the replicas of each shard have applied the same index: hashing
+/// serialises every state, and the liveness probe asks often.
+fn settled(cluster: &Cluster, params: &SimParams) -> bool {
+    for g in 0..params.shard_count {
+        let mut applied = None;
+        for id in cluster.ids() {
+            if cluster.refused(id).is_some() {
+                continue;
+            }
+            let Some(core) = cluster.core(id) else {
+                return false;
+            };
+            if !core.registry.hosted_groups().contains(&g) {
+                continue;
+            }
+            let Some(replica) = core.registry.get(g) else {
+                return false;
+            };
+            let Ok(state) = replica.state().read() else {
+                return false;
+            };
+            let pending = state.outbox_len() + state.feed_outbox_len() + state.empi_outbox_len();
+            if pending > 0 || applied.is_some_and(|a| a != state.last_applied()) {
+                return false;
+            }
+            applied = Some(state.last_applied());
+        }
+    }
+    converged(cluster, params).0
+}
+
 /// Whether every shard's running replicas agree, with each shard's replica ends and the number
 /// of outbox entries still undelivered.
 fn converged(cluster: &Cluster, params: &SimParams) -> (bool, BTreeMap<u32, Vec<ReplicaEnd>>, usize) {
@@ -358,7 +438,7 @@ fn converged(cluster: &Cluster, params: &SimParams) -> (bool, BTreeMap<u32, Vec<
                 ok = false;
                 continue;
             };
-            pending += state.outbox_len() + state.feed_outbox_len();
+            pending += state.outbox_len() + state.feed_outbox_len() + state.empi_outbox_len();
             ends.entry(g)
                 .or_default()
                 .push((id, state.last_applied(), state.state_hash()));

@@ -84,3 +84,10 @@ fn lease_ignores_handover_answers_a_stale_read_after_a_transfer_election() {
 fn fanout_skipping_a_shard_leaves_home_feeds_short() {
     caught_by(Canary::FanoutSkipsShard, "feed: ");
 }
+
+#[test]
+fn empi_skipping_member_join_leaves_a_record_outside_its_identity() {
+    // A re-upsert that moves a record to another identity loses its join there: the record
+    // names an identity that does not list it.
+    caught_by(Canary::EmpiSkipsMemberJoin, "empi: ");
+}

@@ -13,6 +13,9 @@
 //! - `convergence`: all replicas of a shard reach the same state hash after healing.
 //! - `feed`: acknowledged posts kept and deleted ones gone, paging sessions without repeats,
 //!   and every home feed exactly what the follow graph and the posts imply after healing.
+//! - `empi`: acknowledged records kept with the fields last written, every record in a live
+//!   identity that lists it, the change stream gap-free and replaying to the final identities,
+//!   and the last acknowledged steward link or unlink of each pair holding after healing.
 //! - `raft_safety`: at most one leader per group and term.
 //! - `committed_entries`: an index of a group is never applied as two different entries, and
 //!   every snapshot a replica builds, installs or loads holds the state that applying the
@@ -24,6 +27,7 @@ pub mod acked_writes;
 pub mod committed_entries;
 pub mod convergence;
 pub mod edges;
+pub mod empi;
 pub mod exactly_once;
 pub mod feed;
 pub mod linearizable;
