@@ -55,7 +55,9 @@ pub fn run(config: &Path) -> CliResult {
         let handle = match start_node_with(cfg, Arc::new(SystemClock), workloads).await {
             Ok(handle) => handle,
             Err(e @ (NodeError::Net(_) | NodeError::Actors(_))) => return Err(e.to_string()),
-            Err(e @ (NodeError::DataDir(..) | NodeError::Storage(_) | NodeError::Tls(_))) => exit_config(e),
+            Err(e @ (NodeError::DataDir(..) | NodeError::Storage(_) | NodeError::Tls(_) | NodeError::Model(..))) => {
+                exit_config(e)
+            }
         };
         println!(
             "node {node_id} listening on {} (pid {})",

@@ -44,6 +44,8 @@ pub enum ModeArg {
     Cosine,
     /// The mean of the vertex's own and its out-neighbours' features.
     NeighborMean,
+    /// The nodes' GraphSAGE model (`[scoring] model`) over the vertex's out-neighbours.
+    Sage,
 }
 
 impl From<ModeArg> for ScoreMode {
@@ -51,11 +53,12 @@ impl From<ModeArg> for ScoreMode {
         match m {
             ModeArg::Cosine => ScoreMode::Cosine,
             ModeArg::NeighborMean => ScoreMode::NeighborMean,
+            ModeArg::Sage => ScoreMode::Sage,
         }
     }
 }
 
-/// `plexus score VERTEX --candidates 1,2,3 [--k 10] [--mode cosine|neighbor-mean]`.
+/// `plexus score VERTEX --candidates 1,2,3 [--k 10] [--mode cosine|neighbor-mean|sage]`.
 #[derive(Args, Debug)]
 pub struct ScoreArgs {
     /// The vertex whose features form the query.
@@ -183,6 +186,7 @@ pub fn score(args: ScoreArgs) -> CliResult {
             let mode = match mode {
                 ScoreMode::Cosine => "cosine",
                 ScoreMode::NeighborMean => "neighbor-mean",
+                ScoreMode::Sage => "sage",
             };
             println!("{}", json!({"vertex": args.vertex, "mode": mode, "scores": rows}));
         } else {

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::workload::leader_of;
-use plexus_client::{Client, ClientError, ErrorReply, FeedCursor, PostRef};
+use plexus_client::{Client, ClientError, ErrorReply, FeedCursor, PostRef, ScoreMode};
 use plexus_proto::{shard_for_key, ShardKey};
 
 const SHARDS: u32 = 8;
@@ -33,8 +33,37 @@ fn set_feed_config(dir: &Path) {
         feed.insert("pulled_followers_min".into(), (PULLED_FOLLOWERS_MIN as i64).into());
         feed.insert("home_len_max".into(), (HOME_LEN_MAX as i64).into());
         feed.insert("follow_backfill_posts".into(), 10.into());
+        let mut scoring = toml::Table::new();
+        scoring.insert("model".into(), "../model.safetensors".into());
+        cfg.insert("scoring".into(), toml::Value::Table(scoring));
         std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
     }
+    std::fs::write(dir.join("model.safetensors"), model_bytes()).unwrap();
+}
+
+/// Width of the feature vectors the test's ranking model takes.
+const FEATURE_DIM: usize = 4;
+
+/// A two-layer GraphSAGE model (4 -> 8 -> 4) with fixed, uneven weights, as safetensors bytes
+/// named the way PyTorch Geometric names them.
+fn model_bytes() -> Vec<u8> {
+    use plexus_kernels::{AggOp, SageLayer, SageModel};
+    let layer = |i: usize, o: usize, seed: usize, last: bool| SageLayer {
+        in_dim: i,
+        out_dim: o,
+        agg: AggOp::Mean,
+        w_neigh: (0..o * i).map(|k| (((k * 5 + seed) % 9) as f32 - 4.0) / 3.0).collect(),
+        bias: (0..o).map(|k| (k % 3) as f32 / 10.0).collect(),
+        w_self: (0..o * i)
+            .map(|k| (((k * 7 + seed + 2) % 11) as f32 - 5.0) / 4.0)
+            .collect(),
+        relu: !last,
+        l2_normalize: !last,
+    };
+    let model = SageModel {
+        layers: vec![layer(FEATURE_DIM, 8, 1, false), layer(8, FEATURE_DIM, 4, true)],
+    };
+    plexus_kernels::weights::save_sage(&model, "convs.").unwrap()
 }
 
 /// Every post of `user`'s feed over all pages of `limit`, in page order.
@@ -141,6 +170,43 @@ async fn the_feed_end_to_end_on_three_nodes() {
     let ranked = all_pages(&c, reader, true, 3).await;
     assert_eq!(ranked.len(), want.len());
     assert_eq!(ranked.iter().copied().collect::<BTreeSet<_>>(), want);
+    // With feature vectors, the nodes' GraphSAGE model ranks: the reader's embedding over the
+    // authors it follows against each author's. Posts a few seconds apart differ in recency by
+    // far less than the authors differ in similarity, so a ranked page is the authors' posts in
+    // the model's order of authors.
+    for u in [reader, author, star, deleter] {
+        let x: Vec<f32> = (0..FEATURE_DIM as u64)
+            .map(|j| ((u * 31 + j * 17) % 13) as f32 - 6.0)
+            .collect();
+        c.set_features(u, x).await.unwrap();
+    }
+    // Scoring reads features stale (the nearest replica): wait until every author's arrived.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let by_model = loop {
+        let s = c
+            .score(reader, vec![author, star, deleter], 3, ScoreMode::Sage)
+            .await
+            .unwrap();
+        if s.len() == 3 || Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(by_model.len(), 3, "{by_model:?}");
+    for w in by_model.windows(2) {
+        assert!(
+            w[0].1 - w[1].1 > 0.01,
+            "test data ranks authors too closely: {by_model:?}"
+        );
+    }
+    let page = c.feed_home(reader, 50, FeedCursor::Latest, true).await.unwrap();
+    let mut authors: Vec<u64> = page.posts.iter().map(|p| p.post.post.author).collect();
+    authors.dedup();
+    assert_eq!(
+        authors,
+        by_model.iter().map(|s| s.0).collect::<Vec<_>>(),
+        "ranked by the model: {by_model:?}"
+    );
     // The star's posts reached the reader by pull, not fan-out: every follower sees them.
     let fan_feed = all_pages(&c, 101, false, 50).await;
     assert!(posts.iter().filter(|p| p.author == star).all(|p| fan_feed.contains(p)));

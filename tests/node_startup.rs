@@ -107,3 +107,21 @@ fn an_address_in_use_may_be_retried() {
     assert!(stderr.contains("error: network:"), "{stderr}");
     drop(held);
 }
+
+#[test]
+fn a_scoring_model_that_is_not_safetensors_is_named_and_not_worth_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_node(dir.path(), &free_addr());
+    std::fs::write(dir.path().join("node/model.safetensors"), b"not a model").unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace("[tls]", "[scoring]\nmodel = \"model.safetensors\"\n[tls]");
+    std::fs::write(&config, text).unwrap();
+    let (code, stderr) = run_node(&config);
+    assert_eq!(code, Some(78), "{stderr}");
+    let named = dir.path().join("node/model.safetensors");
+    assert!(
+        stderr.contains(&format!("error: scoring model {}: ", named.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("not safetensors"), "{stderr}");
+}

@@ -54,6 +54,20 @@ pub struct PeerConfig {
     pub addr: SocketAddr,
 }
 
+/// The scoring pool's settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ScoringConfig {
+    /// A GraphSAGE model in a safetensors file, its tensors named as PyTorch Geometric's
+    /// `SAGEConv` names them (`plexus_kernels::weights`), relative to the config file. With one,
+    /// the scoring pool serves `ScoreMode::Sage` and the feed ranks by it; without, the feed
+    /// ranks by neighbour-mean similarity. The node refuses to start with a file it cannot use.
+    pub model: Option<PathBuf>,
+    /// The prefix of the model's layer names (`convs.`, `layers.`, ...); unset tries the known
+    /// ones.
+    pub model_prefix: Option<String>,
+}
+
 /// Raft timings.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default)]
@@ -263,6 +277,9 @@ pub struct NodeConfig {
     /// The social feed's settings (the same on every node).
     #[serde(default)]
     pub feed: FeedConfig,
+    /// The scoring pool's settings (the same model on every node, or none anywhere).
+    #[serde(default)]
+    pub scoring: ScoringConfig,
     /// Async worker threads for this node; unset = one per CPU core. 1 runs the node on a
     /// single-threaded runtime (tokio's `current_thread`): no hand-offs between workers, which is
     /// what several nodes sharing one machine want, so `plexus up` writes 1 (on the 2-core local
@@ -320,6 +337,9 @@ impl NodeConfig {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
+        }
+        if let Some(p) = cfg.scoring.model.as_mut().filter(|p| p.is_relative()) {
+            *p = base.join(&*p);
         }
         cfg.validate()?;
         Ok(cfg)

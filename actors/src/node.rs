@@ -77,6 +77,29 @@ pub enum NodeError {
     /// The supervision tree failed to start.
     #[error("actors: {0}")]
     Actors(String),
+    /// The scoring model (`[scoring] model`) could not be read or is not a GraphSAGE model.
+    #[error("scoring model {0}: {1}")]
+    Model(String, String),
+}
+
+/// The GraphSAGE model `[scoring] model` names, if any: read and checked before anything else
+/// starts, so a bad file stops the node with its reason instead of failing every ranked read.
+pub fn load_model(cfg: &crate::config::ScoringConfig) -> Result<Option<plexus_kernels::SageModel>, NodeError> {
+    let Some(path) = &cfg.model else {
+        return Ok(None);
+    };
+    let err = |e: String| NodeError::Model(path.display().to_string(), e);
+    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let model = plexus_kernels::weights::load_sage(&bytes, cfg.model_prefix.as_deref(), plexus_kernels::AggOp::Mean)
+        .map_err(|e| err(e.to_string()))?;
+    tracing::info!(
+        path = %path.display(),
+        layers = model.layers.len(),
+        in_dim = model.layers.first().map_or(0, |l| l.in_dim),
+        out_dim = model.layers.last().map_or(0, |l| l.out_dim),
+        "scoring model loaded"
+    );
+    Ok(Some(model))
 }
 
 /// Messages to the node supervisor.
@@ -385,6 +408,7 @@ fn metrics_source(core: &NodeCore, endpoint: &NodeEndpoint) -> crate::metrics_ht
 /// `cfg.data_dir` on the seams' disk, builds the registry and starts the
 /// supervision tree. `addr` is the address this node reports for itself.
 pub async fn start_core(cfg: &NodeConfig, addr: String, seams: NodeSeams) -> Result<NodeCore, NodeError> {
+    let model = if seams.scoring { load_model(&cfg.scoring)? } else { None };
     let (wal, recovered) = Wal::open_with(
         &cfg.data_dir.join("wal"),
         seams.wal_options.clone(),
@@ -410,6 +434,10 @@ pub async fn start_core(cfg: &NodeConfig, addr: String, seams: NodeSeams) -> Res
         let scoring = tokio::task::spawn_blocking(|| ScoringPool::auto(ScoringLimits::default()))
             .await
             .map_err(|e| NodeError::Actors(format!("scoring backend probe failed: {e}")))?;
+        let scoring = match model {
+            Some(m) => scoring.with_model(m),
+            None => scoring,
+        };
         let _ = registry.set_scoring(Arc::new(scoring));
     }
     let pump_ready = Arc::new(tokio::sync::Notify::new());

@@ -184,10 +184,11 @@ async fn out_neighbors(registry: &Registry, replica: &Replica, vertex: VertexId)
 
 /// Builds the dense job for `req` from gathered features.
 ///
-/// The query rows are the vertex's own vector (then, for `NeighborMean`, its
-/// out-neighbours' in ascending id order), all of the width of the first
-/// present row; rows of another width are skipped, and so are candidates
-/// without a vector of that width. No query row at all is `NotFound`.
+/// The query rows are the vertex's own vector (then, for `NeighborMean` and
+/// `Sage`, its out-neighbours' in ascending id order), all of the width of the
+/// first present row; rows of another width are skipped, and so are candidates
+/// without a vector of that width. No query row at all is `NotFound`. For
+/// `Sage` the first row is always the vertex's own (zeros when it has none).
 pub fn build_job(
     req: &ScoreRequest,
     own: Option<Vec<f32>>,
@@ -195,15 +196,22 @@ pub fn build_job(
     features: &FeatureMap,
 ) -> Result<ScoreJob, ErrorReply> {
     let mut rows: Vec<&[f32]> = own.as_deref().into_iter().collect();
-    if req.mode == ScoreMode::NeighborMean {
+    if req.mode != ScoreMode::Cosine {
         rows.extend(neighbors.iter().filter_map(|n| features.get(n).map(Vec::as_slice)));
     }
     let Some(dim) = rows.first().map(|r| r.len()) else {
         return Err(ErrorReply::NotFound(match req.mode {
             ScoreMode::Cosine => format!("features of vertex {}", req.vertex),
-            ScoreMode::NeighborMean => format!("features of vertex {} or its out-neighbours", req.vertex),
+            ScoreMode::NeighborMean | ScoreMode::Sage => {
+                format!("features of vertex {} or its out-neighbours", req.vertex)
+            }
         }));
     };
+    // A model's first row is the vertex itself: zeros where it has no features of its own.
+    let zeros = vec![0.0f32; dim];
+    if req.mode == ScoreMode::Sage && own.is_none() {
+        rows.insert(0, &zeros);
+    }
     let query_rows: Vec<f32> = rows
         .iter()
         .filter(|r| r.len() == dim)
@@ -238,7 +246,7 @@ pub async fn execute_score(registry: &Registry, replica: &Replica, req: ScoreReq
     let own = own_features(registry, replica, req.vertex).await?;
     let neighbors = match req.mode {
         ScoreMode::Cosine => Vec::new(),
-        ScoreMode::NeighborMean => out_neighbors(registry, replica, req.vertex).await?,
+        ScoreMode::NeighborMean | ScoreMode::Sage => out_neighbors(registry, replica, req.vertex).await?,
     };
     let wanted: BTreeSet<VertexId> = req.candidates.iter().chain(&neighbors).copied().collect();
     let features = fetch_features(registry, &wanted).await?;

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use plexus_kernels::{BackendInfo, Kernels};
+use plexus_kernels::{BackendInfo, Kernels, SageModel};
 use plexus_proto::ErrorReply;
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SpawnErr};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
@@ -95,6 +95,7 @@ pub struct ScoringActor;
 /// A scoring actor's state: the open batch.
 pub struct ScoringState {
     kernels: Arc<Kernels>,
+    model: Option<Arc<SageModel>>,
     stats: Arc<ScoringStats>,
     limits: ScoringLimits,
     batch: Vec<Pending>,
@@ -115,9 +116,10 @@ impl ScoringState {
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats.requests.fetch_add(batch.len() as u64, Ordering::Relaxed);
         let (jobs, replies): (Vec<ScoreJob>, Vec<_>) = batch.into_iter().map(|p| (p.job, (p.reply, p.permit))).unzip();
-        let kernels = self.kernels.clone();
+        let (kernels, model) = (self.kernels.clone(), self.model.clone());
         let span = tracing::debug_span!("score_batch", requests = jobs.len());
-        let answers = tokio::task::spawn_blocking(move || span.in_scope(|| run_batch(&kernels, &jobs))).await;
+        let answers =
+            tokio::task::spawn_blocking(move || span.in_scope(|| run_batch(&kernels, model.as_deref(), &jobs))).await;
         match answers {
             Ok(answers) => {
                 for ((reply, _permit), answer) in replies.into_iter().zip(answers) {
@@ -139,15 +141,16 @@ impl ScoringState {
 impl Actor for ScoringActor {
     type Msg = ScoringMsg;
     type State = ScoringState;
-    type Arguments = (Arc<Kernels>, Arc<ScoringStats>, ScoringLimits);
+    type Arguments = (Arc<Kernels>, Option<Arc<SageModel>>, Arc<ScoringStats>, ScoringLimits);
 
     async fn pre_start(
         &self,
         _myself: ActorRef<ScoringMsg>,
-        (kernels, stats, limits): Self::Arguments,
+        (kernels, model, stats, limits): Self::Arguments,
     ) -> Result<ScoringState, ActorProcessingErr> {
         Ok(ScoringState {
             kernels,
+            model,
             stats,
             limits,
             batch: Vec::new(),
@@ -191,6 +194,7 @@ impl Actor for ScoringActor {
 pub struct ScoringPool {
     info: BackendInfo,
     kernels: Arc<Kernels>,
+    model: Option<Arc<SageModel>>,
     stats: Arc<ScoringStats>,
     limits: ScoringLimits,
     admission: Arc<Semaphore>,
@@ -206,6 +210,7 @@ impl ScoringPool {
         Self {
             info,
             kernels: Arc::new(kernels),
+            model: None,
             stats: Arc::default(),
             admission: Arc::new(Semaphore::new(limits.score_queue_requests_max.max(1))),
             limits,
@@ -233,6 +238,17 @@ impl ScoringPool {
         Self::new(kernels, info, limits)
     }
 
+    /// The pool with a GraphSAGE model for `ScoreMode::Sage` (set before `spawn_actors`).
+    pub fn with_model(mut self, model: SageModel) -> Self {
+        self.model = Some(Arc::new(model));
+        self
+    }
+
+    /// The GraphSAGE model `ScoreMode::Sage` runs, if the node was given one.
+    pub fn model(&self) -> Option<&SageModel> {
+        self.model.as_deref()
+    }
+
     /// The backend's name, as `plexus status` shows it.
     pub fn backend_name(&self) -> &str {
         &self.info.name
@@ -254,7 +270,12 @@ impl ScoringPool {
     }
 
     async fn spawn_one(&self, slot: usize, supervisor: ActorCell) -> Result<(), SpawnErr> {
-        let args = (self.kernels.clone(), self.stats.clone(), self.limits.clone());
+        let args = (
+            self.kernels.clone(),
+            self.model.clone(),
+            self.stats.clone(),
+            self.limits.clone(),
+        );
         let (actor, _) = Actor::spawn_linked(None, ScoringActor, args, supervisor).await?;
         if let Ok(mut actors) = self.actors.write() {
             if let Some(s) = actors.get_mut(slot) {

@@ -504,9 +504,14 @@ impl Reader<'_> {
     /// Similarity of the reader to each author of the window, from the scoring pool; empty (all
     /// zero) when the node has no pool or scoring fails: ranking then falls back to recency.
     async fn similarity(&self, window: &[PostRef]) -> BTreeMap<UserId, f32> {
-        if self.registry.scoring().is_none() {
+        let Some(pool) = self.registry.scoring() else {
             return BTreeMap::new();
-        }
+        };
+        // The node's GraphSAGE model when it was given one, else the neighbour mean.
+        let mode = match pool.model() {
+            Some(_) => ScoreMode::Sage,
+            None => ScoreMode::NeighborMean,
+        };
         let mut authors: Vec<UserId> = window.iter().map(|p| p.author).filter(|a| *a != self.user).collect();
         authors.sort_unstable();
         authors.dedup();
@@ -518,7 +523,7 @@ impl Reader<'_> {
             vertex: self.user,
             k: authors.len() as u32,
             candidates: authors,
-            mode: ScoreMode::NeighborMean,
+            mode,
         };
         match plexus_actors::score::execute_score(&self.registry, &self.replica, req).await {
             Ok(Reply::Scores(scores)) => scores.into_iter().collect(),

@@ -1,8 +1,10 @@
 //! Ranking a window of posts: a score per post, then rank order.
 //!
 //! A post's score is `similarity_weight × similarity(reader, author) + recency`, where the
-//! similarity comes from the scoring pool (cosine over GraphSAGE-style neighbour means of the
-//! follow graph's feature vectors; 0 for an author without features) and `recency` halves every
+//! similarity comes from the scoring pool (cosine between the reader's and the author's GraphSAGE
+//! embeddings when the nodes have a model, `[scoring] model`, else between the reader's
+//! neighbour mean over the follow graph's feature vectors and the author's vector; 0 for an
+//! author without features) and `recency` halves every
 //! `half_life_ms` of the post's age. The age is measured from the window's upper bound, not from
 //! the clock, so the same window ranks the same way on every page. Pure: no IO, no clock.
 

@@ -441,6 +441,12 @@ pub enum ScoreMode {
     /// The mean of the vertex's own and its out-neighbours' features (one
     /// GraphSAGE-style mean aggregation step).
     NeighborMean,
+    /// The node's GraphSAGE model (`[scoring] model`, a safetensors file) over the vertex's
+    /// 1-hop neighbourhood: the vertex aggregates its out-neighbours, every other vertex (its
+    /// neighbours and the candidates) only itself, through every layer; candidates are ranked by
+    /// cosine similarity of their embeddings to the vertex's. A node without a model answers
+    /// `BadRequest`.
+    Sage,
 }
 
 /// Rank `candidates` by cosine similarity to a query built from `vertex`.

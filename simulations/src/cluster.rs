@@ -149,6 +149,7 @@ impl Cluster {
                 wal_zero_ahead_bytes: None,
                 fsync: true,
                 metrics_addr: None,
+                scoring: Default::default(),
             };
             let disk = SimDisk::new(params.seed ^ (salt::DISK + id), params.disk.clone());
             nodes.insert(

@@ -71,6 +71,7 @@ pub fn cluster_configs(
             wal_zero_ahead_bytes: None,
             fsync,
             metrics_addr: None,
+            scoring: Default::default(),
         })
         .collect()
 }
