@@ -20,9 +20,9 @@ pub struct SimArgs {
     #[arg(long)]
     pub json: bool,
     /// Run the simulated nodes with a deliberate bug, to see the checkers catch it:
-    /// ack-before-fsync, stale-read, double-apply, half-follow, lease-too-long or
-    /// lease-ignores-handover. Simulation only: a production
-    /// node has no way to switch one on.
+    /// ack-before-fsync, stale-read, double-apply, half-follow, lease-too-long,
+    /// lease-ignores-handover, fanout-skips-shard or empi-skips-member-join. Simulation only: a
+    /// production node has no way to switch one on.
     #[arg(long)]
     pub canary: Option<String>,
     /// Run without faults (a baseline; also for speed measurements).

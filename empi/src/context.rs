@@ -261,9 +261,24 @@ impl MatchContext {
     /// joins them strongest link first, each join checked by the clustering guard. The record
     /// joins the oldest identity it reaches; the others it reached merge into that one.
     pub fn decide(&self, record: &NormalizedRecord, candidates: &[Candidate]) -> Decision {
-        let mut cands: Vec<&Candidate> = candidates.iter().collect();
-        cands.sort_by(|a, b| b.weight.total_cmp(&a.weight).then(a.key.cmp(&b.key)));
-        cands.truncate(DECIDE_CANDIDATES_MAX);
+        self.decide_apart(record, candidates, &[])
+    }
+
+    /// `decide`, with identities that must stay apart: each pair names two candidates (indexes
+    /// into `candidates`) whose identities a steward's unlink between their members separates.
+    pub fn decide_apart(
+        &self,
+        record: &NormalizedRecord,
+        candidates: &[Candidate],
+        apart: &[(usize, usize)],
+    ) -> Decision {
+        let mut order: Vec<usize> = (0..candidates.len()).collect();
+        order.sort_by(|&a, &b| {
+            let (a, b) = (&candidates[a], &candidates[b]);
+            b.weight.total_cmp(&a.weight).then(a.key.cmp(&b.key))
+        });
+        order.truncate(DECIDE_CANDIDATES_MAX);
+        let cands: Vec<&Candidate> = order.iter().map(|&i| &candidates[i]).collect();
         let mut clusters = Clusters::new();
         let facts = Facts {
             records: std::iter::once(record)
@@ -282,6 +297,13 @@ impl MatchContext {
         for (i, c) in cands.iter().enumerate() {
             if c.unlinked {
                 clusters.unlink(0, i as u32 + 1);
+            }
+        }
+        let slot = |c: usize| order.iter().position(|&o| o == c).map(|p| p as u32 + 1);
+        for &(x, y) in apart {
+            // A candidate cut by the cap takes no part, and neither does its constraint.
+            if let (Some(a), Some(b)) = (slot(x), slot(y)) {
+                clusters.unlink(a, b);
             }
         }
         for (i, c) in cands.iter().enumerate() {
@@ -374,6 +396,16 @@ mod tests {
             ctx.decide(&r, &cands[2..]),
             Decision {
                 join: None,
+                merge: vec![]
+            }
+        );
+        // Identities a steward's unlink between their members keeps apart: the record joins
+        // its best match's identity and the other is not merged.
+        assert!(cands[0].weight > cands[1].weight);
+        assert_eq!(
+            ctx.decide_apart(&r, &cands, &[(0, 1)]),
+            Decision {
+                join: Some(20),
                 merge: vec![]
             }
         );

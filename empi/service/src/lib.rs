@@ -16,6 +16,7 @@
 //! It is not the state machine and not the client: applications call `plexus-client`'s EMPI
 //! operations, people `plexus empi`.
 
+mod guard;
 mod link;
 mod reads;
 mod recent;

@@ -99,6 +99,12 @@ pub(crate) struct Held {
     block_members: HashMap<String, Vec<u32>>,
     /// Identity → (survivor, its age: the survivor's id, smaller is older).
     pub(crate) masters: BTreeMap<MasterId, (MasterId, u64)>,
+    /// Identity → its members as read (for the steward-unlink guard, `guard.rs`).
+    members: HashMap<MasterId, Vec<String>>,
+    /// Identity → the identities read or placed that merged into it (looked up, never iterated).
+    absorbed: HashMap<MasterId, Vec<MasterId>>,
+    /// Members of those identities that no block named, read for their steward constraints.
+    strangers: HashMap<String, Arc<EmpiRecord>>,
 }
 
 impl Held {
@@ -162,6 +168,7 @@ impl Held {
             .filter_map(|(_, r)| r.as_ref().map(|(r, _)| r.master))
             .collect();
         let mut masters: BTreeMap<MasterId, (MasterId, u64)> = BTreeMap::new();
+        let mut members: HashMap<MasterId, Vec<String>> = HashMap::new();
         let mut resolved: BTreeMap<MasterId, Option<MasterId>> = BTreeMap::new();
         for _ in 0..MERGE_HOPS_MAX {
             let ask: Vec<MasterId> = ids.iter().copied().filter(|m| !resolved.contains_key(m)).collect();
@@ -175,6 +182,7 @@ impl Held {
                     Some(master) => {
                         resolved.insert(m, master.merged_into);
                         ids.extend(master.merged_into);
+                        members.insert(m, master.members.clone());
                     }
                     // Not created yet (its join is in flight).
                     None => {
@@ -193,12 +201,89 @@ impl Held {
             }
             masters.insert(m, (at, at));
         }
+        let mut absorbed: HashMap<MasterId, Vec<MasterId>> = HashMap::new();
+        for (&id, &(survivor, _)) in &masters {
+            if id != survivor {
+                absorbed.entry(survivor).or_default().push(id);
+            }
+        }
+        // Members no block named: only their steward constraints are needed, not a normal form.
+        let strangers: BTreeSet<&String> = members
+            .values()
+            .flatten()
+            .filter(|k| !numbers.contains_key(*k))
+            .collect();
+        let strangers: Vec<String> = strangers.into_iter().cloned().collect();
+        let strangers: HashMap<String, Arc<EmpiRecord>> = if strangers.is_empty() {
+            HashMap::new()
+        } else {
+            let found = reads::records_as(registry, &strangers, fresh).await?;
+            found.into_iter().map(|(k, r)| (k, Arc::new(r))).collect()
+        };
         Ok(Held {
             records,
             numbers,
             block_members,
             masters,
+            members,
+            absorbed,
+            strangers,
         })
+    }
+
+    /// The members of `m` as read, and of the identities read or placed that merged into it.
+    pub(crate) fn members_of(&self, m: MasterId) -> impl Iterator<Item = &String> + '_ {
+        std::iter::once(m)
+            .chain(self.absorbed.get(&m).into_iter().flatten().copied())
+            .filter_map(|id| self.members.get(&id))
+            .flatten()
+    }
+
+    /// A held state of identities and their members' records only (no blocks, no candidates).
+    #[cfg(test)]
+    pub(crate) fn of_identities(identities: &[(MasterId, &[EmpiRecord])]) -> Held {
+        let mut members = HashMap::new();
+        let mut strangers = HashMap::new();
+        let mut masters = BTreeMap::new();
+        for (m, records) in identities {
+            masters.insert(*m, (*m, *m));
+            members.insert(*m, records.iter().map(|r| r.record.key_string()).collect());
+            for r in *records {
+                strangers.insert(r.record.key_string(), Arc::new(r.clone()));
+            }
+        }
+        Held {
+            records: Vec::new(),
+            numbers: HashMap::new(),
+            block_members: HashMap::new(),
+            masters,
+            members,
+            absorbed: HashMap::new(),
+            strangers,
+        }
+    }
+
+    /// Notes that a record of the batch was placed in `m`.
+    pub(crate) fn note_member(&mut self, m: MasterId, key: &str) {
+        let members = self.members.entry(m).or_default();
+        if !members.iter().any(|k| k == key) {
+            members.push(key.to_string());
+        }
+    }
+
+    /// Notes that placing a record merged `merged` into `into`.
+    pub(crate) fn absorb(&mut self, into: MasterId, merged: MasterId) {
+        let mut moved = self.absorbed.remove(&merged).unwrap_or_default();
+        moved.push(merged);
+        self.absorbed.entry(into).or_default().extend(moved);
+    }
+
+    /// A record's steward unlinks as held (a candidate's or another member's); none if unknown.
+    pub(crate) fn unlinks_of(&self, key: &str) -> &[String] {
+        match self.record(key).or_else(|| self.strangers.get(key)) {
+            Some(r) => &r.unlinks,
+            None => &[],
+        }
     }
 
     /// The identity `m` stands for now, and its age (its id: see `new_master`).
@@ -315,7 +400,7 @@ pub(crate) async fn place(
                 unlinked: unlinks.contains(&batch[*j].key),
             });
         }
-        let decision = ctx.decide(&p.norm, &cands);
+        let decision = crate::guard::decide(ctx, held, &p.norm, &p.key, &unlinks, &mut cands);
         // A record a steward linked keeps its identity; an update that matches nothing keeps
         // the identity it had.
         let pinned = existing
@@ -333,7 +418,9 @@ pub(crate) async fn place(
         }
         for m in &merged {
             held.masters.insert(*m, (master, master));
+            held.absorb(master, *m);
         }
+        held.note_member(master, &p.key);
         for b in &p.blocks {
             overlay.entry(b.as_str()).or_default().push(i);
         }

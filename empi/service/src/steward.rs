@@ -18,7 +18,7 @@ use plexus_core::Command;
 use plexus_empi::context::MatchContext;
 use plexus_proto::{
     master_shard_key, record_shard_key, shard_for_key, EmpiExplanation, EmpiFieldWeight, EmpiRecord, EmpiReply,
-    ErrorReply, Reply, Response,
+    ErrorReply, MasterId, Reply, Response,
 };
 
 use crate::link::new_master;
@@ -122,10 +122,17 @@ pub(crate) async fn link(registry: &Arc<Registry>, a: String, b: String, link: b
         )));
     }
     let found = reads::records(registry, &[a.clone(), b.clone()]).await?;
-    match (found.contains_key(&a), found.contains_key(&b)) {
-        (true, true) => {}
-        (false, _) => return Err(not_found(&a)),
-        (_, false) => return Err(not_found(&b)),
+    let (ra, rb) = match (found.get(&a), found.get(&b)) {
+        (Some(x), Some(y)) => (x, y),
+        (None, _) => return Err(not_found(&a)),
+        (_, None) => return Err(not_found(&b)),
+    };
+    if link {
+        if let Some((c, d)) = unlinked_across(registry, ra.master, rb.master, (&a, &b)).await? {
+            return Err(ErrorReply::BadRequest(format!(
+                "linking {a} and {b} would put {c} and {d} in one identity, which a steward unlinked: unlink {a} or {b} from its identity first, or link {c} and {d}"
+            )));
+        }
     }
     let now_millis = registry.clock.now_millis();
     // The pair's smaller key owns its constraint (the state machine mirrors it to the other
@@ -209,4 +216,33 @@ async fn await_both_sides(
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(PATIENT_BACKOFF_MAX);
     }
+}
+
+/// A pair of records, one in each of the identities `x` and `y` stand for now (other than the
+/// pair being linked), that a steward unlinked: linking would join them.
+async fn unlinked_across(
+    registry: &Arc<Registry>,
+    x: MasterId,
+    y: MasterId,
+    linking: (&String, &String),
+) -> Result<Option<(String, String)>, ErrorReply> {
+    let masters = reads::masters(registry, &[x, y]).await?;
+    let survivor = |m: MasterId| masters.get(&m).and_then(|e| e.merged_into).unwrap_or(m);
+    let (sx, sy) = (survivor(x), survivor(y));
+    if sx == sy {
+        return Ok(None);
+    }
+    let live = reads::masters(registry, &[sx, sy]).await?;
+    let members = |m: MasterId| live.get(&m).map(|e| e.members.clone()).unwrap_or_default();
+    let (mx, my) = (members(sx), members(sy));
+    let keys: Vec<String> = mx.iter().chain(&my).cloned().collect();
+    let records = reads::records(registry, &keys).await?;
+    let same = |c: &String, d: &String| (c, d) == linking || (d, c) == linking;
+    for c in &mx {
+        let Some(r) = records.get(c) else { continue };
+        if let Some(d) = r.unlinks.iter().find(|d| my.contains(d) && !same(c, d)) {
+            return Ok(Some((c.clone(), d.clone())));
+        }
+    }
+    Ok(None)
 }

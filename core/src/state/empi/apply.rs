@@ -434,11 +434,13 @@ impl ShardState {
 
     /// `Command::EmpiMerge`: `from` is marked merged into `into`, logs `Merged`, and each member
     /// is sent to its record's shard to move; `Count(members)`. Nothing happens when `from` is
-    /// `into`, unknown, or merged already.
+    /// `into` or merged already. An unknown `from` is an identity whose first join is still in
+    /// the outbox (a record was just moved to it): it is recorded as merged, empty, so that the
+    /// join, when it arrives, goes on to `into` instead of founding an identity the merge missed.
     pub(in crate::state) fn empi_merge(&mut self, from: MasterId, into: MasterId, now_millis: u64) -> Response {
         self.check_key(&master_shard_key(from))?;
         self.empi_admit()?;
-        if from == into || self.empi.masters.get(&from).is_none_or(|m| m.merged_into.is_some()) {
+        if from == into || self.empi.masters.get(&from).is_some_and(|m| m.merged_into.is_some()) {
             return Ok(Reply::Count(0));
         }
         if self.empi_merges_reach(into, from) {
@@ -446,13 +448,13 @@ impl ShardState {
                 "empi master {into} is merged into {from}: merging back would close a cycle"
             )));
         }
-        let members = match self.empi.masters.get_mut(&from) {
-            Some(m) => {
-                m.merged_into = Some(into);
-                std::mem::take(&mut m.members)
-            }
-            None => return Ok(Reply::Count(0)),
-        };
+        let m = self.empi.masters.entry(from).or_insert_with(|| Master {
+            members: Default::default(),
+            created_millis: now_millis,
+            merged_into: None,
+        });
+        m.merged_into = Some(into);
+        let members = std::mem::take(&mut m.members);
         self.empi_event(from, None, EmpiEventKind::Merged { into }, now_millis);
         let moved = members.len() as u64;
         let mut local = Local::new();

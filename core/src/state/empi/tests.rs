@@ -412,10 +412,21 @@ fn a_merge_moves_members_and_a_join_racing_it_lands_at_the_survivor() {
             (into, Some(late.clone()), Linked),
         ]
     );
-    // Merging again, an unknown identity or an identity into itself does nothing.
+    // Merging again or an identity into itself does nothing.
     assert_eq!(c.merge(from, into), Ok(Reply::Count(0)));
-    assert_eq!(c.merge(masters_on(1, 5)[4], into), Ok(Reply::Count(0)));
     assert_eq!(c.merge(into, into), Ok(Reply::Count(0)));
+    // An identity whose first join is still on its way is merged all the same: the join, when
+    // it arrives, goes on to `into` (a steward link read the record's new identity before its
+    // shard had it).
+    let unborn = masters_on(1, 5)[4];
+    assert_eq!(c.merge(unborn, into), Ok(Reply::Count(0)));
+    assert_eq!(c.master(unborn).and_then(|m| m.merged_into), Some(into));
+    let newcomer = &records_on(3, 7)[6];
+    c.put(vec![put(newcomer, unborn, &[])]).unwrap();
+    c.pump();
+    assert_eq!(c.record(newcomer).map(|r| r.master), Some(into));
+    assert!(c.members(into).contains(newcomer));
+    assert!(c.members(unborn).is_empty());
     let wrong = Command::EmpiMerge {
         from: into,
         into: from,
