@@ -8,7 +8,8 @@
 //! record stay where they are: the steward splits further by unlinking them too.
 //!
 //! The answer comes once both records' shards hold the constraint, so an upsert of either
-//! record that starts after it sees the constraint; the identities are read after that wait.
+//! record that starts after it sees the constraint; the identities are read after that wait. A
+//! link that would put two records a steward unlinked in one identity is refused, naming them.
 
 use std::sync::Arc;
 use std::time::Duration;
