@@ -112,8 +112,10 @@ pub enum Command {
     },
     /// EMPI: store records of this shard with the identities and blocking keys the EMPI service
     /// decided; each replaces the record of the same `SOURCE:ID` (keeping its steward
-    /// constraints), and its index and membership changes go out through the EMPI outbox.
-    /// Answers `Done`; a record of another shard refuses the whole entry.
+    /// constraints), and its index and membership changes go out through the EMPI outbox. A put
+    /// whose `base` is not the stored record's version (another put wrote it since the service
+    /// read it, or this is a repeat of a put that applied) is skipped: it is superseded. Answers
+    /// `Bools`, per put whether it applied; a record of another shard refuses the whole entry.
     EmpiPut {
         /// The records.
         puts: Vec<EmpiPut>,
@@ -255,6 +257,10 @@ pub struct EmpiPut {
     pub master: MasterId,
     /// Its blocking keys.
     pub blocks: Vec<String>,
+    /// The version (`updated_millis`) of the stored record the service placed it against;
+    /// `None`: there was none. A put applies only over that version, so a late repeat of an
+    /// older put never overwrites a newer one.
+    pub base: Option<u64>,
 }
 
 /// One source shard's EMPI messages for one destination, numbered from `first_seq`.

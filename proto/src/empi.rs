@@ -116,7 +116,9 @@ pub struct EmpiRecord {
     pub unlinks: Vec<String>,
     /// The blocking keys it is indexed under.
     pub blocks: Vec<String>,
-    /// When it was last written (the proposing leader's clock, Unix milliseconds).
+    /// When its fields were last written (the proposing leader's clock, Unix milliseconds; one
+    /// more than the last time where the clock has not moved on). Identity moves and steward
+    /// constraints leave it: it is the version a put is placed against (`EmpiPut::base`).
     pub updated_millis: u64,
 }
 

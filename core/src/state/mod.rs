@@ -165,7 +165,7 @@ impl ShardState {
     ///   or a NaN/infinite value is `BadRequest`.
     /// - `EdgeDelivery`: `Count(delivered_upto)` for the source shard.
     /// - `OutboxTrim`: `Count(entries dropped)`.
-    /// - `EmpiPut`: `Done`; `EmpiConstrain`, `EmpiReassign`, `EmpiSetModel`: `Changed`;
+    /// - `EmpiPut`: `Bools` (per put, whether it applied); `EmpiConstrain`, `EmpiReassign`, `EmpiSetModel`: `Changed`;
     ///   `EmpiMerge`: `Count(members moved)`; `EmpiDeliveries`: `Counts`; `EmpiOutboxTrims`:
     ///   `Count(dropped)`. A full EMPI outbox refuses puts, constraints, reassigns and merges
     ///   with `Busy`, not applied.

@@ -34,8 +34,8 @@ use plexus_core::Command;
 use plexus_empi::context::MatchContext;
 use plexus_empi::linker::{Linker, LinkerConfig};
 use plexus_proto::{
-    model_shard_key, shard_for_key, EmpiRead, EmpiRequest, EmpiState, ErrorReply, MasterId, Op, ReadOp, Reply, Request,
-    Response, EMPI_CLUSTERS_PAGE_MAX, EMPI_EVENTS_PAGE_MAX, EMPI_INGEST_RECORDS_MAX, EMPI_MATCH_K_MAX,
+    model_shard_key, shard_for_key, EmpiRead, EmpiRequest, EmpiState, ErrorReply, Op, ReadOp, Reply, Request, Response,
+    EMPI_CLUSTERS_PAGE_MAX, EMPI_EVENTS_PAGE_MAX, EMPI_INGEST_RECORDS_MAX, EMPI_MATCH_K_MAX,
 };
 use plexus_raft::replica::Replica;
 use tokio::time::Instant;
@@ -113,9 +113,9 @@ pub struct Stats {
 
 impl Stats {
     /// Counts a written batch's placements.
-    pub(crate) fn record_placed(&self, placed: &[(MasterId, bool, Vec<MasterId>)], written: &[Result<(), ErrorReply>]) {
+    pub(crate) fn record_placed(&self, placed: &[link::Placement], written: &[link::Written]) {
         for ((_, created, merged), w) in placed.iter().zip(written) {
-            if w.is_ok() {
+            if *w == Ok(true) {
                 self.records_linked.fetch_add(1, Ordering::Relaxed);
                 self.identities_created
                     .fetch_add(u64::from(*created), Ordering::Relaxed);

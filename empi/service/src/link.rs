@@ -42,6 +42,14 @@ pub const PUTS_PER_ENTRY_MAX: usize = 1_000;
 pub const WRITES_IN_FLIGHT_MAX: usize = 16;
 /// Hops followed along `merged_into` to an identity's survivor.
 const MERGE_HOPS_MAX: usize = 8;
+/// A record's placement: its identity, whether that was created, the identities merged into it.
+pub(crate) type Placement = (MasterId, bool, Vec<MasterId>);
+/// A record's write: `Ok(true)` applied; `Ok(false)` superseded: another put wrote the record
+/// after this one read it (a concurrent request, or a repeat of this very put that applied
+/// first), so this write takes effect just before that one and is overwritten at once, which
+/// is what the caller is told (a late copy of a request its client gave up on, still running,
+/// can never overwrite a newer write); or why it failed.
+pub(crate) type Written = Result<bool, ErrorReply>;
 
 fn bad(msg: String) -> ErrorReply {
     ErrorReply::BadRequest(msg)
@@ -105,6 +113,8 @@ pub(crate) struct Held {
     absorbed: HashMap<MasterId, Vec<MasterId>>,
     /// Members of those identities that no block named, read for their steward constraints.
     strangers: HashMap<String, Arc<EmpiRecord>>,
+    /// The stored version (`updated_millis`) of each record named in `also`, as its shard holds it.
+    versions: HashMap<String, u64>,
 }
 
 impl Held {
@@ -145,6 +155,10 @@ impl Held {
             })
             .collect();
         let mut found = reads::records_as(registry, &keys, fresh).await?;
+        let versions: HashMap<String, u64> = also
+            .iter()
+            .filter_map(|k| found.get(k).map(|r| (k.clone(), r.updated_millis)))
+            .collect();
         let mut offered = offered.records;
         // The shard's copy wins: it may carry a newer identity or steward constraints. Its
         // normal form is the offered one's when the fields are the same (normalising is most
@@ -228,7 +242,13 @@ impl Held {
             members,
             absorbed,
             strangers,
+            versions,
         })
+    }
+
+    /// The version of `key` its shard held when read (for `EmpiPut::base`); `None`: no record.
+    pub(crate) fn base(&self, key: &str) -> Option<u64> {
+        self.versions.get(key).copied()
     }
 
     /// The members of `m` as read, and of the identities read or placed that merged into it.
@@ -260,6 +280,7 @@ impl Held {
             members,
             absorbed: HashMap::new(),
             strangers,
+            versions: HashMap::new(),
         }
     }
 
@@ -366,16 +387,11 @@ pub(crate) async fn match_record(
 }
 
 /// Where each record of a batch goes: `(identity, created, merged identities)`, in order.
-pub(crate) async fn place(
-    ctx: &MatchContext,
-    held: &mut Held,
-    batch: &[Prepared],
-    now_millis: u64,
-) -> Vec<(MasterId, bool, Vec<MasterId>)> {
+pub(crate) async fn place(ctx: &MatchContext, held: &mut Held, batch: &[Prepared], now_millis: u64) -> Vec<Placement> {
     // The batch's own records, as candidates of the ones after them: per block the batch
     // indexes seen so far, and each one's identity.
     let mut overlay: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    let mut placed: Vec<(MasterId, bool, Vec<MasterId>)> = Vec::with_capacity(batch.len());
+    let mut placed: Vec<Placement> = Vec::with_capacity(batch.len());
     for (i, p) in batch.iter().enumerate() {
         if i % RECORDS_PER_YIELD == RECORDS_PER_YIELD - 1 {
             tokio::task::yield_now().await;
@@ -435,13 +451,15 @@ pub(crate) async fn place(
 }
 
 /// Writes a batch's placements: the records grouped by shard (up to `WRITES_IN_FLIGHT_MAX`
-/// shards at once), then the merges.
+/// shards at once), each against the version `held` read, then the merges of the placements
+/// that applied.
 pub(crate) async fn write(
     registry: &Arc<Registry>,
+    held: &Held,
     batch: &[Prepared],
-    placed: &[(MasterId, bool, Vec<MasterId>)],
+    placed: &[Placement],
     now_millis: u64,
-) -> Vec<Result<(), ErrorReply>> {
+) -> Vec<Written> {
     let mut by_shard: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
     for (i, p) in batch.iter().enumerate() {
         by_shard
@@ -465,6 +483,7 @@ pub(crate) async fn write(
                     record: batch[i].record.clone(),
                     master: placed[i].0,
                     blocks: batch[i].blocks.clone(),
+                    base: held.base(&batch[i].key),
                 })
                 .collect();
             let answer = registry
@@ -475,17 +494,30 @@ pub(crate) async fn write(
         .buffer_unordered(WRITES_IN_FLIGHT_MAX)
         .collect()
         .await;
-    let mut outcome: Vec<Result<(), ErrorReply>> = vec![Ok(()); batch.len()];
+    let mut outcome: Vec<Written> = vec![Ok(true); batch.len()];
     for (chunk, answer) in answers {
-        if let Err(e) = answer {
-            for i in chunk {
-                outcome[i] = Err(e.clone());
+        match answer {
+            Ok(Reply::Bools(applied)) if applied.len() == chunk.len() => {
+                for (i, a) in chunk.into_iter().zip(applied) {
+                    outcome[i] = Ok(a);
+                }
+            }
+            other => {
+                let e = match other {
+                    Err(e) => e,
+                    Ok(reply) => reads::unexpected("a put", reply),
+                };
+                for i in chunk {
+                    outcome[i] = Err(e.clone());
+                }
             }
         }
     }
     let mut merges: BTreeSet<(MasterId, MasterId)> = BTreeSet::new();
-    for (master, _, merged) in placed {
-        merges.extend(merged.iter().filter(|m| *m != master).map(|m| (*m, *master)));
+    for ((master, _, merged), w) in placed.iter().zip(&outcome) {
+        if *w == Ok(true) {
+            merges.extend(merged.iter().filter(|m| *m != master).map(|m| (*m, *master)));
+        }
     }
     futures::stream::iter(merges)
         .for_each_concurrent(WRITES_IN_FLIGHT_MAX, |(from, into)| async move {
@@ -513,7 +545,7 @@ pub(crate) async fn upsert(
     let mut held = Held::read(registry, ctx, &[&p], also, Offered::default(), stats, Fresh::Leader).await?;
     let batch = [p];
     let placed = place(ctx, &mut held, &batch, now_millis).await;
-    let written = write(registry, &batch, &placed, now_millis).await;
+    let written = write(registry, &held, &batch, &placed, now_millis).await;
     stats.record_placed(&placed, &written);
     if let Some(Err(e)) = written.into_iter().next() {
         return Err(e);
@@ -591,11 +623,12 @@ pub(crate) async fn ingest(
         }
     }
     drop(turn);
-    let written = write(registry, &kept, &placed, now_millis).await;
+    let written = write(registry, &held, &kept, &placed, now_millis).await;
     {
+        // A record not written, or superseded, is not what its shard holds: take it back out.
         let mut recent = recent.lock().unwrap_or_else(|e| e.into_inner());
         for ((p, (master, _, _)), w) in kept.iter().zip(&placed).zip(&written) {
-            if w.is_err() {
+            if *w != Ok(true) {
                 recent.forget(&p.key, *master);
             }
         }
@@ -603,7 +636,7 @@ pub(crate) async fn ingest(
     stats.record_placed(&placed, &written);
     for (j, p) in kept.iter().enumerate() {
         outcomes[kept_slot[j]] = Some(match &written[j] {
-            Ok(()) => EmpiIngested::Linked {
+            Ok(_) => EmpiIngested::Linked {
                 key: p.key.clone(),
                 master: placed[j].0,
             },

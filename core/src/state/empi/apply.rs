@@ -121,11 +121,11 @@ impl ShardState {
             EmpiMsg::Reassign { key, from, master } => {
                 let still_there = self.empi.records.get(&key).is_some_and(|r| r.master == from);
                 if still_there {
-                    self.empi_move(&key, master, now_millis, local);
+                    self.empi_move(&key, master, local);
                 }
             }
             EmpiMsg::Constrain { key, other, link } => {
-                self.empi_constrain_arrived(&key, &other, link, now_millis);
+                self.empi_constrain_arrived(&key, &other, link);
                 // The pair's owner (its smaller key) answers every change it applies with its
                 // own view, so the other side ends where the owner's order of changes ends.
                 if key < other {
@@ -173,15 +173,16 @@ impl ShardState {
 
     /// Moves a record of this shard to `master`; whether it moved (an unknown record, or one
     /// already there, does not).
-    fn empi_move(&mut self, key: &str, master: MasterId, now_millis: u64, local: &mut Local) -> bool {
+    fn empi_move(&mut self, key: &str, master: MasterId, local: &mut Local) -> bool {
         let Some(r) = self.empi.records.get_mut(key) else {
             return false;
         };
         if r.master == master {
             return false;
         }
+        // Not a write of its fields: `updated_millis`, the version a put is placed against,
+        // stays (a put placed before a move still applies; the move's merge forwards it).
         let old = std::mem::replace(&mut r.master, master);
-        r.updated_millis = now_millis;
         let key = key.to_string();
         self.empi_send(
             EmpiMsg::MemberLeave {
@@ -197,11 +198,9 @@ impl ShardState {
     /// A steward constraint for a record of this shard. One for a record not stored yet
     /// waits in `pending` for its first put; past `pending_constraints_max` such records it is
     /// dropped (the service checks that both records exist before constraining them).
-    fn empi_constrain_arrived(&mut self, key: &str, other: &str, link: bool, now_millis: u64) {
+    fn empi_constrain_arrived(&mut self, key: &str, other: &str, link: bool) {
         if let Some(r) = self.empi.records.get_mut(key) {
-            if Constraints::set(&mut r.links, &mut r.unlinks, other, link) {
-                r.updated_millis = now_millis;
-            }
+            Constraints::set(&mut r.links, &mut r.unlinks, other, link);
             return;
         }
         let full = self.empi.pending.len() >= self.limits.empi.pending_constraints_max;
@@ -273,11 +272,17 @@ impl ShardState {
         }
         self.empi_admit()?;
         let mut local = Local::new();
+        let mut applied = Vec::with_capacity(puts.len());
         for p in puts {
-            self.empi_put_one(p, now_millis, &mut local);
+            let stored = self.empi.records.get(&p.record.key_string()).map(|r| r.updated_millis);
+            let current = stored == p.base;
+            if current {
+                self.empi_put_one(p, now_millis, &mut local);
+            }
+            applied.push(current);
         }
         self.empi_drain(local, now_millis);
-        Ok(Reply::Done)
+        Ok(Reply::Bools(applied))
     }
 
     /// Stores one checked record and sends its index and membership changes. Its steward
@@ -287,7 +292,7 @@ impl ShardState {
         let mut blocks = p.blocks.clone();
         blocks.sort_unstable();
         blocks.dedup();
-        let (old_blocks, old_master, kept) = match self.empi.records.remove(&key) {
+        let (old_blocks, old_master, kept, version) = match self.empi.records.remove(&key) {
             Some(r) => (
                 r.blocks,
                 Some(r.master),
@@ -295,8 +300,14 @@ impl ShardState {
                     links: r.links,
                     unlinks: r.unlinks,
                 },
+                next_version(r.updated_millis, now_millis),
             ),
-            None => (Vec::new(), None, self.empi.pending.remove(&key).unwrap_or_default()),
+            None => (
+                Vec::new(),
+                None,
+                self.empi.pending.remove(&key).unwrap_or_default(),
+                now_millis,
+            ),
         };
         for block in missing_from(&old_blocks, &blocks) {
             let msg = EmpiMsg::IndexRemove {
@@ -344,7 +355,7 @@ impl ShardState {
             links: kept.links,
             unlinks: kept.unlinks,
             blocks,
-            updated_millis: now_millis,
+            updated_millis: version,
         };
         self.empi.records.insert(key, record);
     }
@@ -384,13 +395,7 @@ impl ShardState {
         self.empi_admit()?;
         let mut local = Local::new();
         let changed = match self.empi.records.get_mut(key) {
-            Some(r) => {
-                let changed = Constraints::set(&mut r.links, &mut r.unlinks, other, link);
-                if changed {
-                    r.updated_millis = now_millis;
-                }
-                changed
-            }
+            Some(r) => Constraints::set(&mut r.links, &mut r.unlinks, other, link),
             None => false,
         };
         // Sent even when nothing changed here: the owner's order decides, and applying a change
@@ -410,7 +415,7 @@ impl ShardState {
         self.check_key(&record_shard_key(key))?;
         self.empi_admit()?;
         let mut local = Local::new();
-        let changed = self.empi_move(key, master, now_millis, &mut local);
+        let changed = self.empi_move(key, master, &mut local);
         self.empi_drain(local, now_millis);
         Ok(Reply::Changed(changed))
     }
@@ -554,4 +559,11 @@ impl ShardState {
         self.empi.model = Some((version, model.to_vec()));
         Ok(Reply::Changed(true))
     }
+}
+
+/// A record's next version after `old`, at `now_millis`: the time its fields were written, and
+/// always larger than the last, so that each put of a record has a version of its own (an
+/// `EmpiPut`'s `base` names the version it was placed against).
+fn next_version(old: u64, now_millis: u64) -> u64 {
+    now_millis.max(old.saturating_add(1))
 }

@@ -65,11 +65,14 @@ pub(super) fn sorted(v: &[&String]) -> Vec<String> {
     v
 }
 
+/// A put of `key` (its `base` filled in by `Cluster::put` from the stored record, as the
+/// service reads it before placing).
 pub(super) fn put(key: &str, master: MasterId, blocks: &[&String]) -> EmpiPut {
     EmpiPut {
         record: person(key, "ann"),
         master,
         blocks: blocks.iter().map(|b| (*b).clone()).collect(),
+        base: None,
     }
 }
 
@@ -99,8 +102,16 @@ impl Cluster {
         state.apply(*index, cmd)
     }
 
-    /// Puts records on the shard of the first one.
-    pub(super) fn put(&mut self, puts: Vec<EmpiPut>) -> Response {
+    /// Puts records on the shard of the first one, each against the version stored now.
+    pub(super) fn put(&mut self, mut puts: Vec<EmpiPut>) -> Response {
+        for p in &mut puts {
+            p.base = self.record(&p.record.key_string()).map(|r| r.updated_millis);
+        }
+        self.put_as_is(puts)
+    }
+
+    /// Puts records on the shard of the first one with the `base` they carry.
+    pub(super) fn put_as_is(&mut self, puts: Vec<EmpiPut>) -> Response {
         let shard = on(&record_shard_key(&puts[0].record.key_string()));
         self.now += 1;
         let cmd = Command::EmpiPut {
@@ -283,12 +294,12 @@ fn puts_fan_out_to_index_and_identity_shards_and_converge() {
     let b0 = &blocks_on(0, 1)[0];
     let (b2, b3) = (&blocks_on(2, 1)[0], &blocks_on(3, 1)[0]);
     let m = masters_on(3, 1)[0];
-    assert_eq!(c.put(vec![put(r1, m, &[b3, b0, b2, b0])]), Ok(Reply::Done));
+    assert_eq!(c.put(vec![put(r1, m, &[b3, b0, b2, b0])]), Ok(Reply::Bools(vec![true])));
     // Only what lives on the record's shard is applied at once: the rest waits in the outbox.
     assert_eq!(c.blocks(&[b0]).found, vec![(b0.clone(), vec![r1.clone()])]);
     assert_eq!(c.master(m), None);
     assert_eq!(c.shards[0].0.empi_outbox_len(), 3);
-    assert_eq!(c.put(vec![put(r2, m, &[b2])]), Ok(Reply::Done));
+    assert_eq!(c.put(vec![put(r2, m, &[b2])]), Ok(Reply::Bools(vec![true])));
     let to_3 = c.shards[0].0.empi_outbox_pending(64, usize::MAX).pop().unwrap();
     assert_eq!(c.pump(), 1);
     assert_eq!(c.violations(), Vec::<String>::new());
@@ -330,7 +341,7 @@ fn puts_fan_out_to_index_and_identity_shards_and_converge() {
         before[..3]
     );
     // The same record put again changes nothing but its time.
-    assert_eq!(c.put(vec![put(r2, m, &[b2])]), Ok(Reply::Done));
+    assert_eq!(c.put(vec![put(r2, m, &[b2])]), Ok(Reply::Bools(vec![true])));
     assert_eq!(c.shards[1].0.empi_outbox_len(), 0);
     assert_eq!(c.record(r2).map(|r| r.updated_millis), Some(c.now));
 }
@@ -626,4 +637,43 @@ fn model_versions_only_move_forward() {
         c.read(EmpiRead::Model),
         Ok(Reply::EmpiState(EmpiState::Model(Some((3, b"{}".to_vec())))))
     );
+}
+
+#[test]
+fn a_put_applies_only_over_the_version_it_was_placed_against() {
+    let mut c = Cluster::new(EmpiLimits::default());
+    let r = &records_on(1, 1)[0];
+    let [m1, m2] = [masters_on(0, 1)[0], masters_on(2, 1)[0]];
+    // Placed when there was no record: applies once; the same put again (a repeat of its
+    // proposal) finds a record and is skipped.
+    let first = put(r, m1, &[]);
+    assert_eq!(c.put_as_is(vec![first.clone()]), Ok(Reply::Bools(vec![true])));
+    let v1 = c.record(r).map(|x| x.updated_millis);
+    assert_eq!(c.put_as_is(vec![first]), Ok(Reply::Bools(vec![false])));
+    // A newer put over v1 applies; a late one placed against v1 too, with other fields,
+    // must not overwrite it.
+    let mut newer = put(r, m2, &[]);
+    newer.record.given_name = Some("anne".into());
+    newer.base = v1;
+    let mut late = put(r, m1, &[]);
+    late.record.given_name = Some("annie".into());
+    late.base = v1;
+    assert_eq!(c.put_as_is(vec![newer]), Ok(Reply::Bools(vec![true])));
+    assert_eq!(c.put_as_is(vec![late]), Ok(Reply::Bools(vec![false])));
+    c.pump();
+    let held = c.record(r).unwrap();
+    assert_eq!((held.record.given_name.as_deref(), held.master), (Some("anne"), m2));
+    assert!(held.updated_millis > v1.unwrap());
+    assert_eq!(c.violations(), Vec::<String>::new());
+    // A steward constraint or an identity move is no write of the fields: a put placed before
+    // it still applies.
+    let before = held.updated_millis;
+    let mut after_move = put(r, m1, &[]);
+    after_move.base = Some(before);
+    assert_eq!(c.constrain(r, &records_on(2, 1)[0], false), Ok(Reply::Changed(true)));
+    assert_eq!(c.record(r).unwrap().updated_millis, before);
+    assert_eq!(c.put_as_is(vec![after_move]), Ok(Reply::Bools(vec![true])));
+    c.pump();
+    assert_eq!(c.record(r).map(|x| x.master), Some(m1));
+    assert_eq!(c.violations(), Vec::<String>::new());
 }
