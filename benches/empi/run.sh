@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Identity matching on a fresh 3-node plexus cluster (see README.md beside this file).
 #
-#   benches/empi/run.sh [--records N] [--match-records M] [--duration SECS] [--batch B] [--no-ablation]
+#   benches/empi/run.sh [--records N] [--match-records M] [--duration SECS] [--batch B] [--no-ablation] [--keep]
 #
 # Bulk-links N synthetic person records with ground truth (replication 3, fsync on), scores the
 # identities the cluster forms (pairwise precision, recall, F1; blocking pair completeness),
@@ -17,6 +17,7 @@ records=500000
 match_records=1000000
 duration=20
 batch=10000
+keep=0
 ablation=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -25,6 +26,7 @@ while [[ $# -gt 0 ]]; do
         --duration) duration="${2:?--duration needs a value}"; shift 2 ;;
         --batch) batch="${2:?--batch needs a value}"; shift 2 ;;
         --no-ablation) ablation=(--no-ablation); shift ;;
+        --keep) keep=1; shift ;;
         -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
