@@ -15,12 +15,11 @@
 use serde::{Deserialize, Serialize};
 
 use crate::blocking::BlockingSpec;
-use crate::cluster::{ClusterConfig, Clusters, Merge, RecordFacts};
+use crate::cluster::{ClusterConfig, Clusters, Merge};
 use crate::compare::{ComparisonSpec, Idf};
-use crate::date::Date;
-use crate::linker::{Linker, LinkerConfig, GIVEN_COMPATIBLE_JW};
+use crate::linker::{Facts, Linker, LinkerConfig};
 use crate::model::{Explanation, Model, ModelError, TermFrequencies, TfValues};
-use crate::normalize::{normalize, NormalizedRecord, Sex};
+use crate::normalize::{normalize, NormalizedRecord};
 use crate::schema::PersonRecord;
 
 /// Candidates one decision looks at, at most (the best by weight).
@@ -97,37 +96,6 @@ pub struct Decision {
     pub join: Option<u64>,
     /// Other identities it bridges that merge into `join`.
     pub merge: Vec<u64>,
-}
-
-struct Facts<'a> {
-    records: Vec<&'a NormalizedRecord>,
-}
-
-impl RecordFacts for Facts<'_> {
-    fn national_id(&self, r: u32) -> &str {
-        self.records[r as usize].national_id()
-    }
-    fn sex(&self, r: u32) -> Sex {
-        self.records[r as usize].sex
-    }
-    fn birth(&self, r: u32) -> Option<Date> {
-        self.records[r as usize].birth
-    }
-    fn has_given(&self, r: u32) -> bool {
-        !self.records[r as usize].given().is_empty()
-    }
-    fn given_compatible(&self, a: u32, b: u32) -> bool {
-        let (p, q) = (self.records[a as usize].given(), self.records[b as usize].given());
-        p.is_empty()
-            || q.is_empty()
-            || self.given_same(a, b)
-            || crate::compare::metrics::osa_str(p, q) <= 1
-            || crate::compare::metrics::jw_str(p, q) >= GIVEN_COMPATIBLE_JW
-    }
-    fn given_same(&self, a: u32, b: u32) -> bool {
-        let (x, y) = (self.records[a as usize], self.records[b as usize]);
-        x.given() == y.given() || crate::nicknames::nick_equal(&x.given_nicks, &y.given_nicks)
-    }
 }
 
 impl MatchContext {
@@ -280,11 +248,10 @@ impl MatchContext {
         order.truncate(DECIDE_CANDIDATES_MAX);
         let cands: Vec<&Candidate> = order.iter().map(|&i| &candidates[i]).collect();
         let mut clusters = Clusters::new();
-        let facts = Facts {
-            records: std::iter::once(record)
-                .chain(cands.iter().map(|c| &*c.record))
-                .collect(),
-        };
+        let records: Vec<&NormalizedRecord> = std::iter::once(record)
+            .chain(cands.iter().map(|c| &*c.record))
+            .collect();
+        let facts = Facts { records: &records };
         for _ in 0..facts.records.len() {
             clusters.add_record();
         }

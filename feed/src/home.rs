@@ -18,8 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use futures::stream::{self, StreamExt};
-use plexus_actors::registry::Registry;
+use plexus_actors::registry::{Fresh, Registry};
 use plexus_core::Command;
 use plexus_proto::{
     shard_for_key, Consistency, ErrorReply, FeedCandidates, FeedCursor, FeedPage, FeedPost, PostRef, RankedPost,
@@ -34,8 +33,6 @@ use crate::FeedSettings;
 
 /// Windows one page may run through: a page stops short rather than scan without end.
 const WINDOWS_PER_PAGE_MAX: usize = 8;
-/// Shard reads of one page (pulls, rebuild) in flight at once.
-const READS_IN_FLIGHT_MAX: usize = 16;
 /// A materialised timeline read after this fraction of the active window is touched again.
 const TOUCH_FRACTION: u64 = 8;
 /// Posts per pulled author one window reads at most (newest first); a window does not reach
@@ -355,10 +352,10 @@ impl Reader<'_> {
         authors.push(self.user);
         let budget = 4 * self.settings.home_len_max;
         let per_author = (budget / authors.len()).clamp(1, self.settings.follow_backfill_posts.max(1));
-        let by_shard = self.group_by_shard(&authors);
-        let registry = &self.registry;
-        let reads = stream::iter(by_shard)
-            .map(|(shard, authors)| async move {
+        let reads: Vec<(ShardId, ReadOp)> = self
+            .group_by_shard(&authors)
+            .into_iter()
+            .map(|(shard, authors)| {
                 let op = ReadOp::FeedLatest {
                     authors,
                     per_author: per_author as u32,
@@ -366,11 +363,10 @@ impl Reader<'_> {
                     floor: None,
                     texts: true,
                 };
-                registry.read_at_leader(shard, op).await
+                (shard, op)
             })
-            .buffered(READS_IN_FLIGHT_MAX)
-            .collect::<Vec<Response>>()
-            .await;
+            .collect();
+        let reads = self.registry.read_many(reads, Fresh::Leader).await;
         let mut posts = Vec::new();
         for r in reads {
             match r? {
@@ -391,33 +387,9 @@ impl Reader<'_> {
         }
     }
 
-    /// Stale reads of many shards, answered in order: from this node's replicas at once where
-    /// it hosts them (no task, no copy of the replica), the rest from peers, a few at a time.
+    /// Stale reads of many shards, answered in order (`Registry::read_many`).
     async fn read_many(&self, reads: Vec<(ShardId, ReadOp)>) -> Vec<Response> {
-        let mut answers: Vec<Option<Response>> = Vec::with_capacity(reads.len());
-        let mut remote = Vec::new();
-        for (i, (shard, op)) in reads.into_iter().enumerate() {
-            match self.registry.read_local_applied(shard, &op) {
-                Some(r) => answers.push(Some(r)),
-                None => {
-                    answers.push(None);
-                    remote.push((i, shard, op));
-                }
-            }
-        }
-        let registry = &self.registry;
-        let fetched = stream::iter(remote)
-            .map(|(i, shard, op)| async move { (i, registry.read_stale_anywhere(shard, op).await) })
-            .buffered(READS_IN_FLIGHT_MAX)
-            .collect::<Vec<(usize, Response)>>()
-            .await;
-        for (i, r) in fetched {
-            answers[i] = Some(r);
-        }
-        answers
-            .into_iter()
-            .map(|a| a.unwrap_or_else(|| Err(ErrorReply::Internal("a read went unanswered".into()))))
-            .collect()
+        self.registry.read_many(reads, Fresh::Stale).await
     }
 
     /// Authors grouped by shard (each group at most the state's per-read author limit).

@@ -27,8 +27,8 @@ use std::time::Duration;
 use plexus_client::{ClientError, Upserted};
 use plexus_empi::synth::{self, Population, SynthConfig};
 use plexus_proto::{
-    record_shard_key, shard_for_key, EmpiEvent, EmpiIngested, EmpiRead, EmpiState, ErrorReply, MasterId, PersonRecord,
-    ReadOp, Reply,
+    record_shard_key, shard_for_key, EmpiEvent, EmpiIngested, EmpiRead, EmpiState, MasterId, PersonRecord, ReadOp,
+    Reply,
 };
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -121,20 +121,8 @@ pub enum EmpiOutcome {
     Events(Vec<EmpiEvent>, String),
 }
 
-/// One completed EMPI operation.
-#[derive(Clone, Debug)]
-pub struct EmpiOp {
-    /// The client (1-based; the subscriber is `clients + 1`).
-    pub client: u64,
-    /// What it did.
-    pub action: EmpiAction,
-    /// Virtual microseconds at invocation.
-    pub invoked_us: u64,
-    /// Virtual microseconds at completion.
-    pub completed_us: u64,
-    /// The answer; an error is an unknown outcome.
-    pub result: Result<EmpiOutcome, ErrorReply>,
-}
+/// One completed EMPI operation (the subscriber is client `clients + 1`).
+pub type EmpiOp = crate::workload::Completed<EmpiAction, EmpiOutcome>;
 
 /// The EMPI history of a run.
 pub type EmpiHistory = Arc<Mutex<Vec<EmpiOp>>>;

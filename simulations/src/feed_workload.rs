@@ -86,19 +86,7 @@ pub enum FeedOutcome {
 }
 
 /// One completed feed operation.
-#[derive(Clone, Debug)]
-pub struct FeedRecord {
-    /// The client (1-based).
-    pub client: u64,
-    /// What it did.
-    pub action: FeedAction,
-    /// Virtual microseconds at invocation.
-    pub invoked_us: u64,
-    /// Virtual microseconds at completion.
-    pub completed_us: u64,
-    /// The answer; an error is an unknown outcome.
-    pub result: Result<FeedOutcome, ErrorReply>,
-}
+pub type FeedRecord = crate::workload::Completed<FeedAction, FeedOutcome>;
 
 /// The feed history of a run.
 pub type FeedHistory = Arc<Mutex<Vec<FeedRecord>>>;

@@ -60,20 +60,23 @@ pub enum Action {
     FilterContains(String, Vec<u8>),
 }
 
-/// One completed operation.
+/// One completed operation of any workload: `A` what it did, `O` what it came to.
 #[derive(Clone, Debug)]
-pub struct Record {
+pub struct Completed<A, O> {
     /// The client (1-based).
     pub client: u64,
     /// What it did.
-    pub action: Action,
+    pub action: A,
     /// Virtual microseconds at invocation.
     pub invoked_us: u64,
     /// Virtual microseconds at completion.
     pub completed_us: u64,
-    /// The answer; an error when the call failed (see [`failure`]).
-    pub result: Response,
+    /// The answer; an error when the call failed (see [`failure`]), an unknown outcome.
+    pub result: Result<O, ErrorReply>,
 }
+
+/// One completed operation of this workload.
+pub type Record = Completed<Action, Reply>;
 
 /// Every key the workload may touch.
 #[derive(Clone, Debug, Default)]

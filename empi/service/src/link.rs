@@ -189,14 +189,14 @@ impl Held {
             if ask.is_empty() {
                 break;
             }
-            let got = reads::masters_as(registry, &ask, fresh).await?;
+            let mut got = reads::masters_as(registry, &ask, fresh).await?;
             ids.clear();
             for m in ask {
-                match got.get(&m) {
+                match got.remove(&m) {
                     Some(master) => {
                         resolved.insert(m, master.merged_into);
                         ids.extend(master.merged_into);
-                        members.insert(m, master.members.clone());
+                        members.insert(m, master.members);
                     }
                     // Not created yet (its join is in flight).
                     None => {

@@ -11,15 +11,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use futures::stream::{self, StreamExt};
+pub(crate) use plexus_actors::registry::Fresh;
 use plexus_actors::registry::Registry;
 use plexus_proto::{
     block_shard_key, master_shard_key, record_shard_key, shard_for_key, EmpiBlocks, EmpiMaster, EmpiRead, EmpiRecord,
     EmpiState, ErrorReply, MasterId, ReadOp, Reply, Response, ShardId, ShardKey,
 };
 
-/// Reads of other shards one request has in flight at once.
-pub const READS_IN_FLIGHT_MAX: usize = 16;
 /// Keys or ids named in one read, at most (the state machine's per-read caps are larger).
 pub const KEYS_PER_READ_MAX: usize = 512;
 
@@ -27,50 +25,9 @@ pub(crate) fn unexpected(what: &str, reply: Reply) -> ErrorReply {
     ErrorReply::Internal(format!("unexpected answer to {what}: {reply:?}"))
 }
 
-/// How fresh a read must be.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum Fresh {
-    /// Any replica's applied state, this node's first.
-    Stale,
-    /// A linearizable read at the leader (this node's replica where it leads the shard): its
-    /// lease or a read index first, since a leader just elected may not have applied every
-    /// acknowledged write yet (the simulator caught an upsert that read no record an ingest had
-    /// just linked, on a fresh leader's applied state).
-    Leader,
-}
-
-/// Reads of many shards, answered in order.
+/// Reads of many shards, answered in order (`Registry::read_many`).
 pub(crate) async fn read_many(registry: &Arc<Registry>, reads: Vec<(ShardId, ReadOp)>, fresh: Fresh) -> Vec<Response> {
-    let mut answers: Vec<Option<Response>> = Vec::with_capacity(reads.len());
-    let mut remote = Vec::new();
-    for (i, (shard, op)) in reads.into_iter().enumerate() {
-        let here = fresh == Fresh::Stale;
-        match here.then(|| registry.read_local_applied(shard, &op)).flatten() {
-            Some(r) => answers.push(Some(r)),
-            None => {
-                answers.push(None);
-                remote.push((i, shard, op));
-            }
-        }
-    }
-    let fetched = stream::iter(remote)
-        .map(|(i, shard, op)| async move {
-            let answer = match fresh {
-                Fresh::Stale => registry.read_stale_anywhere(shard, op).await,
-                Fresh::Leader => registry.read_at_leader(shard, op).await,
-            };
-            (i, answer)
-        })
-        .buffered(READS_IN_FLIGHT_MAX)
-        .collect::<Vec<(usize, Response)>>()
-        .await;
-    for (i, r) in fetched {
-        answers[i] = Some(r);
-    }
-    answers
-        .into_iter()
-        .map(|a| a.unwrap_or_else(|| Err(ErrorReply::Internal("a read went unanswered".into()))))
-        .collect()
+    registry.read_many(reads, fresh).await
 }
 
 /// `items` grouped by the shard `key` routes each to, in chunks of at most `KEYS_PER_READ_MAX`.

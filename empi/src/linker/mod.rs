@@ -261,26 +261,33 @@ pub struct Linker {
 /// needs the same name, not a compatible one).
 pub const GIVEN_COMPATIBLE_JW: f64 = 0.88;
 
-/// Record facts for the clustering guard, read from the linker's records.
-struct Facts<'a> {
-    records: &'a [NormalizedRecord],
+/// Record facts for the clustering guard, read from normalised records: the linker's own
+/// (`&[NormalizedRecord]`) or a decision's record and candidates (`&[&NormalizedRecord]`).
+pub(crate) struct Facts<'a, R> {
+    pub(crate) records: &'a [R],
 }
 
-impl RecordFacts for Facts<'_> {
+impl<R: std::borrow::Borrow<NormalizedRecord>> Facts<'_, R> {
+    fn at(&self, r: u32) -> &NormalizedRecord {
+        self.records[r as usize].borrow()
+    }
+}
+
+impl<R: std::borrow::Borrow<NormalizedRecord>> RecordFacts for Facts<'_, R> {
     fn national_id(&self, r: u32) -> &str {
-        self.records[r as usize].national_id()
+        self.at(r).national_id()
     }
     fn sex(&self, r: u32) -> Sex {
-        self.records[r as usize].sex
+        self.at(r).sex
     }
     fn birth(&self, r: u32) -> Option<Date> {
-        self.records[r as usize].birth
+        self.at(r).birth
     }
     fn has_given(&self, r: u32) -> bool {
-        !self.records[r as usize].given().is_empty()
+        !self.at(r).given().is_empty()
     }
     fn given_compatible(&self, a: u32, b: u32) -> bool {
-        let (p, q) = (self.records[a as usize].given(), self.records[b as usize].given());
+        let (p, q) = (self.at(a).given(), self.at(b).given());
         p.is_empty()
             || q.is_empty()
             || self.given_same(a, b)
@@ -288,12 +295,12 @@ impl RecordFacts for Facts<'_> {
             || crate::compare::metrics::jw_str(p, q) >= GIVEN_COMPATIBLE_JW
     }
     fn given_same(&self, a: u32, b: u32) -> bool {
-        let (x, y) = (&self.records[a as usize], &self.records[b as usize]);
+        let (x, y) = (self.at(a), self.at(b));
         x.given() == y.given() || crate::nicknames::nick_equal(&x.given_nicks, &y.given_nicks)
     }
 }
 
-fn facts_of(records: &[NormalizedRecord]) -> Facts<'_> {
+fn facts_of(records: &[NormalizedRecord]) -> Facts<'_, NormalizedRecord> {
     Facts { records }
 }
 
@@ -401,7 +408,7 @@ impl Linker {
         out
     }
 
-    fn facts(&self) -> Facts<'_> {
+    fn facts(&self) -> Facts<'_, NormalizedRecord> {
         facts_of(&self.records)
     }
 
