@@ -188,7 +188,7 @@ impl ShardState {
         }
         let followers = self.graph.set(dst, Direction::In).map_or(0, RoaringTreemap::len);
         if followers > self.limits.feed.pulled_followers_min {
-            self.feed.pulled.insert(dst);
+            self.feed_become_pulled(dst);
             self.feed.pulled_since.insert(dst, self.timelines.last_id());
             for shard in (0..self.here.shard_count).filter(|s| *s != self.here.shard) {
                 self.feed.outbox.push(shard, FeedMsg::Pulled { author: dst });
@@ -198,6 +198,20 @@ impl ShardState {
         let posts = self.latest_posts(dst, self.limits.feed.follow_backfill_posts, None, None, true);
         if !posts.is_empty() {
             self.feed_send(dest, FeedMsg::Backfill { user: src, posts }, now_millis);
+        }
+    }
+
+    /// Records here that `author` is pulled, and drops the author's posts from every home
+    /// timeline of this shard: from now on readers get them from the author's timeline only.
+    ///
+    /// Homes must not keep them. A pulled author's later deletes reach no home (its later
+    /// posts were never fanned out), so a copy left in a home (merged by a rebuild, or fanned
+    /// out before) could outlive its delete, or come back when its reader follows again.
+    fn feed_become_pulled(&mut self, author: UserId) {
+        if self.feed.pulled.insert(author) {
+            for home in self.feed.homes.values_mut() {
+                home.purge(author);
+            }
         }
     }
 
@@ -231,9 +245,7 @@ impl ShardState {
                     }
                 }
             }
-            FeedMsg::Pulled { author } => {
-                self.feed.pulled.insert(author);
-            }
+            FeedMsg::Pulled { author } => self.feed_become_pulled(author),
         }
     }
 
@@ -340,11 +352,17 @@ impl ShardState {
             return Err(bad(format!("post {} of {} bytes is too large", p.post, p.text.len())));
         }
         let caps = self.home_caps();
+        // Pulled authors' posts are read from their timelines, never kept in homes (see
+        // `feed_become_pulled`); the rebuild may have read them before this shard learnt that.
+        let fanned: Vec<&FeedPost> = posts
+            .iter()
+            .filter(|p| !self.feed.pulled.contains(p.post.author))
+            .collect();
         let Some(home) = self.live_home(user, now_millis) else {
             // Expired again between activation and rebuild: the next read starts over.
             return Ok(Reply::Count(0));
         };
-        let added = posts.iter().filter(|p| home.insert(p, caps)).count();
+        let added = fanned.into_iter().filter(|p| home.insert(p, caps)).count();
         home.set_complete();
         Ok(Reply::Count(added as u64))
     }
@@ -399,6 +417,8 @@ impl ShardState {
                 let posts = materialised.map_or_else(Vec::new, |h| {
                     h.window(*below, *floor)
                         .filter(|(p, _)| p.author == *user || out.contains(p.author))
+                        // A home restored from a snapshot older than the purge on `Pulled`.
+                        .filter(|(p, _)| !self.feed.pulled.contains(p.author))
                         .filter(|(p, _)| !seen.is_some_and(|s| s.contains(**p)))
                         .take(max)
                         .map(|(p, _)| *p)

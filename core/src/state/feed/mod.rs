@@ -13,9 +13,12 @@
 //! never sees a post after its delete, or a backfill after a later unfollow.
 //!
 //! Hybrid fan-out. An author whose follower count passes `pulled_followers_min` becomes pulled
-//! for good: its later posts are not fanned out, every shard learns it (`Pulled`), and readers
-//! merge the author's latest posts in at read time. Staying pulled when the count falls back
-//! gives the same feeds (pulling works at any count) without re-fanning out a history.
+//! for good: its later posts are not fanned out, every shard learns it (`Pulled`) and drops the
+//! author's posts from its home timelines, and readers merge the author's latest posts in at
+//! read time from its timeline alone (a rebuild does not merge them either). So no home holds a
+//! post that a later delete, sent to the followers of the day, could miss. Staying pulled when
+//! the count falls back gives the same feeds (pulling works at any count) without re-fanning
+//! out a history.
 //!
 //! This module is state and its pure transitions; the feed service (`plexus-feed`) reads it
 //! and orchestrates reads, rebuilds and ranking.

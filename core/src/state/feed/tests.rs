@@ -437,6 +437,68 @@ fn authors_past_the_threshold_are_pulled_not_fanned_out() {
 }
 
 #[test]
+fn homes_hold_no_post_of_a_pulled_author_so_its_deletes_need_no_fan_out() {
+    let mut c = Cluster::new(FeedLimits {
+        pulled_followers_min: 2,
+        ..limits()
+    });
+    let star = users_on(0, 1)[0];
+    let fans: Vec<UserId> = (1..SHARDS).map(|s| users_on(s, 1)[0]).collect();
+    c.write(WriteOp::FeedUserAdd { user: star }).unwrap();
+    c.materialise(star);
+    for f in &fans[..2] {
+        c.follow(*f, star, true);
+        c.pump();
+        c.materialise(*f);
+    }
+    // Fanned out while the author had few followers: in the author's and both fans' homes.
+    let early = c.post(star, "before the crowd");
+    c.pump();
+    assert_eq!(c.home(star), vec![early]);
+    assert_eq!(c.home(fans[0]), vec![early]);
+    // A rebuild that read the author's timeline merges a post; then the author is pulled.
+    let late = fans[2];
+    c.follow(late, star, true);
+    c.pump();
+    assert!(
+        c.candidates(late).pulled.contains(&star),
+        "the third follower makes it pulled"
+    );
+    let pulled_era = c.post(star, "to the many");
+    c.activate(late).unwrap();
+    c.rebuild(
+        late,
+        vec![FeedPost {
+            post: pulled_era,
+            text: b"to the many".to_vec(),
+        }],
+    );
+    c.pump();
+    for reader in [star, fans[0], fans[1], late] {
+        let cand = c.candidates(reader);
+        assert!(
+            cand.posts.is_empty(),
+            "home of {reader} keeps a pulled author's post: {cand:?}"
+        );
+        assert_eq!(cand.pulled, vec![star], "{reader} pulls the author at read time");
+    }
+    // So deleting the pulled-era post needs no fan-out, and unfollowing and following again
+    // cannot bring it back from a home.
+    assert_eq!(
+        c.write(WriteOp::FeedDelete {
+            author: star,
+            id: pulled_era.id
+        }),
+        Ok(Reply::Changed(true))
+    );
+    c.follow(fans[0], star, false);
+    c.pump();
+    c.follow(fans[0], star, true);
+    c.pump();
+    assert!(c.home(fans[0]).is_empty());
+}
+
+#[test]
 fn seen_posts_and_the_cap_shape_the_candidates() {
     let mut c = Cluster::new(limits());
     let [author, reader] = [users_on(2, 1)[0], users_on(2, 2)[1]];
