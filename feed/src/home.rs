@@ -317,8 +317,21 @@ impl Reader<'_> {
             }
             return Ok(first);
         }
+        self.activate(now_millis).await?;
         self.rebuild(&first.followees, now_millis).await?;
         read(op).await
+    }
+
+    /// Activates the reader's home timeline: fan-out reaches it from now on.
+    async fn activate(&self, now_millis: u64) -> Result<(), ErrorReply> {
+        let activate = Command::FeedActivate {
+            user: self.user,
+            now_millis,
+        };
+        match self.replica.propose(activate, self.registry.request_timeout).await? {
+            Reply::Bool(_) => Ok(()),
+            other => Err(unexpected("a feed activation", other)),
+        }
     }
 
     /// Marks the reader active in the background: the page does not wait for the write.
@@ -335,19 +348,13 @@ impl Reader<'_> {
         });
     }
 
-    /// Materialises the reader's home timeline: activate (fan-out reaches it from now on), then
-    /// merge the latest posts of every followed author and the reader's own, read at their
-    /// shards' leaders after the activation, so nothing posted in between is missed.
+    /// Materialises the activated home timeline: merges the latest posts of `followees` and the
+    /// reader's own, read at their shards' leaders after the activation, so nothing posted in
+    /// between is missed. An author's shard answers only if it knows the reader follows it (the
+    /// in-edge is there): from then on its deletes reach the home, so none is undone by the
+    /// merge; a follow still on its way brings the author's posts as a backfill instead.
     async fn rebuild(&self, followees: &[UserId], now_millis: u64) -> Result<(), ErrorReply> {
         let timeout = self.registry.request_timeout;
-        let activate = Command::FeedActivate {
-            user: self.user,
-            now_millis,
-        };
-        match self.replica.propose(activate, timeout).await? {
-            Reply::Bool(_) => {}
-            other => return Err(unexpected("a feed activation", other)),
-        }
         let mut authors: Vec<UserId> = followees.to_vec();
         authors.push(self.user);
         let budget = 4 * self.settings.home_len_max;
@@ -362,6 +369,7 @@ impl Reader<'_> {
                     below: None,
                     floor: None,
                     texts: true,
+                    follower: Some(self.user),
                 };
                 (shard, op)
             })
@@ -430,6 +438,7 @@ impl Reader<'_> {
                     below: w.below,
                     floor: w.floor,
                     texts: false,
+                    follower: None,
                 };
                 (shard, op)
             })

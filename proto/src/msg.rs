@@ -382,6 +382,10 @@ pub enum ReadOp {
         floor: Option<PostRef>,
         /// With the posts' texts (false: references only, texts empty).
         texts: bool,
+        /// A rebuild's reader: only authors this shard knows `follower` follows (the in-edge is
+        /// here) answer, so each author's deletes from now on reach the reader's home. The
+        /// others' posts reach it with the backfill sent when the in-edge arrives.
+        follower: Option<UserId>,
     },
     /// Node-internal, for the feed service: the texts of these posts, from `owner`'s home
     /// timeline, or from the timelines of their authors where those live on this shard; answered

@@ -386,7 +386,7 @@ impl ShardState {
         } else {
             self.graph.unfollow(self.here, src, dst, outbox, max)?
         };
-        self.feed_on_out_edge(src);
+        self.feed_on_out_edge(src, changed);
         if changed && self.here.shard_of(dst) == self.here.shard {
             self.feed_on_in_edge(src, dst, add, now_millis);
         }

@@ -168,9 +168,19 @@ impl ShardState {
         Ok(Reply::Changed(existed))
     }
 
-    /// After a follow or unfollow of `src` applied here (src's shard): src is a feed user.
-    pub(in crate::state) fn feed_on_out_edge(&mut self, src: UserId) {
+    /// After a follow or unfollow of `src` applied here (src's shard): src is a feed user; and
+    /// if the edge `changed` while src's home timeline is being rebuilt, the home is dropped (the
+    /// next read starts over), because the rebuild chose whom to read before the change.
+    ///
+    /// Why a rebuild must not outlive a change of its reader's follows: a rebuild merges only
+    /// posts that an author's shard gave while it held the in-edge (`FeedLatest::follower`), so
+    /// every later delete of theirs reaches the home and leaves a tombstone. An unfollow and
+    /// follow again during the rebuild opens a gap in which the author's shard sends no delete.
+    pub(in crate::state) fn feed_on_out_edge(&mut self, src: UserId, changed: bool) {
         self.feed.users.insert(src);
+        if changed && self.feed.homes.get(&src).is_some_and(|h| !h.is_complete()) {
+            self.feed.homes.remove(&src);
+        }
     }
 
     /// After the in-half of `src → dst` changed here (dst's shard): dst is a feed user; a new
@@ -447,6 +457,7 @@ impl ShardState {
                 below,
                 floor,
                 texts,
+                follower,
             } => {
                 if authors.len() > f.latest_authors_max {
                     return Err(bad(format!(
@@ -459,8 +470,13 @@ impl ShardState {
                     self.check_key(&ShardKey::Id(*a))?;
                 }
                 let n = (*per_author as usize).min(f.home_len_max);
+                // The author itself counts: its own deletes always reach its home.
+                let followed = |a: &UserId| {
+                    follower.is_none_or(|f| f == *a || self.graph.set(*a, Direction::In).is_some_and(|s| s.contains(f)))
+                };
                 let posts = authors
                     .iter()
+                    .filter(|a| followed(a))
                     .flat_map(|a| self.latest_posts(*a, n, *below, *floor, *texts))
                     .collect();
                 Ok(Reply::FeedPosts(posts))

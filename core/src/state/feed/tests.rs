@@ -253,6 +253,7 @@ fn a_post_reaches_every_active_follower_once_and_no_one_else() {
         below: None,
         floor: None,
         texts: false,
+        follower: None,
     });
     assert_eq!(
         refs_only,
@@ -279,6 +280,7 @@ fn inactive_readers_get_no_fan_out_and_are_told_whom_to_rebuild_from() {
         below: None,
         floor: None,
         texts: true,
+        follower: None,
     }) {
         Ok(Reply::FeedPosts(p)) => p,
         other => panic!("{other:?}"),
@@ -315,7 +317,8 @@ fn inactive_readers_get_no_fan_out_and_are_told_whom_to_rebuild_from() {
             per_author: 1,
             below: None,
             floor: None,
-            texts: true
+            texts: true,
+            follower: None,
         }),
         Ok(Reply::FeedPosts(vec![FeedPost {
             post: p3,
@@ -496,6 +499,60 @@ fn homes_hold_no_post_of_a_pulled_author_so_its_deletes_need_no_fan_out() {
     c.follow(fans[0], star, true);
     c.pump();
     assert!(c.home(fans[0]).is_empty());
+}
+
+#[test]
+fn a_rebuild_reads_no_author_whose_in_edge_is_in_flight_nor_outlives_a_follow_change() {
+    let mut c = Cluster::new(limits());
+    let author = users_on(0, 1)[0];
+    let reader = users_on(1, 1)[0];
+    c.write(WriteOp::FeedUserAdd { user: author }).unwrap();
+    let early = c.post(author, "before the follow");
+    let latest = |c: &Cluster| match c.read(ReadOp::FeedLatest {
+        authors: vec![author],
+        per_author: 10,
+        below: None,
+        floor: None,
+        texts: false,
+        follower: Some(reader),
+    }) {
+        Ok(Reply::FeedPosts(p)) => p.into_iter().map(|p| p.post).collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    // The follow's in-edge has not reached the author's shard: a delete there now reaches no
+    // home, so the author's shard gives a rebuild nothing yet.
+    c.follow(reader, author, true);
+    c.activate(reader).unwrap();
+    assert_eq!(c.candidates(reader).followees, vec![author]);
+    assert!(latest(&c).is_empty(), "in-edge in flight");
+    assert_eq!(
+        c.write(WriteOp::FeedDelete { author, id: early.id }),
+        Ok(Reply::Changed(true))
+    );
+    let kept = c.post(author, "still there");
+    c.pump();
+    assert_eq!(latest(&c), vec![kept], "in-edge arrived");
+    c.rebuild(reader, vec![]);
+    assert_eq!(c.home(reader), vec![kept], "the backfill brought the live post only");
+    // A follow change while a rebuild is under way drops the unfinished home.
+    c.now += 2 * FeedLimits::default().active_window_ms;
+    assert_eq!(c.activate(reader), Ok(Reply::Bool(false)));
+    c.follow(reader, author, false);
+    c.pump();
+    let stale = Command::FeedRebuild {
+        user: reader,
+        posts: vec![FeedPost {
+            post: kept,
+            text: b"still there".to_vec(),
+        }],
+        now_millis: c.now,
+    };
+    assert_eq!(
+        c.apply(shard_of(reader), &stale),
+        Ok(Reply::Count(0)),
+        "nothing left to merge into"
+    );
+    assert!(!c.candidates(reader).materialised);
 }
 
 #[test]
