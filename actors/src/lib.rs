@@ -25,6 +25,7 @@ pub mod score;
 pub mod score_batch;
 pub mod scoring;
 pub mod shard;
+pub mod silent;
 pub mod stopping;
 pub mod workload;
 

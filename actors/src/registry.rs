@@ -20,6 +20,7 @@ use plexus_raft::{Command, META_GROUP};
 use crate::clock::Clock;
 use crate::config::NodeConfig;
 use crate::scoring::ScoringPool;
+use crate::silent::SilentPeers;
 use crate::stopping::StoppingPeers;
 use crate::workload::{Workload, Workloads};
 
@@ -31,6 +32,11 @@ pub const FORWARD_HOPS_MAX: usize = 3;
 
 /// Reads of other shards one `Registry::read_many` has in flight at once.
 pub const READS_IN_FLIGHT_MAX: usize = 16;
+
+/// A stale read not answered within this long is also sent to the next replica (a hedged
+/// request): a replica's applied state answers in well under a millisecond, so a silence this
+/// long means a slow or missing peer, and the first answer wins.
+pub const STALE_READ_HEDGE: Duration = Duration::from_millis(50);
 
 /// How fresh a `Registry::read_many` read must be.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -75,6 +81,8 @@ pub struct Registry {
     stopping: AtomicBool,
     /// Peers that announced a graceful stop (`stopping.rs`): not handed any group.
     peers_stopping: StoppingPeers,
+    /// Peers whose last call got no answer (`silent.rs`): tried after the others.
+    peers_silent: SilentPeers,
     /// How long peers should believe this node's stop notice, ms: the whole graceful stop (the
     /// handover and the rest of the shutdown), after which the node is gone or restarting.
     pub stop_notice_ms: u64,
@@ -107,6 +115,7 @@ impl Registry {
             workloads: OnceLock::new(),
             stopping: AtomicBool::new(false),
             peers_stopping: StoppingPeers::default(),
+            peers_silent: SilentPeers::default(),
             stop_notice_ms: cfg.raft.handover_timeout_ms.saturating_add(STOP_NOTICE_SLACK_MS),
         }
     }
@@ -371,29 +380,75 @@ impl Registry {
     }
 
     /// Reads `op` on `group` from the applied state of the nearest replica (this node's if it
-    /// hosts one, else each other holder in turn): stale, but no quorum round.
+    /// hosts one, else the other holders in placement order, silent peers last): stale, but no
+    /// quorum round. A holder that has not answered within `STALE_READ_HEDGE` is joined by the
+    /// next one, and the first answer wins, so one dead holder costs a read 50 ms, not its
+    /// whole timeout.
     pub async fn read_stale_anywhere(&self, group: u32, op: ReadOp) -> Response {
+        use futures::stream::{FuturesUnordered, StreamExt};
         if let Some(answer) = self.read_local_applied(group, &op) {
             return answer;
         }
         let msg = encode(&PeerRequest::Read(group, op)).map_err(ErrorReply::Internal)?;
+        let others = self
+            .replicas_of(group)
+            .into_iter()
+            .filter(|n| *n != self.node_id)
+            .collect();
+        let mut next = self.peers_silent.order(others, tokio::time::Instant::now()).into_iter();
+        let ask = |peer: NodeId| {
+            let msg = msg.clone();
+            async move { (peer, self.transport.call(peer, msg, self.request_timeout).await) }
+        };
+        let mut asking = FuturesUnordered::new();
+        // Asked and not answered yet: still so when another answers, they count as silent.
+        let mut waiting: Vec<NodeId> = Vec::new();
         let mut last = ErrorReply::ShardUnavailable(group);
-        for peer in self.replicas_of(group).into_iter().filter(|n| *n != self.node_id) {
-            let answer = match self.transport.call(peer, msg.clone(), self.request_timeout).await {
-                Ok(a) => a,
-                Err(e) => {
-                    last = ErrorReply::Timeout(e.to_string());
-                    continue;
+        loop {
+            if asking.is_empty() {
+                match next.next() {
+                    Some(peer) => {
+                        waiting.push(peer);
+                        asking.push(ask(peer));
+                    }
+                    None => return Err(last),
                 }
-            };
-            match decode::<PeerResponse>(&answer).map_err(ErrorReply::Internal)? {
-                PeerResponse::Read(Err(e)) if e.is_retryable() => last = e,
-                PeerResponse::Read(r) => return r,
-                PeerResponse::NoSuchGroup(_) => last = ErrorReply::ShardUnavailable(group),
-                other => return Err(ErrorReply::Internal(format!("unexpected peer answer {other:?}"))),
+            }
+            let more = next.len() > 0;
+            tokio::select! {
+                biased;
+                Some((peer, answer)) = asking.next() => {
+                    waiting.retain(|p| *p != peer);
+                    let answer = match answer {
+                        Ok(a) => {
+                            self.peers_silent.answered(peer);
+                            let now = tokio::time::Instant::now();
+                            for p in &waiting {
+                                self.peers_silent.failed(*p, now);
+                            }
+                            a
+                        }
+                        Err(e) => {
+                            self.peers_silent.failed(peer, tokio::time::Instant::now());
+                            last = ErrorReply::Timeout(e.to_string());
+                            continue;
+                        }
+                    };
+                    match decode::<PeerResponse>(&answer).map_err(ErrorReply::Internal)? {
+                        PeerResponse::Read(Err(e)) if e.is_retryable() => last = e,
+                        PeerResponse::Read(r) => return r,
+                        PeerResponse::NoSuchGroup(_) => last = ErrorReply::ShardUnavailable(group),
+                        other => return Err(ErrorReply::Internal(format!("unexpected peer answer {other:?}"))),
+                    }
+                }
+                () = tokio::time::sleep(STALE_READ_HEDGE), if more => {
+                    if let Some(peer) = next.next() {
+                        waiting.push(peer);
+                        asking.push(ask(peer));
+                    }
+                }
             }
         }
-        Err(last)
     }
 
     async fn at_leader(&self, group: u32, call: LeaderCall) -> Response {
@@ -406,7 +461,9 @@ impl Registry {
         if let Some(l) = local.as_ref().and_then(|r| r.leader()) {
             queue.push_back(l);
         }
-        queue.extend(replicas.iter().copied());
+        // Silent peers last: a dead replica early in the placement would cost every call to a
+        // group this node does not host its whole timeout.
+        queue.extend(self.peers_silent.order(replicas.clone(), tokio::time::Instant::now()));
         let mut tried: Vec<NodeId> = Vec::new();
         let mut last = ErrorReply::ShardUnavailable(group);
         let attempts_max = FORWARD_HOPS_MAX + replicas.len();
@@ -424,8 +481,12 @@ impl Registry {
                 continue;
             }
             let answer = match self.transport.call(to, msg.clone(), self.request_timeout).await {
-                Ok(a) => a,
+                Ok(a) => {
+                    self.peers_silent.answered(to);
+                    a
+                }
                 Err(e) => {
+                    self.peers_silent.failed(to, tokio::time::Instant::now());
                     last = ErrorReply::Timeout(e.to_string());
                     continue;
                 }
@@ -500,7 +561,32 @@ mod tests {
         }
     }
 
+    /// A transport on which `deaf` never answers and every other peer answers a read with
+    /// `Count(peer)`, counting the calls each peer got.
+    struct OneDeaf {
+        deaf: NodeId,
+        calls: std::sync::Mutex<BTreeMap<NodeId, u32>>,
+    }
+
+    impl RaftTransport for OneDeaf {
+        fn call(&self, to: NodeId, _msg: Vec<u8>, timeout: Duration) -> BoxFut<Result<Vec<u8>, TransportError>> {
+            *self.calls.lock().unwrap().entry(to).or_default() += 1;
+            let deaf = to == self.deaf;
+            Box::pin(async move {
+                if deaf {
+                    tokio::time::sleep(timeout).await;
+                    return Err(TransportError::Timeout(to, timeout));
+                }
+                Ok(encode(&PeerResponse::Read(Ok(plexus_proto::Reply::Count(to)))).unwrap())
+            })
+        }
+    }
+
     fn registry_of_node_1() -> Registry {
+        registry_with(Arc::new(Silent))
+    }
+
+    fn registry_with(transport: Arc<dyn RaftTransport>) -> Registry {
         let cfg: NodeConfig = toml::from_str(
             r#"
             node_id = 1
@@ -525,7 +611,40 @@ mod tests {
             "#,
         )
         .unwrap();
-        Registry::new(&cfg, Arc::new(Silent), Arc::new(SystemClock), "127.0.0.1:7401".into())
+        Registry::new(&cfg, transport, Arc::new(SystemClock), "127.0.0.1:7401".into())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_read_does_not_wait_out_a_silent_replica() {
+        let first = registry_of_node_1()
+            .replicas_of(0)
+            .into_iter()
+            .find(|n| *n != 1)
+            .unwrap();
+        let transport = Arc::new(OneDeaf {
+            deaf: first,
+            calls: Default::default(),
+        });
+        let registry = registry_with(transport.clone());
+        let op = ReadOp::TimelineRead {
+            owner: 5,
+            cursor: plexus_proto::Cursor::After(0),
+            limit: 1,
+        };
+        // The first holder in placement order says nothing: the hedge asks the next one.
+        let started = tokio::time::Instant::now();
+        let answer = registry.read_stale_anywhere(0, op.clone()).await;
+        assert!(
+            matches!(answer, Ok(plexus_proto::Reply::Count(n)) if n != first),
+            "{answer:?}"
+        );
+        assert_eq!(started.elapsed(), STALE_READ_HEDGE);
+        // Having said nothing while another answered, the silent holder is asked last, and so
+        // not at all here.
+        let started = tokio::time::Instant::now();
+        assert!(registry.read_stale_anywhere(0, op).await.is_ok());
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(transport.calls.lock().unwrap().get(&first), Some(&1));
     }
 
     #[tokio::test]

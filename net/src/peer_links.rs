@@ -168,7 +168,38 @@ pub enum Lane {
 struct Dialer {
     backoff_ms: u64,
     next_attempt: Instant,
+    /// Why the last dial failed; `None` while dials succeed.
     last_error: Option<String>,
+    /// A dial running in the background while the peer is known to be failing.
+    probe: Option<tokio::task::JoinHandle<Result<Connection, NetError>>>,
+}
+
+impl Dialer {
+    fn succeeded(&mut self) {
+        self.backoff_ms = REDIAL_BACKOFF_MS_MIN;
+        self.last_error = None;
+    }
+
+    /// Records a failed dial to `addr`; the error each caller of the batch gets.
+    fn failed(&mut self, addr: SocketAddr, e: NetError, peer: u64) -> ErrMaker {
+        let reason = match &e {
+            NetError::Unreachable { reason, .. } => reason.clone(),
+            other => other.to_string(),
+        };
+        // At debug: the callers' failures reach `peer_health`, which reports a failing peer
+        // at warn once and then every `PEER_FAILING_REPORT_MS`, not once per dial.
+        debug!(%addr, error = %reason, backoff_ms = self.backoff_ms, "dial failed");
+        self.next_attempt = Instant::now() + Duration::from_millis(self.backoff_ms);
+        self.backoff_ms = (self.backoff_ms * 2).min(REDIAL_BACKOFF_MS_MAX);
+        self.last_error = Some(reason.clone());
+        match e {
+            NetError::WrongPeer { expected, got } => Box::new(move || NetError::WrongPeer { expected, got }),
+            _ => Box::new(move || NetError::Unreachable {
+                peer,
+                reason: reason.clone(),
+            }),
+        }
+    }
 }
 
 /// Drains one peer's queue into batches until the queue's senders are gone (shutdown).
@@ -182,6 +213,7 @@ async fn flusher(shared: Arc<PeerShared>, peer: u64, in_flight_max: usize, mut r
         backoff_ms: REDIAL_BACKOFF_MS_MIN,
         next_attempt: Instant::now(),
         last_error: None,
+        probe: None,
     };
     let mut carry: Option<Pending> = None;
     loop {
@@ -234,49 +266,69 @@ async fn flusher(shared: Arc<PeerShared>, peer: u64, in_flight_max: usize, mut r
 }
 
 /// The live connection to `peer`, dialing one if needed; on failure a maker of the error each caller gets.
+///
+/// Callers wait for a dial only while the peer has not failed: the first dial, or the one after a
+/// connection dropped. Once a dial has failed the peer is probably down, and waiting out
+/// `dial_timeout_ms` per batch would hold every caller that has another replica to try (a read
+/// sent to the nearest replica, a proposal forwarded along the placement) for the whole dial; so
+/// until a dial succeeds, batches fail at once and the redials run in the background, one at a
+/// time, spaced by the backoff.
 async fn connection(shared: &Arc<PeerShared>, peer: u64, dialer: &mut Dialer) -> Result<Connection, ErrMaker> {
+    let probe_done = dialer.probe.as_ref().is_some_and(tokio::task::JoinHandle::is_finished);
     if let Some(c) = shared.live_conn(peer) {
+        if probe_done {
+            dialer.probe = None;
+        }
+        dialer.succeeded();
         return Ok(c);
     }
     let Some(addr) = lock(&shared.addrs).get(&peer).copied() else {
         return Err(Box::new(move || NetError::UnknownPeer(peer)));
     };
-    let now = Instant::now();
-    if now < dialer.next_attempt {
-        let wait_ms = (dialer.next_attempt - now).as_millis();
-        let last = dialer.last_error.clone().unwrap_or_default();
-        let reason = format!("{last} (next dial in {wait_ms} ms)");
-        return Err(Box::new(move || NetError::Unreachable {
-            peer,
-            reason: reason.clone(),
-        }));
-    }
-    match dial_or_take_theirs(shared, peer, addr).await {
-        Ok(conn) => {
-            dialer.backoff_ms = REDIAL_BACKOFF_MS_MIN;
-            dialer.last_error = None;
-            Ok(conn)
-        }
-        Err(e) => {
-            let reason = match &e {
-                NetError::Unreachable { reason, .. } => reason.clone(),
-                other => other.to_string(),
-            };
-            // At debug: the callers' failures reach `peer_health`, which reports a failing peer
-            // at warn once and then every `PEER_FAILING_REPORT_MS`, not once per dial.
-            debug!(%addr, error = %reason, backoff_ms = dialer.backoff_ms, "dial failed");
-            dialer.next_attempt = Instant::now() + Duration::from_millis(dialer.backoff_ms);
-            dialer.backoff_ms = (dialer.backoff_ms * 2).min(REDIAL_BACKOFF_MS_MAX);
-            dialer.last_error = Some(reason.clone());
-            Err(match e {
-                NetError::WrongPeer { expected, got } => Box::new(move || NetError::WrongPeer { expected, got }),
-                _ => Box::new(move || NetError::Unreachable {
-                    peer,
-                    reason: reason.clone(),
-                }),
+    if probe_done {
+        let handle = dialer.probe.take().expect("checked above");
+        let outcome = handle.await.unwrap_or_else(|e| {
+            Err(NetError::Unreachable {
+                peer,
+                reason: format!("dial task failed: {e}"),
             })
+        });
+        match outcome {
+            // Closed since: dial again below, as after any dropped connection.
+            Ok(conn) if conn.close_reason().is_some() => dialer.succeeded(),
+            Ok(conn) => {
+                dialer.succeeded();
+                return Ok(conn);
+            }
+            Err(e) => return Err(dialer.failed(addr, e, peer)),
         }
     }
+    if dialer.last_error.is_none() {
+        return match dial_or_take_theirs(shared, peer, addr).await {
+            Ok(conn) => {
+                dialer.succeeded();
+                Ok(conn)
+            }
+            Err(e) => Err(dialer.failed(addr, e, peer)),
+        };
+    }
+    let now = Instant::now();
+    if dialer.probe.is_none() && now >= dialer.next_attempt {
+        let shared = shared.clone();
+        let dial = async move { dial_or_take_theirs(&shared, peer, addr).await };
+        dialer.probe = Some(tokio::spawn(dial.in_current_span()));
+    }
+    let last = dialer.last_error.clone().unwrap_or_default();
+    let reason = if dialer.probe.is_some() {
+        format!("{last} (redialing)")
+    } else {
+        let wait_ms = dialer.next_attempt.saturating_duration_since(now).as_millis();
+        format!("{last} (next dial in {wait_ms} ms)")
+    };
+    Err(Box::new(move || NetError::Unreachable {
+        peer,
+        reason: reason.clone(),
+    }))
 }
 
 /// Dials `peer` at `addr`, checks the certificate names that node, registers the connection and serves it.

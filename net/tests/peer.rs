@@ -110,6 +110,43 @@ async fn unknown_and_unreachable_peers() {
 }
 
 #[tokio::test]
+async fn once_a_dial_failed_calls_fail_at_once_while_redials_run_in_the_background() {
+    let ca = fresh_ca("redial");
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let limits = NetLimits {
+        dial_timeout_ms: 2_000,
+        ..NetLimits::default()
+    };
+    let (c, _) = node(3, &material(&ca, 3), limits);
+    c.peer_links().set_peer(4, silent.local_addr().unwrap());
+    let started = std::time::Instant::now();
+    assert!(c.peer_links().call(4, b"x".to_vec(), T).await.is_err());
+    assert!(
+        started.elapsed() >= Duration::from_millis(2_000),
+        "the first dial is waited for"
+    );
+    // Past the backoff, the next dial runs in the background: callers (who may have another
+    // replica to ask) are not held for its two seconds, each time the peer is asked.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let started = std::time::Instant::now();
+        match c.peer_links().call(4, b"y".to_vec(), T).await {
+            Err(NetError::Unreachable { peer: 4, reason }) => {
+                // The last redial's failure, or the one before with the redial under way.
+                assert!(reason.starts_with("handshake timed out after 2000 ms"), "{reason}")
+            }
+            other => panic!("expected unreachable, got {other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(1_000),
+            "a call waited {:?} for a redial",
+            started.elapsed()
+        );
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test]
 async fn dialing_an_address_that_is_another_node_fails() {
     let ca = fresh_ca("wrong");
     let (a, _) = node(1, &material(&ca, 1), NetLimits::default());
