@@ -17,3 +17,25 @@ fn fixed_seed_range_passes_every_checker() {
         assert!(r.ops_ok > 0, "seed {seed}: no operation succeeded");
     }
 }
+
+/// Seeds past the fixed range that once broke a checker, each kept as a regression check.
+#[test]
+fn seeds_that_found_bugs_pass_every_checker() {
+    // 26: a steward unlink undone by a placement that read the moved record's new identity
+    //     before that identity's member list knew it (empi/service/src/link.rs `Held::read`).
+    // 299: an author's deleted post back in its home: a rebuild had merged a post of a pulled
+    //      author, whose deletes fan out to no home (core/src/state/feed/apply.rs).
+    // 343: final home reads gave up: every page window waited out a dead replica's timeout
+    //      (actors/src/registry.rs hedged stale reads, actors/src/silent.rs).
+    // 386: a post deleted while its author's in-edge was in flight survived a rebuild
+    //      (`ReadOp::FeedLatest::follower`).
+    for seed in [26, 299, 343, 386] {
+        let r = run_seed(seed, &SimOptions::default());
+        assert!(
+            r.violations.is_empty(),
+            "seed {seed}: {:#?}\nlast trace lines: {:#?}\nreproduce: plexus sim --seed {seed}",
+            r.violations,
+            r.trace_tail
+        );
+    }
+}

@@ -177,9 +177,26 @@ impl Held {
                 (k, known)
             })
             .collect();
+        // The records the candidates are unlinked from, read for where they are now: an
+        // identity's member list learns of a join through the outbox, so the guard cannot rely
+        // on it to show that a candidate's identity and another hold an unlinked pair.
+        let partners: BTreeSet<&String> = records
+            .iter()
+            .filter_map(|(_, r)| r.as_ref())
+            .flat_map(|(r, _)| r.unlinks.iter())
+            .filter(|u| !numbers.contains_key(*u))
+            .collect();
+        let partners: Vec<String> = partners.into_iter().cloned().collect();
+        let partners: HashMap<String, Arc<EmpiRecord>> = if partners.is_empty() {
+            HashMap::new()
+        } else {
+            let found = reads::records_as(registry, &partners, fresh).await?;
+            found.into_iter().map(|(k, r)| (k, Arc::new(r))).collect()
+        };
         let mut ids: BTreeSet<MasterId> = records
             .iter()
             .filter_map(|(_, r)| r.as_ref().map(|(r, _)| r.master))
+            .chain(partners.values().map(|r| r.master))
             .collect();
         let mut masters: BTreeMap<MasterId, (MasterId, u64)> = BTreeMap::new();
         let mut members: HashMap<MasterId, Vec<String>> = HashMap::new();
@@ -221,6 +238,21 @@ impl Held {
                 absorbed.entry(survivor).or_default().push(id);
             }
         }
+        // A record's own `master` is fresher than its identity's member list, which learns of a
+        // join through the outbox: a record a steward's unlink just moved to an identity of its
+        // own must count as a member there, or the guard would merge that identity back into
+        // the one it was unlinked from (the simulator caught it). A list may then also name a
+        // record whose leave is in flight: that only keeps more apart.
+        let fresh_masters = records
+            .iter()
+            .filter_map(|(k, known)| known.as_ref().map(|(r, _)| (k, r.master)))
+            .chain(partners.iter().map(|(k, r)| (k, r.master)));
+        for (k, master) in fresh_masters {
+            let list = members.entry(master).or_default();
+            if !list.contains(k) {
+                list.push(k.clone());
+            }
+        }
         // Members no block named: only their steward constraints are needed, not a normal form.
         let strangers: BTreeSet<&String> = members
             .values()
@@ -228,12 +260,15 @@ impl Held {
             .filter(|k| !numbers.contains_key(*k))
             .collect();
         let strangers: Vec<String> = strangers.into_iter().cloned().collect();
-        let strangers: HashMap<String, Arc<EmpiRecord>> = if strangers.is_empty() {
+        let mut strangers: HashMap<String, Arc<EmpiRecord>> = if strangers.is_empty() {
             HashMap::new()
         } else {
             let found = reads::records_as(registry, &strangers, fresh).await?;
             found.into_iter().map(|(k, r)| (k, Arc::new(r))).collect()
         };
+        for (k, r) in partners {
+            strangers.entry(k).or_insert(r);
+        }
         Ok(Held {
             records,
             numbers,
