@@ -7,15 +7,22 @@ fn fixed_seed_range_passes_every_checker() {
     // Seed 0 found a real bug (cross-shard delivery kept forwarding to one dead
     // replica); it stays in the range as a regression check.
     for seed in 0..24 {
-        let r = run_seed(seed, &SimOptions::default());
-        assert!(
-            r.violations.is_empty(),
-            "seed {seed}: {:#?}\nlast trace lines: {:#?}\nreproduce: plexus sim --seed {seed}",
-            r.violations,
-            r.trace_tail
-        );
+        let r = run_clean(seed);
         assert!(r.ops_ok > 0, "seed {seed}: no operation succeeded");
     }
+}
+
+/// Runs `seed` and fails with its violations, trace tail and reproduce command if any checker
+/// complained.
+fn run_clean(seed: u64) -> plexus_simulations::SeedReport {
+    let r = run_seed(seed, &SimOptions::default());
+    assert!(
+        r.violations.is_empty(),
+        "seed {seed}: {:#?}\nlast trace lines: {:#?}\nreproduce: plexus sim --seed {seed}",
+        r.violations,
+        r.trace_tail
+    );
+    r
 }
 
 /// Seeds past the fixed range that once broke a checker, each kept as a regression check.
@@ -30,12 +37,6 @@ fn seeds_that_found_bugs_pass_every_checker() {
     // 386: a post deleted while its author's in-edge was in flight survived a rebuild
     //      (`ReadOp::FeedLatest::follower`).
     for seed in [26, 299, 343, 386] {
-        let r = run_seed(seed, &SimOptions::default());
-        assert!(
-            r.violations.is_empty(),
-            "seed {seed}: {:#?}\nlast trace lines: {:#?}\nreproduce: plexus sim --seed {seed}",
-            r.violations,
-            r.trace_tail
-        );
+        run_clean(seed);
     }
 }
