@@ -11,6 +11,7 @@
 pub mod balance;
 pub mod clock;
 pub mod config;
+pub mod deadlines;
 pub mod gateway;
 pub mod handover;
 pub mod metrics;

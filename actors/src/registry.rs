@@ -461,12 +461,12 @@ impl Registry {
         if let Some(l) = local.as_ref().and_then(|r| r.leader()) {
             queue.push_back(l);
         }
+        let attempts_max = FORWARD_HOPS_MAX + replicas.len();
         // Silent peers last: a dead replica early in the placement would cost every call to a
         // group this node does not host its whole timeout.
-        queue.extend(self.peers_silent.order(replicas.clone(), tokio::time::Instant::now()));
+        queue.extend(self.peers_silent.order(replicas, tokio::time::Instant::now()));
         let mut tried: Vec<NodeId> = Vec::new();
         let mut last = ErrorReply::ShardUnavailable(group);
-        let attempts_max = FORWARD_HOPS_MAX + replicas.len();
         let msg = encode(&call.peer_request(group)).map_err(ErrorReply::Internal)?;
         while let Some(to) = queue.pop_front() {
             if tried.contains(&to) || tried.len() >= attempts_max {

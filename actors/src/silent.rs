@@ -12,12 +12,12 @@
 //! What it is not: a failure detector for Raft, placement or anything that must be right. It
 //! only orders tries; every peer stays eligible.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use plexus_proto::NodeId;
 use tokio::time::Instant;
+
+use crate::deadlines::PeerDeadlines;
 
 /// How long a peer that did not answer is tried after the others, in milliseconds.
 pub const SILENT_FOR_MS: u64 = 10_000;
@@ -25,32 +25,24 @@ pub const SILENT_FOR_MS: u64 = 10_000;
 /// Peers that failed to answer, each with the end of its demotion.
 #[derive(Debug, Default)]
 pub struct SilentPeers {
-    until: Mutex<BTreeMap<NodeId, Instant>>,
+    until: PeerDeadlines,
 }
 
 impl SilentPeers {
     /// Notes that a call to `peer` got no answer at `now`. Expired entries are dropped here, so
     /// the table holds at most the peers that failed within `SILENT_FOR_MS`.
     pub fn failed(&self, peer: NodeId, now: Instant) {
-        let mut table = self.until.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        table.retain(|_, end| *end > now);
-        table.insert(peer, now + Duration::from_millis(SILENT_FOR_MS));
+        self.until.hold(peer, now + Duration::from_millis(SILENT_FOR_MS), now);
     }
 
     /// Notes that `peer` answered.
     pub fn answered(&self, peer: NodeId) {
-        let mut table = self.until.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        table.remove(&peer);
+        self.until.release(peer);
     }
 
     /// `peers` with those silent at `now` moved to the end, each part in its given order.
     pub fn order(&self, peers: Vec<NodeId>, now: Instant) -> Vec<NodeId> {
-        let table = self.until.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if table.is_empty() {
-            return peers;
-        }
-        let silent = |p: &NodeId| table.get(p).is_some_and(|end| *end > now);
-        let (quiet, answering): (Vec<NodeId>, Vec<NodeId>) = peers.into_iter().partition(silent);
+        let (quiet, answering): (Vec<NodeId>, Vec<NodeId>) = peers.into_iter().partition(|p| self.until.holds(*p, now));
         answering.into_iter().chain(quiet).collect()
     }
 }
@@ -72,6 +64,6 @@ mod tests {
         let later = t0 + Duration::from_millis(SILENT_FOR_MS + 1);
         assert_eq!(peers.order(vec![3, 1, 2], later), vec![3, 1, 2], "the demotion ran out");
         peers.failed(2, later);
-        assert_eq!(peers.until.lock().unwrap().len(), 1, "expired entries are dropped");
+        assert_eq!(peers.until.len(), 1, "expired entries are dropped");
     }
 }

@@ -10,12 +10,12 @@
 //! node that restarts must become a handover target again, and nothing else (reads, writes,
 //! replication) looks at it.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use plexus_proto::NodeId;
 use tokio::time::Instant;
+
+use crate::deadlines::PeerDeadlines;
 
 /// Longest a peer's stop notice is believed, in milliseconds. The notice is peer input; a
 /// larger value is cut to this.
@@ -24,7 +24,7 @@ pub const STOP_NOTICE_MS_MAX: u64 = 60_000;
 /// The peers that said they are stopping, each with the end of its notice.
 #[derive(Debug, Default)]
 pub struct StoppingPeers {
-    until: Mutex<BTreeMap<NodeId, Instant>>,
+    until: PeerDeadlines,
 }
 
 impl StoppingPeers {
@@ -33,22 +33,17 @@ impl StoppingPeers {
     /// notices are live; the caller passes only cluster members.
     pub fn note(&self, peer: NodeId, for_ms: u64, now: Instant) {
         let until = now + Duration::from_millis(for_ms.min(STOP_NOTICE_MS_MAX));
-        let mut table = self.until.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        table.retain(|_, end| *end > now);
-        let end = table.entry(peer).or_insert(until);
-        *end = (*end).max(until);
+        self.until.hold(peer, until, now);
     }
 
     /// Whether `peer` said it is stopping and its notice has not run out at `now`.
     pub fn is_stopping(&self, peer: NodeId, now: Instant) -> bool {
-        let table = self.until.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        table.get(&peer).is_some_and(|end| *end > now)
+        self.until.holds(peer, now)
     }
 
     /// Peers with a live notice (for tests and status).
     pub fn live(&self, now: Instant) -> Vec<NodeId> {
-        let table = self.until.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        table.iter().filter(|(_, end)| **end > now).map(|(id, _)| *id).collect()
+        self.until.live(now)
     }
 }
 
@@ -87,7 +82,7 @@ mod tests {
         assert_eq!(peers.live(t0), vec![2, 3]);
         // Noting anything after 3's notice ran out drops it from the table.
         peers.note(4, 100, t0 + Duration::from_millis(200));
-        assert_eq!(peers.until.lock().unwrap().len(), 2);
+        assert_eq!(peers.until.len(), 2);
         assert_eq!(peers.live(t0 + Duration::from_millis(200)), vec![2, 4]);
     }
 }

@@ -117,6 +117,19 @@ pub(crate) struct Held {
     versions: HashMap<String, u64>,
 }
 
+/// The records named (absent ones left out), as fresh as asked, shared; no read for none.
+async fn shared_records(
+    registry: &Arc<Registry>,
+    keys: &[String],
+    fresh: Fresh,
+) -> Result<HashMap<String, Arc<EmpiRecord>>, ErrorReply> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let found = reads::records_as(registry, keys, fresh).await?;
+    Ok(found.into_iter().map(|(k, r)| (k, Arc::new(r))).collect())
+}
+
 impl Held {
     /// Reads what is held around `prepared` (and the records named in `also`, e.g. themselves).
     pub(crate) async fn read(
@@ -187,12 +200,7 @@ impl Held {
             .filter(|u| !numbers.contains_key(*u))
             .collect();
         let partners: Vec<String> = partners.into_iter().cloned().collect();
-        let partners: HashMap<String, Arc<EmpiRecord>> = if partners.is_empty() {
-            HashMap::new()
-        } else {
-            let found = reads::records_as(registry, &partners, fresh).await?;
-            found.into_iter().map(|(k, r)| (k, Arc::new(r))).collect()
-        };
+        let partners = shared_records(registry, &partners, fresh).await?;
         let mut ids: BTreeSet<MasterId> = records
             .iter()
             .filter_map(|(_, r)| r.as_ref().map(|(r, _)| r.master))
@@ -260,12 +268,7 @@ impl Held {
             .filter(|k| !numbers.contains_key(*k))
             .collect();
         let strangers: Vec<String> = strangers.into_iter().cloned().collect();
-        let mut strangers: HashMap<String, Arc<EmpiRecord>> = if strangers.is_empty() {
-            HashMap::new()
-        } else {
-            let found = reads::records_as(registry, &strangers, fresh).await?;
-            found.into_iter().map(|(k, r)| (k, Arc::new(r))).collect()
-        };
+        let mut strangers = shared_records(registry, &strangers, fresh).await?;
         for (k, r) in partners {
             strangers.entry(k).or_insert(r);
         }
