@@ -453,7 +453,12 @@ async fn ingest_resumes_after_a_kill(dir: &Path, c: &Client) {
         let items = std::fs::read_dir(dir)
             .unwrap()
             .filter_map(Result::ok)
-            .find(|e| e.file_name().to_string_lossy().starts_with("empi-ingest-"))
+            // The checkpoint itself, not the `.json.tmp` it is written through: the tmp file can
+            // show progress that a kill before its rename loses (a CI run caught that).
+            .find(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with("empi-ingest-") && name.ends_with(".json")
+            })
             .and_then(|e| std::fs::read(e.path()).ok())
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
             .and_then(|v| (v["files"][0]["done"] == false).then(|| v["files"][0]["items"].as_u64()))
