@@ -52,6 +52,14 @@ pub enum EmpiCmd {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// A steward's split: the record leaves its identity for one of its own, unlinked from
+    /// every other member (so automatic matching never joins them again). To merge two
+    /// identities, `link` one record of each.
+    Split {
+        key: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// One record as held: its fields, identity and steward constraints.
     Get {
         key: String,
@@ -135,6 +143,7 @@ pub fn run(cmd: EmpiCmd) -> CliResult {
             | EmpiCmd::Link { client, .. }
             | EmpiCmd::Unlink { client, .. }
             | EmpiCmd::Get { client, .. }
+            | EmpiCmd::Split { client, .. }
             | EmpiCmd::Clusters { client }
             | EmpiCmd::Events { client, .. } => ClientOpts {
                 config: client.config.clone(),
@@ -222,6 +231,20 @@ async fn one(c: &Client, opts: &ClientOpts, cmd: EmpiCmd) -> CliResult {
                 println!("{}", json!({"a": a, "b": b, "action": what}));
             } else {
                 println!("{a} and {b} {what}");
+            }
+        }
+        EmpiCmd::Split { key, .. } => {
+            let (master, unlinked) = c.empi_split(&key).await.map_err(e)?;
+            if opts.json {
+                println!("{}", json!({"record": key, "master": master, "unlinked": unlinked}));
+            } else if unlinked.is_empty() {
+                println!("{key} -> master {master} (it was alone in its identity)");
+            } else {
+                println!(
+                    "{key} -> master {master}, unlinked from {} record(s): {}",
+                    unlinked.len(),
+                    unlinked.join(" ")
+                );
             }
         }
         EmpiCmd::Get { key, .. } => {

@@ -1,6 +1,6 @@
 //! Identity matching on three real node processes: bulk ingest of CSV (through a mapping),
 //! NDJSON, a FHIR Bundle and HL7 v2 (a bad record in each reported and skipped, the rest linked
-//! across sources), upsert from stdin, match, explain, steward link and unlink that automatic
+//! across sources), upsert from stdin, match, explain, steward link, unlink and split that automatic
 //! matching then respects, bad input; then a change-event subscriber that keeps its cursor
 //! while a node is SIGKILLed under upserts, and gets every event exactly once; and a bulk ingest
 //! killed part-way and run again.
@@ -298,6 +298,42 @@ async fn identity_matching_end_to_end_on_three_nodes() {
         ErrorReply::BadRequest(_)
     ));
     assert_eq!(master_of(&c, "HOSP_A:A2").await, master_of(&c, "HOSP_B:B55").await);
+
+    // A split: the record leaves its identity for one of its own, unlinked from every other
+    // member (its steward link to HOSP_A:A2 becomes an unlink); the rest stay together.
+    let joined = set(&["CLINIC_C:c-2", "HOSP_A:A2", "HOSP_B:B55"]);
+    eventually(Duration::from_secs(20), async || {
+        cluster_of(&clusters(&dir), "CLINIC_C:c-2")
+            .is_superset(&joined)
+            .then_some(())
+    })
+    .await;
+    let before = master_of(&c, "CLINIC_C:c-2").await;
+    let (out, _) = ok(&dir, &["empi", "split", "CLINIC_C:c-2", "--json"]);
+    let split: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let unlinked: BTreeSet<String> = split["unlinked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        unlinked.contains("HOSP_A:A2") && unlinked.contains("HOSP_B:B55"),
+        "{out}"
+    );
+    let own = split["master"].as_u64().unwrap();
+    assert_ne!(own, before, "{out}");
+    assert_eq!(master_of(&c, "CLINIC_C:c-2").await, own);
+    let r = c.empi_get("CLINIC_C:c-2").await.unwrap();
+    assert!(
+        r.links.is_empty() && r.unlinks.iter().cloned().collect::<BTreeSet<_>>() == unlinked,
+        "{r:?}"
+    );
+    assert_eq!(master_of(&c, "HOSP_A:A2").await, master_of(&c, "HOSP_B:B55").await);
+    assert!(matches!(
+        server_error(c.empi_split("NOPE:1").await.unwrap_err()),
+        ErrorReply::NotFound(_)
+    ));
 
     let restarted = events_survive_a_sigkill(&dir, &c).await;
     ingest_resumes_after_a_kill(&dir, &c).await;

@@ -434,7 +434,7 @@ impl Inner {
         let fut = async {
             // Waiting for an in-flight slot counts against the request's time limit.
             let _permit = self.permits.acquire().await.map_err(|_| ClientError::Closed)?;
-            let guard = matches!(op, Op::Write(_)).then(|| self.sessions.begin());
+            let guard = op.takes_session().then(|| self.sessions.begin());
             if let Some(g) = &guard {
                 tracing::Span::current().record("seq", g.seq());
             }

@@ -105,6 +105,16 @@ impl Client {
         }
     }
 
+    /// A steward's split: the record leaves its identity for one of its own and is unlinked from
+    /// every other member, so automatic matching never joins it with them again. Answers its
+    /// identity now and the records it was unlinked from.
+    pub async fn empi_split(&self, key: &str) -> Result<(MasterId, Vec<String>), ClientError> {
+        match self.empi(EmpiRequest::Split { key: key.to_string() }).await? {
+            EmpiReply::Split { master, unlinked, .. } => Ok((master, unlinked)),
+            r => Err(unexpected("empi_split", Reply::Empi(r))),
+        }
+    }
+
     /// One record as held, with its identity and steward constraints.
     pub async fn empi_get(&self, key: &str) -> Result<EmpiRecord, ClientError> {
         match self.empi(EmpiRequest::Get { key: key.to_string() }).await? {

@@ -162,6 +162,11 @@ fn empi_answer(req: EmpiRequest) -> EmpiReply {
             }],
             next: None,
         },
+        EmpiRequest::Split { key } => EmpiReply::Split {
+            master: 99,
+            unlinked: vec![format!("{key}-other")],
+            key,
+        },
         EmpiRequest::Explain { .. } | EmpiRequest::Get { .. } => EmpiReply::Done,
     }
 }
@@ -198,6 +203,11 @@ async fn empi_operations_send_the_right_op_and_decode_the_reply() {
         c.empi_get("H:1").await,
         Err(ClientError::UnexpectedReply { op: "empi_get", .. })
     ));
+    // An upsert and a steward action carry a session (the node writes them under it, so a
+    // retry never applies twice); a match, an ingest batch and the reads do not.
+    let sessions: Vec<bool> = s.requests().iter().map(|r| r.session.is_some()).collect();
+    assert_eq!(sessions, vec![true, false, false, true, false, false, false]);
+    assert_eq!(c.empi_split("H:3").await.unwrap(), (99, vec!["H:3-other".to_string()]));
     let ops: Vec<Op> = s.requests().into_iter().map(|r| r.op).collect();
     assert_eq!(
         ops[3],
@@ -206,7 +216,8 @@ async fn empi_operations_send_the_right_op_and_decode_the_reply() {
             b: "H:2".into()
         }))
     );
-    assert_eq!(ops.len(), 7);
+    assert_eq!(ops.len(), 8);
+    assert_eq!(ops[7], Op::Empi(Box::new(EmpiRequest::Split { key: "H:3".into() })));
 }
 
 #[tokio::test]

@@ -115,7 +115,9 @@ pub enum Command {
     /// constraints), and its index and membership changes go out through the EMPI outbox. A put
     /// whose `base` is not the stored record's version (another put wrote it since the service
     /// read it, or this is a repeat of a put that applied) is skipped: it is superseded. Answers
-    /// `Bools`, per put whether it applied; a record of another shard refuses the whole entry.
+    /// `Counts`, per put the identity the record holds once it applied (not always the put's:
+    /// a record a steward linked keeps its own), or 0 where it was superseded; a record of
+    /// another shard refuses the whole entry.
     EmpiPut {
         /// The records.
         puts: Vec<EmpiPut>,
@@ -180,6 +182,60 @@ pub enum Command {
     SetShardMap(ShardMap),
     /// Nothing; used to commit a leader's first entry or as a barrier.
     Noop,
+    /// A workload's command proposed for one client request under the client's exactly-once
+    /// session (the EMPI service's upsert put and steward constraint): a retry of the request is
+    /// answered from the session table, and a late copy of one the client has moved past is
+    /// `StaleSession`, neither applied again. Only `EmpiPut` and `EmpiConstrain` may be wrapped;
+    /// anything else is `BadRequest`, not applied.
+    InSession {
+        /// The client's session, as its request carried it.
+        session: Session,
+        /// The command.
+        cmd: Box<Command>,
+    },
+}
+
+impl Command {
+    /// The variant's name, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Client { .. } => "Client",
+            Command::EdgeDelivery { .. } => "EdgeDelivery",
+            Command::OutboxTrim { .. } => "OutboxTrim",
+            Command::FeedDelivery { .. } => "FeedDelivery",
+            Command::FeedOutboxTrim { .. } => "FeedOutboxTrim",
+            Command::FeedDeliveries { .. } => "FeedDeliveries",
+            Command::FeedOutboxTrims { .. } => "FeedOutboxTrims",
+            Command::FeedActivate { .. } => "FeedActivate",
+            Command::FeedRebuild { .. } => "FeedRebuild",
+            Command::EmpiPut { .. } => "EmpiPut",
+            Command::EmpiConstrain { .. } => "EmpiConstrain",
+            Command::EmpiReassign { .. } => "EmpiReassign",
+            Command::EmpiMerge { .. } => "EmpiMerge",
+            Command::EmpiDeliveries { .. } => "EmpiDeliveries",
+            Command::EmpiOutboxTrims { .. } => "EmpiOutboxTrims",
+            Command::EmpiSetModel { .. } => "EmpiSetModel",
+            Command::SetShardMap(_) => "SetShardMap",
+            Command::Noop => "Noop",
+            Command::InSession { .. } => "InSession",
+        }
+    }
+
+    /// This command under `session`, if there is one (`InSession`).
+    pub fn in_session(self, session: Option<Session>) -> Command {
+        match session {
+            Some(session) => Command::InSession {
+                session,
+                cmd: Box::new(self),
+            },
+            None => self,
+        }
+    }
+
+    /// Whether `InSession` may wrap this command: a workload's write for one client request.
+    pub fn takes_session(&self) -> bool {
+        matches!(self, Command::EmpiPut { .. } | Command::EmpiConstrain { .. })
+    }
 }
 
 /// One source shard's feed messages for one destination, numbered from `first_seq`.
@@ -293,7 +349,8 @@ pub enum EmpiMsg {
         key: String,
     },
     /// `key` joined identity `master` (to the master's shard, which records the event; a merged
-    /// master answers by sending the record on to the survivor).
+    /// master answers by sending the record on to the survivor). What older outboxes hold;
+    /// records now send `MemberEnter`, which this is with no steward unlinks.
     MemberJoin {
         /// The identity.
         master: MasterId,
@@ -327,6 +384,47 @@ pub enum EmpiMsg {
         /// Link or unlink.
         link: bool,
     },
+    /// `key` joins identity `master`, with its steward constraints as its shard holds them
+    /// when it moves (to the master's shard). The identity takes it unless it is unlinked from
+    /// a member, or a member from it (as far as the identity has heard, and the record is not
+    /// linked to that member: its own view is the fresher one, since a link replaces an
+    /// unlink); then it answers `EnterRefused`, so no placement decided before an unlink,
+    /// whenever it lands, joins the pair. A merged identity sends the record on to the
+    /// survivor.
+    MemberEnter {
+        /// The identity.
+        master: MasterId,
+        /// The record.
+        key: String,
+        /// Its steward unlinks, sorted.
+        unlinks: Vec<String>,
+        /// Its steward links, sorted.
+        links: Vec<String>,
+    },
+    /// Identity `from` did not take record `key` because of its unlink with `apart_from` (to the
+    /// record's shard). If the record still names `from` and is not linked to `apart_from` by
+    /// now, it moves to `master`, an identity of its own; if a link replaced the unlink, it
+    /// enters `from` again with its constraints as they are now.
+    EnterRefused {
+        /// The record.
+        key: String,
+        /// The identity that refused it.
+        from: MasterId,
+        /// Its own identity to go to.
+        master: MasterId,
+        /// The member (or record) it is unlinked from.
+        apart_from: String,
+    },
+    /// Record `key`'s steward unlinks changed (to the shard of `master`, the identity it names,
+    /// which keeps its members' unlinks for the check of `MemberEnter`).
+    MemberUnlinks {
+        /// The identity.
+        master: MasterId,
+        /// The record.
+        key: String,
+        /// Its steward unlinks now, sorted.
+        unlinks: Vec<String>,
+    },
 }
 
 impl EmpiMsg {
@@ -338,6 +436,13 @@ impl EmpiMsg {
                 16 + key.len()
             }
             EmpiMsg::Constrain { key, other, .. } => 9 + key.len() + other.len(),
+            EmpiMsg::MemberEnter {
+                key, unlinks, links, ..
+            } => 16 + key.len() + unlinks.iter().chain(links).map(|u| 8 + u.len()).sum::<usize>(),
+            EmpiMsg::EnterRefused { key, apart_from, .. } => 16 + key.len() + apart_from.len(),
+            EmpiMsg::MemberUnlinks { key, unlinks, .. } => {
+                16 + key.len() + unlinks.iter().map(|u| 8 + u.len()).sum::<usize>()
+            }
         }
     }
 }

@@ -20,6 +20,8 @@ pub type MasterId = u64;
 pub const EMPI_INGEST_RECORDS_MAX: usize = 10_000;
 /// Most candidates one `Match` answers.
 pub const EMPI_MATCH_K_MAX: u32 = 100;
+/// Most other members an identity may have for `EmpiRequest::Split` (one unlink each).
+pub const EMPI_SPLIT_MEMBERS_MAX: usize = 1_000;
 /// Most events one `Events` page holds.
 pub const EMPI_EVENTS_PAGE_MAX: u32 = 10_000;
 /// Most masters one `Clusters` page holds.
@@ -231,9 +233,27 @@ pub enum EmpiRequest {
         /// Most events (1..=`EMPI_EVENTS_PAGE_MAX`).
         limit: u32,
     },
+    /// A steward's split: the record leaves its identity for one of its own, unlinked from every
+    /// other member (at most `EMPI_SPLIT_MEMBERS_MAX`), so automatic matching never joins it
+    /// with any of them again; `EmpiReply::Split`.
+    Split {
+        /// The record (`SOURCE:ID`); the routing key.
+        key: String,
+    },
 }
 
 impl EmpiRequest {
+    /// Whether the service writes this request under the client's session, so that a retry or a
+    /// late copy of it never applies twice: an upsert (its one put) and a steward's link or
+    /// unlink (its constraint). A bulk ingest batch writes to many shards and resumes from its
+    /// own checkpoint instead; reads need none.
+    pub fn takes_session(&self) -> bool {
+        matches!(
+            self,
+            EmpiRequest::Upsert { .. } | EmpiRequest::Link { .. } | EmpiRequest::Unlink { .. }
+        )
+    }
+
     /// The key the request is routed by.
     pub fn shard_key(&self) -> ShardKey {
         match self {
@@ -243,7 +263,7 @@ impl EmpiRequest {
             EmpiRequest::Explain { a, .. } | EmpiRequest::Link { a, .. } | EmpiRequest::Unlink { a, .. } => {
                 record_shard_key(a)
             }
-            EmpiRequest::Get { key } => record_shard_key(key),
+            EmpiRequest::Get { key } | EmpiRequest::Split { key } => record_shard_key(key),
             // Bulk batches all go to one node, which offers the records it linked in the last
             // batches as candidates of the next (their index entries are still in flight).
             // Listings read every shard; routed anywhere stable.
@@ -360,6 +380,15 @@ pub enum EmpiReply {
     },
     /// A steward action was applied.
     Done,
+    /// A split was applied.
+    Split {
+        /// The record.
+        key: String,
+        /// Its identity now (its own).
+        master: MasterId,
+        /// The members of its old identity it is now unlinked from.
+        unlinked: Vec<String>,
+    },
 }
 
 /// What one shard's blocking index holds for some blocking keys (a node-internal read).

@@ -130,6 +130,16 @@ impl Op {
         }
     }
 
+    /// Whether the client gives this operation an exactly-once session: every replicated write,
+    /// and the EMPI calls that write for one request (`EmpiRequest::takes_session`).
+    pub fn takes_session(&self) -> bool {
+        match self {
+            Op::Write(_) => true,
+            Op::Empi(e) => e.takes_session(),
+            Op::Read(_) | Op::Admin(_) | Op::Score(_) | Op::Feed(_) => false,
+        }
+    }
+
     /// The shard this operation belongs to in a cluster of `shard_count` shards.
     pub fn shard(&self, shard_count: u32) -> Option<ShardId> {
         self.shard_key().map(|k| shard_for_key(&k, shard_count))

@@ -35,10 +35,10 @@ mod tests_snapshot;
 use std::collections::BTreeMap;
 
 use plexus_proto::{
-    shard_for_key, ErrorReply, ReadOp, Reply, Response, ShardId, ShardKey, ShardMap, WriteOp, FOLLOW_BATCH_MAX,
+    shard_for_key, ErrorReply, ReadOp, Reply, Response, Session, ShardId, ShardKey, ShardMap, WriteOp, FOLLOW_BATCH_MAX,
 };
 
-pub use empi::{EmpiBloomSizing, EmpiLimits, EMPI_BLOOM_CHAIN_MAX, EMPI_BLOOM_FILTER_BYTES_MAX};
+pub use empi::{new_master_id, EmpiBloomSizing, EmpiLimits, EMPI_BLOOM_CHAIN_MAX, EMPI_BLOOM_FILTER_BYTES_MAX};
 pub use features::{FEATURES_DIM_MAX, FEATURES_READ_VERTICES_MAX};
 pub use feed::{FeedLimits, SeenSizing};
 pub use filter::{
@@ -165,15 +165,16 @@ impl ShardState {
     ///   or a NaN/infinite value is `BadRequest`.
     /// - `EdgeDelivery`: `Count(delivered_upto)` for the source shard.
     /// - `OutboxTrim`: `Count(entries dropped)`.
-    /// - `EmpiPut`: `Bools` (per put, whether it applied); `EmpiConstrain`, `EmpiReassign`, `EmpiSetModel`: `Changed`;
+    /// - `EmpiPut`: `Counts` (per put, the record's identity once applied, 0 if superseded); `EmpiConstrain`, `EmpiReassign`, `EmpiSetModel`: `Changed`;
     ///   `EmpiMerge`: `Count(members moved)`; `EmpiDeliveries`: `Counts`; `EmpiOutboxTrims`:
     ///   `Count(dropped)`. A full EMPI outbox refuses puts, constraints, reassigns and merges
     ///   with `Busy`, not applied.
     /// - `SetShardMap`, `Noop`: `Done`.
     ///
     /// A client op whose key is not this shard's is `WrongShard`. A write
-    /// under a session is answered from the session table when it is a
-    /// retry (or `StaleSession` when already acknowledged), and not applied.
+    /// under a session (`Client` with one, or `InSession`) is answered from
+    /// the session table when it is a retry (or `StaleSession` when already
+    /// acknowledged), and not applied.
     ///
     /// Indexes must increase: an `index` at or below `last_applied` (once
     /// that is non-zero) is answered `Internal` without applying, so a
@@ -190,20 +191,41 @@ impl ShardState {
                 session: Some(s),
                 op,
                 now_millis,
-            } => match self.sessions.admit(s, self.canary) {
-                Admission::Answer(answer) => answer,
-                Admission::Apply => {
-                    let answer = self.apply_write(op, *now_millis);
-                    let (sessions_max, responses_max) = (self.limits.sessions_max, self.limits.session_responses_max);
-                    self.sessions.record(s, index, &answer, sessions_max, responses_max);
-                    answer
-                }
-            },
-            Command::Client {
-                session: None,
-                op,
-                now_millis,
-            } => self.apply_write(op, *now_millis),
+            } => self.in_session(index, s, |state| state.apply_write(op, *now_millis)),
+            Command::InSession { session, cmd } if cmd.takes_session() => {
+                self.in_session(index, session, |state| state.apply_command(cmd))
+            }
+            Command::InSession { cmd, .. } => Err(ErrorReply::BadRequest(format!(
+                "a session wraps only a workload's write for one request, not {}",
+                cmd.name()
+            ))),
+            other => self.apply_command(other),
+        };
+        self.last_applied = index;
+        debug_assert!(self.outbox.check());
+        debug_assert!(self.feed.check());
+        debug_assert!(self.empi.check());
+        answer
+    }
+
+    /// Applies `apply` unless the session table says the write under `s` is a retry or stale;
+    /// then records its answer.
+    fn in_session(&mut self, index: u64, s: &Session, apply: impl FnOnce(&mut Self) -> Response) -> Response {
+        match self.sessions.admit(s, self.canary) {
+            Admission::Answer(answer) => answer,
+            Admission::Apply => {
+                let answer = apply(self);
+                let (sessions_max, responses_max) = (self.limits.sessions_max, self.limits.session_responses_max);
+                self.sessions.record(s, index, &answer, sessions_max, responses_max);
+                answer
+            }
+        }
+    }
+
+    /// Applies one command outside any session (`InSession` has been unwrapped).
+    fn apply_command(&mut self, cmd: &Command) -> Response {
+        match cmd {
+            Command::Client { op, now_millis, .. } => self.apply_write(op, *now_millis),
             Command::EdgeDelivery {
                 from_shard,
                 first_seq,
@@ -253,12 +275,8 @@ impl ShardState {
                 Ok(Reply::Done)
             }
             Command::Noop => Ok(Reply::Done),
-        };
-        self.last_applied = index;
-        debug_assert!(self.outbox.check());
-        debug_assert!(self.feed.check());
-        debug_assert!(self.empi.check());
-        answer
+            Command::InSession { .. } => Err(ErrorReply::BadRequest("sessions do not nest".into())),
+        }
     }
 
     /// `Command::EdgeDelivery`: the in-halves, then the feed's reaction to each one applied.

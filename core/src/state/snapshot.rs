@@ -8,8 +8,8 @@
 //! snapshot file: `wal` stores these bytes with openraft's metadata.
 //!
 //! Versions: 2 appended the feature vectors to the body, 3 the feed state, 4
-//! identity matching's state; a version-1, -2 or -3 body is still read, as a
-//! state without them.
+//! identity matching's state, 5 the identities' member unlinks (the EMPI
+//! form's last field); an older body is still read, as a state without them.
 
 use std::collections::BTreeMap;
 
@@ -31,9 +31,12 @@ use crate::command::EdgeUpdate;
 /// First bytes of every state snapshot.
 const MAGIC: &[u8; 8] = b"PLXSTATE";
 /// The body format this code writes (and the newest it reads).
-const VERSION: u32 = 4;
+const VERSION: u32 = 5;
 /// The oldest body format this code reads: version 1 lacks `features`.
 const VERSION_OLDEST: u32 = 1;
+/// postcard's encoding of an empty list (a zero length varint): appended to a version-4 body
+/// it makes the equivalent version-5 body (the EMPI form's member unlinks, its last field).
+const EMPTY_APART: [u8; 1] = [0];
 /// postcard's encoding of an empty `FeatureForm` (a zero length varint):
 /// appended to a version-1 body it makes the equivalent version-2 body.
 const EMPTY_FEATURES: [u8; 1] = [0];
@@ -207,6 +210,10 @@ impl ShardState {
             }
             3 => {
                 upgraded = [body, &empty_empi()].concat();
+                &upgraded[..]
+            }
+            4 => {
+                upgraded = [body, &EMPTY_APART[..]].concat();
                 &upgraded[..]
             }
             _ => body,

@@ -233,7 +233,7 @@ fn garbage_is_refused_with_the_right_error() {
         ShardState::from_snapshot(&[7u8; 64], limits()),
         Err(StateError::BadMagic)
     ));
-    for version in [0u8, 5] {
+    for version in [0u8, 6] {
         let mut other = rich_state().s.to_snapshot();
         other[8] = version;
         assert!(matches!(

@@ -35,7 +35,7 @@ use plexus_empi::context::MatchContext;
 use plexus_empi::linker::{Linker, LinkerConfig};
 use plexus_proto::{
     model_shard_key, shard_for_key, EmpiRead, EmpiRequest, EmpiState, ErrorReply, Op, ReadOp, Reply, Request, Response,
-    EMPI_CLUSTERS_PAGE_MAX, EMPI_EVENTS_PAGE_MAX, EMPI_INGEST_RECORDS_MAX, EMPI_MATCH_K_MAX,
+    Session, EMPI_CLUSTERS_PAGE_MAX, EMPI_EVENTS_PAGE_MAX, EMPI_INGEST_RECORDS_MAX, EMPI_MATCH_K_MAX,
 };
 use plexus_raft::replica::Replica;
 use tokio::time::Instant;
@@ -114,9 +114,12 @@ pub struct Stats {
 impl Stats {
     /// Counts a written batch's placements.
     pub(crate) fn record_placed(&self, placed: &[link::Placement], written: &[link::Written]) {
-        for ((_, created, merged), w) in placed.iter().zip(written) {
-            if *w == Ok(true) {
+        for ((master, created, merged), w) in placed.iter().zip(written) {
+            if matches!(w, Ok(Some(_))) {
                 self.records_linked.fetch_add(1, Ordering::Relaxed);
+            }
+            // The placement's creation and merges happened only where it applied as placed.
+            if *w == Ok(Some(*master)) {
                 self.identities_created
                     .fetch_add(u64::from(*created), Ordering::Relaxed);
                 self.identities_merged.fetch_add(merged.len() as u64, Ordering::Relaxed);
@@ -194,12 +197,14 @@ async fn train(registry: &Arc<Registry>, records: &[plexus_empi::schema::PersonR
         .map(|_| ())
 }
 
-async fn serve(inner: Arc<Inner>, registry: Arc<Registry>, req: EmpiRequest) -> Response {
+/// Serves one request; `session` is the client's exactly-once session, which the writes of an
+/// upsert and of a steward's link or unlink carry (`Command::InSession`).
+async fn serve(inner: Arc<Inner>, registry: Arc<Registry>, req: EmpiRequest, session: Option<Session>) -> Response {
     let (contexts, stats) = (&inner.contexts, &inner.stats);
     match req {
         EmpiRequest::Upsert { record } => {
             let (_, ctx) = contexts.get(&registry, false).await?;
-            link::upsert(&registry, &ctx, record, stats).await
+            link::upsert(&registry, &ctx, record, session, stats).await
         }
         EmpiRequest::Match { record, k } => {
             if k == 0 || k > EMPI_MATCH_K_MAX {
@@ -231,9 +236,10 @@ async fn serve(inner: Arc<Inner>, registry: Arc<Registry>, req: EmpiRequest) -> 
             let (_, ctx) = contexts.get(&registry, false).await?;
             steward::explain(&registry, &ctx, a, b).await
         }
-        EmpiRequest::Link { a, b } => steward::link(&registry, a, b, true).await,
-        EmpiRequest::Unlink { a, b } => steward::link(&registry, a, b, false).await,
+        EmpiRequest::Link { a, b } => steward::link(&registry, a, b, true, session).await,
+        EmpiRequest::Unlink { a, b } => steward::link(&registry, a, b, false, session).await,
         EmpiRequest::Get { key } => steward::get(&registry, key).await,
+        EmpiRequest::Split { key } => steward::split(&registry, key).await,
         EmpiRequest::Clusters { after, limit } => {
             if limit == 0 || limit > EMPI_CLUSTERS_PAGE_MAX {
                 return Err(bad(format!("limit {limit} is outside 1..={EMPI_CLUSTERS_PAGE_MAX}")));
@@ -300,7 +306,7 @@ impl Workload for EmpiService {
                 ));
             };
             let span = tracing::debug_span!("empi");
-            tracing::Instrument::instrument(serve(inner, registry, *empi), span).await
+            tracing::Instrument::instrument(serve(inner, registry, *empi, req.session), span).await
         })
     }
 }

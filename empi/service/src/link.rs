@@ -25,7 +25,7 @@ use plexus_empi::normalize::NormalizedRecord;
 use plexus_empi::schema::{PersonRecord, RecordExt};
 use plexus_proto::{
     master_shard_key, record_shard_key, shard_for_key, EmpiIngested, EmpiMatch, EmpiRecord, EmpiReply, ErrorReply,
-    MasterId, Reply, Response,
+    MasterId, Reply, Response, Session,
 };
 
 use crate::reads::{self, Fresh};
@@ -44,12 +44,14 @@ pub const WRITES_IN_FLIGHT_MAX: usize = 16;
 const MERGE_HOPS_MAX: usize = 8;
 /// A record's placement: its identity, whether that was created, the identities merged into it.
 pub(crate) type Placement = (MasterId, bool, Vec<MasterId>);
-/// A record's write: `Ok(true)` applied; `Ok(false)` superseded: another put wrote the record
-/// after this one read it (a concurrent request, or a repeat of this very put that applied
-/// first), so this write takes effect just before that one and is overwritten at once, which
-/// is what the caller is told (a late copy of a request its client gave up on, still running,
-/// can never overwrite a newer write); or why it failed.
-pub(crate) type Written = Result<bool, ErrorReply>;
+/// A record's write: `Ok(Some(identity))` applied, and the identity the record holds (the
+/// placement's, unless a steward's link kept the record where it was, or the session table
+/// answered with an earlier copy of the request's write); `Ok(None)` superseded: another put
+/// wrote the record after this one read it (a concurrent request, or a repeat of this very put
+/// that applied first), so this write takes effect just before that one and is overwritten at
+/// once, which is what the caller is told (a late copy of a request its client gave up on,
+/// still running, can never overwrite a newer write); or why it failed.
+pub(crate) type Written = Result<Option<MasterId>, ErrorReply>;
 
 fn bad(msg: String) -> ErrorReply {
     ErrorReply::BadRequest(msg)
@@ -79,18 +81,8 @@ pub(crate) fn prepare(ctx: &MatchContext, record: PersonRecord) -> Result<Prepar
     })
 }
 
-/// Bits of a master id below its creation time.
-const MASTER_ID_HASH_BITS: u32 = 20;
-
-/// A new identity's id: its creation time in milliseconds above 20 bits of a hash of the
-/// founding record, so that ids order identities by age (ties broken by the hash) and a merge,
-/// always of the larger id into the smaller, can never close a cycle across shards, whatever
-/// each node has seen.
-pub(crate) fn new_master(key: &str, now_millis: u64) -> MasterId {
-    let h = plexus_proto::shard::fnv1a64(format!("master/{key}/{now_millis}").as_bytes());
-    let millis = now_millis & ((1u64 << (63 - MASTER_ID_HASH_BITS)) - 1);
-    ((millis << MASTER_ID_HASH_BITS) | (h & ((1 << MASTER_ID_HASH_BITS) - 1))).max(1)
-}
+/// A new identity's id (see `plexus_core::state::new_master_id`: ids order identities by age).
+pub(crate) use plexus_core::state::new_master_id as new_master;
 
 /// What the cluster holds around a set of records: the candidates their blocking keys reach,
 /// normalised, and the identities those belong to (merged ones resolved to their survivors).
@@ -490,14 +482,17 @@ pub(crate) async fn place(ctx: &MatchContext, held: &mut Held, batch: &[Prepared
 
 /// Writes a batch's placements: the records grouped by shard (up to `WRITES_IN_FLIGHT_MAX`
 /// shards at once), each against the version `held` read, then the merges of the placements
-/// that applied.
+/// that applied as placed. `session` (one record's upsert only: it names one write) makes the
+/// put exactly-once for the client's request.
 pub(crate) async fn write(
     registry: &Arc<Registry>,
     held: &Held,
     batch: &[Prepared],
     placed: &[Placement],
     now_millis: u64,
+    session: Option<Session>,
 ) -> Vec<Written> {
+    debug_assert!(session.is_none() || batch.len() == 1, "a session names one write");
     let mut by_shard: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
     for (i, p) in batch.iter().enumerate() {
         by_shard
@@ -524,20 +519,19 @@ pub(crate) async fn write(
                     base: held.base(&batch[i].key),
                 })
                 .collect();
-            let answer = registry
-                .propose_patiently(shard, Command::EmpiPut { puts, now_millis }, registry.request_timeout)
-                .await;
+            let cmd = Command::EmpiPut { puts, now_millis }.in_session(session);
+            let answer = registry.propose_patiently(shard, cmd, registry.request_timeout).await;
             (chunk, answer)
         })
         .buffer_unordered(WRITES_IN_FLIGHT_MAX)
         .collect()
         .await;
-    let mut outcome: Vec<Written> = vec![Ok(true); batch.len()];
+    let mut outcome: Vec<Written> = vec![Ok(None); batch.len()];
     for (chunk, answer) in answers {
         match answer {
-            Ok(Reply::Bools(applied)) if applied.len() == chunk.len() => {
-                for (i, a) in chunk.into_iter().zip(applied) {
-                    outcome[i] = Ok(a);
+            Ok(Reply::Counts(held)) if held.len() == chunk.len() => {
+                for (i, m) in chunk.into_iter().zip(held) {
+                    outcome[i] = Ok((m != 0).then_some(m));
                 }
             }
             other => {
@@ -553,7 +547,9 @@ pub(crate) async fn write(
     }
     let mut merges: BTreeSet<(MasterId, MasterId)> = BTreeSet::new();
     for ((master, _, merged), w) in placed.iter().zip(&outcome) {
-        if *w == Ok(true) {
+        // Merges were decided with the placement: a record held elsewhere (linked, or placed
+        // by an earlier copy of the request) makes them no decision of this write's.
+        if *w == Ok(Some(*master)) {
             merges.extend(merged.iter().filter(|m| *m != master).map(|m| (*m, *master)));
         }
     }
@@ -575,6 +571,7 @@ pub(crate) async fn upsert(
     registry: &Arc<Registry>,
     ctx: &MatchContext,
     record: PersonRecord,
+    session: Option<Session>,
     stats: &Stats,
 ) -> Response {
     let p = prepare(ctx, record).map_err(bad)?;
@@ -583,12 +580,16 @@ pub(crate) async fn upsert(
     let mut held = Held::read(registry, ctx, &[&p], also, Offered::default(), stats, Fresh::Leader).await?;
     let batch = [p];
     let placed = place(ctx, &mut held, &batch, now_millis).await;
-    let written = write(registry, &held, &batch, &placed, now_millis).await;
+    let written = write(registry, &held, &batch, &placed, now_millis, session).await;
     stats.record_placed(&placed, &written);
-    if let Some(Err(e)) = written.into_iter().next() {
-        return Err(e);
+    let (mut master, mut created, mut merged) = placed.into_iter().next().unwrap_or((0, false, Vec::new()));
+    match written.into_iter().next() {
+        Some(Err(e)) => return Err(e),
+        // Held elsewhere than placed: the identity it holds is the answer, and this
+        // placement's creation and merges did not happen.
+        Some(Ok(Some(held))) if held != master => (master, created, merged) = (held, false, Vec::new()),
+        _ => {}
     }
-    let (master, created, merged) = placed.into_iter().next().unwrap_or((0, false, Vec::new()));
     let [p] = batch;
     Ok(Reply::Empi(EmpiReply::Upserted {
         key: p.key,
@@ -661,12 +662,12 @@ pub(crate) async fn ingest(
         }
     }
     drop(turn);
-    let written = write(registry, &held, &kept, &placed, now_millis).await;
+    let written = write(registry, &held, &kept, &placed, now_millis, None).await;
     {
         // A record not written, or superseded, is not what its shard holds: take it back out.
         let mut recent = recent.lock().unwrap_or_else(|e| e.into_inner());
         for ((p, (master, _, _)), w) in kept.iter().zip(&placed).zip(&written) {
-            if *w != Ok(true) {
+            if *w != Ok(Some(*master)) {
                 recent.forget(&p.key, *master);
             }
         }
@@ -674,9 +675,9 @@ pub(crate) async fn ingest(
     stats.record_placed(&placed, &written);
     for (j, p) in kept.iter().enumerate() {
         outcomes[kept_slot[j]] = Some(match &written[j] {
-            Ok(_) => EmpiIngested::Linked {
+            Ok(held) => EmpiIngested::Linked {
                 key: p.key.clone(),
-                master: placed[j].0,
+                master: held.unwrap_or(placed[j].0),
             },
             Err(e) => EmpiIngested::Refused {
                 key: p.key.clone(),
@@ -701,25 +702,4 @@ pub(crate) async fn ingest(
             })
             .collect(),
     )))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn master_ids_order_identities_by_age() {
-        let a = new_master("S:1", 1_796_000_000_000);
-        let b = new_master("S:2", 1_796_000_000_001);
-        let c = new_master("S:3", 1_796_000_000_001);
-        assert!(a < b && a < c, "an older identity has the smaller id");
-        assert_ne!(b, c, "one millisecond's identities differ by their founding record");
-        assert_eq!(
-            new_master("S:1", 1_796_000_000_000),
-            a,
-            "ids are a function of record and time"
-        );
-        assert!(a >> MASTER_ID_HASH_BITS == 1_796_000_000_000 && a < 1 << 63);
-        assert!(new_master("S:1", 0) >= 1);
-    }
 }

@@ -19,7 +19,7 @@ use plexus_core::Command;
 use plexus_empi::context::MatchContext;
 use plexus_proto::{
     master_shard_key, record_shard_key, shard_for_key, EmpiExplanation, EmpiFieldWeight, EmpiRecord, EmpiReply,
-    ErrorReply, MasterId, Reply, Response,
+    ErrorReply, MasterId, Reply, Response, Session, EMPI_SPLIT_MEMBERS_MAX,
 };
 
 use crate::link::new_master;
@@ -115,8 +115,16 @@ pub(crate) async fn explain(registry: &Arc<Registry>, ctx: &MatchContext, a: Str
     }))))
 }
 
-/// `EmpiRequest::Link` (`link`) and `Unlink`.
-pub(crate) async fn link(registry: &Arc<Registry>, a: String, b: String, link: bool) -> Response {
+/// `EmpiRequest::Link` (`link`) and `Unlink`. The constraint is proposed under the client's
+/// `session`: a late copy of a request its client has moved past (say a link overtaken by an
+/// unlink of the same pair) is refused there, before it changes anything.
+pub(crate) async fn link(
+    registry: &Arc<Registry>,
+    a: String,
+    b: String,
+    link: bool,
+    session: Option<Session>,
+) -> Response {
     if a == b {
         return Err(ErrorReply::BadRequest(format!(
             "{a} cannot be linked or unlinked to itself"
@@ -144,7 +152,8 @@ pub(crate) async fn link(registry: &Arc<Registry>, a: String, b: String, link: b
         other: other.clone(),
         link,
         now_millis,
-    };
+    }
+    .in_session(session);
     let owner_shard = shard_for_key(&record_shard_key(owner), registry.shard_count);
     registry
         .propose_patiently(owner_shard, constrain, registry.request_timeout)
@@ -183,6 +192,40 @@ pub(crate) async fn link(registry: &Arc<Registry>, a: String, b: String, link: b
             .await?;
     }
     Ok(Reply::Empi(EmpiReply::Done))
+}
+
+/// `EmpiRequest::Split`: the record is unlinked from every other member of its identity, one
+/// steward unlink at a time (the first moves it to an identity of its own; the rest keep the
+/// others from ever taking it back), and its identity then is the answer. Not under a session:
+/// it is several writes, and doing it again changes nothing.
+pub(crate) async fn split(registry: &Arc<Registry>, key: String) -> Response {
+    let mut found = reads::records(registry, std::slice::from_ref(&key)).await?;
+    let record = found.remove(&key).ok_or_else(|| not_found(&key))?;
+    let masters = reads::masters(registry, &[record.master]).await?;
+    let mut others: Vec<String> = masters
+        .get(&record.master)
+        .map(|m| m.members.iter().filter(|k| **k != key).cloned().collect())
+        .unwrap_or_default();
+    if others.len() > EMPI_SPLIT_MEMBERS_MAX {
+        return Err(ErrorReply::BadRequest(format!(
+            "{key}'s identity has {} other members, more than a split unlinks ({EMPI_SPLIT_MEMBERS_MAX}): unlink them in steps",
+            others.len()
+        )));
+    }
+    // The identity's member list may lag a record that just moved in; the record itself is the
+    // authority on where it is, and each unlink reads both records again before it moves one.
+    others.sort();
+    for other in &others {
+        // `other` first: an unlink moves its second record, this one, and never `other`.
+        link(registry, other.clone(), key.clone(), false, None).await?;
+    }
+    let mut found = reads::records(registry, std::slice::from_ref(&key)).await?;
+    let record = found.remove(&key).ok_or_else(|| not_found(&key))?;
+    Ok(Reply::Empi(EmpiReply::Split {
+        key,
+        master: record.master,
+        unlinked: others,
+    }))
 }
 
 /// Waits until the other record's side holds the owner's constraint on the pair (or the owner

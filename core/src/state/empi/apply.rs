@@ -12,7 +12,7 @@ use plexus_proto::{
     MasterId, PersonRecord, Reply, Response, ShardId,
 };
 
-use super::{route, Constraints, Master};
+use super::{new_master_id, route, Constraints, Master};
 use crate::canary::Canary;
 use crate::command::{EmpiBatch, EmpiMsg, EmpiPut};
 use crate::state::ShardState;
@@ -67,8 +67,13 @@ impl ShardState {
     pub(in crate::state) fn empi_dest(&self, msg: &EmpiMsg) -> ShardId {
         let key = match msg {
             EmpiMsg::IndexAdd { block, .. } | EmpiMsg::IndexRemove { block, .. } => block_shard_key(block),
-            EmpiMsg::MemberJoin { master, .. } | EmpiMsg::MemberLeave { master, .. } => master_shard_key(*master),
-            EmpiMsg::Reassign { key, .. } | EmpiMsg::Constrain { key, .. } => record_shard_key(key),
+            EmpiMsg::MemberJoin { master, .. }
+            | EmpiMsg::MemberLeave { master, .. }
+            | EmpiMsg::MemberEnter { master, .. }
+            | EmpiMsg::MemberUnlinks { master, .. } => master_shard_key(*master),
+            EmpiMsg::Reassign { key, .. } | EmpiMsg::Constrain { key, .. } | EmpiMsg::EnterRefused { key, .. } => {
+                record_shard_key(key)
+            }
         };
         route(self.here, &key)
     }
@@ -107,7 +112,15 @@ impl ShardState {
             EmpiMsg::IndexRemove { block, key } => {
                 self.empi.index.remove(&block, &key);
             }
-            EmpiMsg::MemberJoin { master, key } => self.empi_join(master, key, now_millis, local),
+            EmpiMsg::MemberJoin { master, key } => {
+                self.empi_join(master, key, Constraints::default(), now_millis, local);
+            }
+            EmpiMsg::MemberEnter {
+                master,
+                key,
+                unlinks,
+                links,
+            } => self.empi_join(master, key, Constraints { links, unlinks }, now_millis, local),
             EmpiMsg::MemberLeave { master, key } => {
                 let left = self
                     .empi
@@ -115,7 +128,15 @@ impl ShardState {
                     .get_mut(&master)
                     .is_some_and(|m| m.members.remove(&key));
                 if left {
+                    self.empi.apart_set(master, &key, Vec::new());
                     self.empi_event(master, Some(key), EmpiEventKind::Unlinked, now_millis);
+                }
+            }
+            EmpiMsg::MemberUnlinks { master, key, unlinks } => {
+                // A record that is no member (any more) joins with its unlinks when it comes.
+                let member = self.empi.masters.get(&master).is_some_and(|m| m.members.contains(&key));
+                if member {
+                    self.empi.apart_set(master, &key, unlinks);
                 }
             }
             EmpiMsg::Reassign { key, from, master } => {
@@ -124,8 +145,31 @@ impl ShardState {
                     self.empi_move(&key, master, local);
                 }
             }
+            EmpiMsg::EnterRefused {
+                key,
+                from,
+                master,
+                apart_from,
+            } => {
+                let Some(r) = self.empi.records.get(&key).filter(|r| r.master == from) else {
+                    return;
+                };
+                if r.links.binary_search(&apart_from).is_ok() {
+                    // The identity went by an unlink a link has replaced since: enter again with
+                    // the constraints as they are now.
+                    let enter = EmpiMsg::MemberEnter {
+                        master: from,
+                        key,
+                        unlinks: r.unlinks.clone(),
+                        links: r.links.clone(),
+                    };
+                    self.empi_send(enter, local);
+                } else {
+                    self.empi_move(&key, master, local);
+                }
+            }
             EmpiMsg::Constrain { key, other, link } => {
-                self.empi_constrain_arrived(&key, &other, link);
+                self.empi_constrain_arrived(&key, &other, link, local);
                 // The pair's owner (its smaller key) answers every change it applies with its
                 // own view, so the other side ends where the owner's order of changes ends.
                 if key < other {
@@ -140,9 +184,12 @@ impl ShardState {
         }
     }
 
-    /// `MemberJoin`: creates the identity for its first record, or adds the member; a merged
-    /// identity sends the record on to the one it was merged into instead.
-    fn empi_join(&mut self, master: MasterId, key: String, now_millis: u64, local: &mut Local) {
+    /// `MemberEnter` (and `MemberJoin`, with no unlinks): creates the identity for its first
+    /// record, or adds the member; a merged identity sends the record on to the one it was
+    /// merged into instead, and one holding a member the record is unlinked from (either way
+    /// round) sends it to an identity of its own.
+    fn empi_join(&mut self, master: MasterId, key: String, held: Constraints, now_millis: u64, local: &mut Local) {
+        let apart = self.empi.apart_from(master, &key, &held);
         let (kind, merged_into) = match self.empi.masters.get_mut(&master) {
             None => {
                 let members = [key.clone()].into_iter().collect();
@@ -156,7 +203,12 @@ impl ShardState {
             }
             Some(m) => match m.merged_into {
                 Some(into) => (None, Some(into)),
-                None => (m.members.insert(key.clone()).then_some(EmpiEventKind::Linked), None),
+                None if m.members.contains(&key) => (None, None),
+                None if apart.is_some() => (None, None),
+                None => {
+                    m.members.insert(key.clone());
+                    (Some(EmpiEventKind::Linked), None)
+                }
             },
         };
         if let Some(into) = merged_into {
@@ -166,7 +218,20 @@ impl ShardState {
                 master: into,
             };
             self.empi_send(reassign, local);
-        } else if let Some(kind) = kind {
+            return;
+        }
+        if let Some(apart_from) = apart {
+            let refused = EmpiMsg::EnterRefused {
+                master: new_master_id(&key, now_millis),
+                key,
+                from: master,
+                apart_from,
+            };
+            self.empi_send(refused, local);
+            return;
+        }
+        self.empi.apart_set(master, &key, held.unlinks);
+        if let Some(kind) = kind {
             self.empi_event(master, Some(key), kind, now_millis);
         }
     }
@@ -183,6 +248,7 @@ impl ShardState {
         // Not a write of its fields: `updated_millis`, the version a put is placed against,
         // stays (a put placed before a move still applies; the move's merge forwards it).
         let old = std::mem::replace(&mut r.master, master);
+        let (unlinks, links) = (r.unlinks.clone(), r.links.clone());
         let key = key.to_string();
         self.empi_send(
             EmpiMsg::MemberLeave {
@@ -191,16 +257,22 @@ impl ShardState {
             },
             local,
         );
-        self.empi_send(EmpiMsg::MemberJoin { master, key }, local);
+        let enter = EmpiMsg::MemberEnter {
+            master,
+            key,
+            unlinks,
+            links,
+        };
+        self.empi_send(enter, local);
         true
     }
 
     /// A steward constraint for a record of this shard. One for a record not stored yet
     /// waits in `pending` for its first put; past `pending_constraints_max` such records it is
     /// dropped (the service checks that both records exist before constraining them).
-    fn empi_constrain_arrived(&mut self, key: &str, other: &str, link: bool) {
-        if let Some(r) = self.empi.records.get_mut(key) {
-            Constraints::set(&mut r.links, &mut r.unlinks, other, link);
+    fn empi_constrain_arrived(&mut self, key: &str, other: &str, link: bool, local: &mut Local) {
+        if self.empi.records.contains_key(key) {
+            self.empi_constrain_stored(key, other, link, local);
             return;
         }
         let full = self.empi.pending.len() >= self.limits.empi.pending_constraints_max;
@@ -231,6 +303,11 @@ impl ShardState {
             )));
         }
         self.check_key(&record_shard_key(&key))?;
+        if p.master == 0 {
+            return Err(bad(format!(
+                "empi record {key:?} names master 0, which no identity has"
+            )));
+        }
         for (name, value) in optional_fields(r) {
             if let Some(v) = value.as_ref().filter(|v| v.len() > l.field_bytes_max) {
                 return Err(bad(format!(
@@ -258,7 +335,8 @@ impl ShardState {
     }
 
     /// `Command::EmpiPut`: every record checked first (one of another shard, or out of bounds,
-    /// refuses the whole entry), then stored in order.
+    /// refuses the whole entry), then stored in order; `Counts`, per put the identity the
+    /// record holds, or 0 where it was superseded.
     pub(in crate::state) fn empi_put(&mut self, puts: &[EmpiPut], now_millis: u64) -> Response {
         let max = self.limits.empi.put_records_max;
         if puts.len() > max {
@@ -272,22 +350,24 @@ impl ShardState {
         }
         self.empi_admit()?;
         let mut local = Local::new();
-        let mut applied = Vec::with_capacity(puts.len());
+        let mut placed = Vec::with_capacity(puts.len());
         for p in puts {
             let stored = self.empi.records.get(&p.record.key_string()).map(|r| r.updated_millis);
-            let current = stored == p.base;
-            if current {
-                self.empi_put_one(p, now_millis, &mut local);
-            }
-            applied.push(current);
+            let master = if stored == p.base {
+                self.empi_put_one(p, now_millis, &mut local)
+            } else {
+                0
+            };
+            placed.push(master);
         }
         self.empi_drain(local, now_millis);
-        Ok(Reply::Bools(applied))
+        Ok(Reply::Counts(placed))
     }
 
-    /// Stores one checked record and sends its index and membership changes. Its steward
-    /// constraints are kept from the stored record, or taken from `pending` for a new one.
-    fn empi_put_one(&mut self, p: &EmpiPut, now_millis: u64, local: &mut Local) {
+    /// Stores one checked record and sends its index and membership changes; the identity it
+    /// holds. Its steward constraints are kept from the stored record, or taken from `pending`
+    /// for a new one.
+    fn empi_put_one(&mut self, p: &EmpiPut, now_millis: u64, local: &mut Local) -> MasterId {
         let key = p.record.key_string();
         let mut blocks = p.blocks.clone();
         blocks.sort_unstable();
@@ -342,9 +422,11 @@ impl ShardState {
             // the new identity never lists it.
             let skip = old_master.is_some() && self.canary == Some(Canary::EmpiSkipsMemberJoin);
             if !skip {
-                let msg = EmpiMsg::MemberJoin {
+                let msg = EmpiMsg::MemberEnter {
                     master,
                     key: key.clone(),
+                    unlinks: kept.unlinks.clone(),
+                    links: kept.links.clone(),
                 };
                 self.empi_send(msg, local);
             }
@@ -358,6 +440,8 @@ impl ShardState {
             updated_millis: version,
         };
         self.empi.records.insert(key, record);
+        debug_assert_ne!(master, 0, "master ids start at 1: 0 answers a superseded put");
+        master
     }
 
     /// `Command::EmpiConstrain`: the constraint on the record here (which must exist), and the
@@ -394,10 +478,7 @@ impl ShardState {
         }
         self.empi_admit()?;
         let mut local = Local::new();
-        let changed = match self.empi.records.get_mut(key) {
-            Some(r) => Constraints::set(&mut r.links, &mut r.unlinks, other, link),
-            None => false,
-        };
+        let changed = self.empi_constrain_stored(key, other, link, &mut local);
         // Sent even when nothing changed here: the owner's order decides, and applying a change
         // again is harmless.
         let msg = EmpiMsg::Constrain {
@@ -408,6 +489,25 @@ impl ShardState {
         self.empi_send(msg, &mut local);
         self.empi_drain(local, now_millis);
         Ok(Reply::Changed(changed))
+    }
+
+    /// Sets the constraint on a stored record of this shard; whether it changed. A change of
+    /// its unlinks goes to its identity (`MemberUnlinks`).
+    fn empi_constrain_stored(&mut self, key: &str, other: &str, link: bool, local: &mut Local) -> bool {
+        let Some(r) = self.empi.records.get_mut(key) else {
+            return false;
+        };
+        let unlinked_before = r.unlinks.len();
+        let changed = Constraints::set(&mut r.links, &mut r.unlinks, other, link);
+        if r.unlinks.len() != unlinked_before {
+            let msg = EmpiMsg::MemberUnlinks {
+                master: r.master,
+                key: key.to_string(),
+                unlinks: r.unlinks.clone(),
+            };
+            self.empi_send(msg, local);
+        }
+        changed
     }
 
     /// `Command::EmpiReassign`: a steward's move of a record of this shard to another identity.
@@ -460,6 +560,8 @@ impl ShardState {
         });
         m.merged_into = Some(into);
         let members = std::mem::take(&mut m.members);
+        // The members take their unlinks along: each enters `into` with them.
+        self.empi.apart.remove(&from);
         self.empi_event(from, None, EmpiEventKind::Merged { into }, now_millis);
         let moved = members.len() as u64;
         let mut local = Local::new();
@@ -499,14 +601,16 @@ impl ShardState {
                     "empi message from shard {from} is for shard {dest}, which does not belong here"
                 )));
             }
-            // A merged identity's shard sends `Reassign` for records of any shard.
+            // An identity's shard sends `Reassign` and `EnterRefused` for records of any shard.
             let sender_record = match msg {
                 EmpiMsg::IndexAdd { key, .. }
                 | EmpiMsg::IndexRemove { key, .. }
                 | EmpiMsg::MemberJoin { key, .. }
-                | EmpiMsg::MemberLeave { key, .. } => Some(key),
+                | EmpiMsg::MemberLeave { key, .. }
+                | EmpiMsg::MemberEnter { key, .. }
+                | EmpiMsg::MemberUnlinks { key, .. } => Some(key),
                 EmpiMsg::Constrain { other, .. } => Some(other),
-                EmpiMsg::Reassign { .. } => None,
+                EmpiMsg::Reassign { .. } | EmpiMsg::EnterRefused { .. } => None,
             };
             if let Some(key) = sender_record.filter(|k| route(self.here, &record_shard_key(k)) != from) {
                 return Err(bad(format!(

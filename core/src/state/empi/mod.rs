@@ -5,14 +5,14 @@
 //! How a record reaches its identity. The EMPI service decides a record's identity and blocking
 //! keys and proposes `EmpiPut` on the record's shard. Its apply stores the record and sends what
 //! changed to the shards that own the rest: `IndexRemove`/`IndexAdd` for the blocking keys that
-//! went or came, `MemberLeave` to the old identity and `MemberJoin` to the new one. A message for
+//! went or came, `MemberLeave` to the old identity and `MemberEnter` to the new one. A message for
 //! this shard is applied in the same apply; the others travel the EMPI outbox, exactly once and
 //! in order per pair of shards, like the feed's fan-out. The identity's shard adds the member and
 //! logs the event, so the change stream is a per-shard log of what its applies did.
 //!
 //! Merges. `EmpiMerge` on the merged identity's shard marks it merged, logs `Merged`, empties it
 //! and sends `Reassign` for each member to the member's shard, which moves the record and so
-//! sends `MemberLeave`/`MemberJoin` like a put. A merged identity is kept for good: a join that
+//! sends `MemberLeave`/`MemberEnter` like a put. A merged identity is kept for good: a join that
 //! was in flight when it merged is answered with a `Reassign` to the survivor, so the record
 //! follows. Merges must not form a cycle (the service merges into the older identity, ties by
 //! id); a cycle within one shard is refused, one across shards would forward its records round
@@ -24,6 +24,17 @@
 //! side is applied there at once and sent to the owner, whose mirror settles it. Both sides end
 //! with the owner's last change. A constraint for a record not stored yet waits (`pending`, a
 //! bounded map) for the record's first put.
+//!
+//! Unlinks at the identity. The service's placement guard respects the unlinks it reads, but a
+//! placement or merge decided just before an unlink may land after it, and a record's move
+//! reaches its new identity only through the outbox. So the identity's shard is where an
+//! unlink is finally kept: a record enters an identity (`MemberEnter`) carrying its unlinks, the
+//! identity keeps its members' unlinks (`apart`, updated by `MemberUnlinks` when a member's
+//! constraints change), and a newcomer unlinked from a member, or that a member is unlinked
+//! from, is not taken (`EnterRefused`): the record's shard, whose view of its own constraints
+//! is the freshest, moves it to an identity of its own, or, where a link has replaced the
+//! unlink by then, lets it enter again. Two members that a new unlink separates are left for
+//! the steward's call, which moves one of them.
 //!
 //! This module is state and its pure transitions (`apply.rs`, `read.rs`); deciding identities,
 //! scoring and the reads that gather candidates across shards belong to `plexus-empi`.
@@ -38,6 +49,8 @@ mod tests;
 mod tests_reads;
 #[cfg(test)]
 mod tests_snapshot;
+#[cfg(test)]
+mod tests_unlinks;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -283,6 +296,9 @@ pub(crate) struct EmpiStore {
     pub(in crate::state) delivered: Delivered,
     /// The matching model and its version (only on the model's shard).
     pub(in crate::state) model: Option<(u64, Vec<u8>)>,
+    /// Per live identity of this shard, its members that a steward unlinked from other records,
+    /// with those records (sorted): what `MemberEnter` checks a newcomer against.
+    pub(in crate::state) apart: BTreeMap<MasterId, BTreeMap<String, Vec<String>>>,
 }
 
 /// The EMPI state in snapshot form: every map as a vector in ascending key order.
@@ -297,6 +313,24 @@ pub(crate) struct EmpiForm {
     outbox: Outbox<EmpiMsg>,
     delivered: Vec<(ShardId, u64)>,
     model: Option<(u64, serde_bytes::ByteBuf)>,
+    /// Appended in snapshot version 5.
+    apart: Vec<(MasterId, Vec<MemberUnlinks>)>,
+}
+
+/// One member's steward unlinks, as an identity keeps them: (record, records it is unlinked from).
+type MemberUnlinks = (String, Vec<String>);
+
+/// Bits of a master id below its creation time.
+const MASTER_ID_HASH_BITS: u32 = 20;
+
+/// A new identity's id: its creation time in milliseconds above 20 bits of a hash of the
+/// founding record, so that ids order identities by age (ties broken by the hash) and a merge,
+/// always of the larger id into the smaller, can never close a cycle across shards, whatever
+/// each node has seen. Never 0 (a put's answer uses 0 for "superseded").
+pub fn new_master_id(key: &str, now_millis: u64) -> MasterId {
+    let h = plexus_proto::shard::fnv1a64(format!("master/{key}/{now_millis}").as_bytes());
+    let millis = now_millis & ((1u64 << (63 - MASTER_ID_HASH_BITS)) - 1);
+    ((millis << MASTER_ID_HASH_BITS) | (h & ((1 << MASTER_ID_HASH_BITS) - 1))).max(1)
 }
 
 /// The shard `key` routes to, in `here`'s cluster.
@@ -324,6 +358,43 @@ impl EmpiStore {
                 .model
                 .as_ref()
                 .map(|(v, m)| (*v, serde_bytes::ByteBuf::from(m.clone()))),
+            apart: self
+                .apart
+                .iter()
+                .map(|(m, members)| (*m, members.iter().map(|(k, u)| (k.clone(), u.clone())).collect()))
+                .collect(),
+        }
+    }
+
+    /// Whether record `key`, with the constraints `held` its shard holds, may not join identity
+    /// `master`: it is unlinked from a member, or a member from it (unless the record is linked
+    /// to that member: the member's unlink, as the identity heard it, was replaced since).
+    /// Answers the member it is apart from.
+    pub(in crate::state) fn apart_from(&self, master: MasterId, key: &str, held: &Constraints) -> Option<String> {
+        let member_apart = self.apart.get(&master).and_then(|m| {
+            m.iter().find(|(member, u)| {
+                u.binary_search_by(|x| x.as_str().cmp(key)).is_ok()
+                    && held.links.binary_search_by(|x| x.as_str().cmp(member)).is_err()
+            })
+        });
+        if let Some((member, _)) = member_apart {
+            return Some(member.clone());
+        }
+        let m = self.masters.get(&master)?;
+        held.unlinks.iter().find(|u| m.members.contains(*u)).cloned()
+    }
+
+    /// Records member `key`'s unlinks for identity `master` (none: forgets it).
+    pub(in crate::state) fn apart_set(&mut self, master: MasterId, key: &str, unlinks: Vec<String>) {
+        if unlinks.is_empty() {
+            if let Some(m) = self.apart.get_mut(&master) {
+                m.remove(key);
+                if m.is_empty() {
+                    self.apart.remove(&master);
+                }
+            }
+        } else {
+            self.apart.entry(master).or_default().insert(key.to_string(), unlinks);
         }
     }
 
@@ -396,6 +467,33 @@ impl EmpiStore {
             }
             pending.insert(key, c);
         }
+        let mut apart: BTreeMap<MasterId, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+        for (id, members) in form.apart {
+            if apart.last_key_value().is_some_and(|(last, _)| *last >= id) {
+                return Err(format!("empi member unlinks not in ascending order at {id}"));
+            }
+            let Some(m) = masters.get(&id).filter(|m| m.merged_into.is_none()) else {
+                return Err(format!("empi member unlinks for {id}, which is no live identity here"));
+            };
+            let mut kept: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for (key, unlinks) in members {
+                if kept.last_key_value().is_some_and(|(last, _)| *last >= key) || !m.members.contains(&key) {
+                    return Err(format!(
+                        "empi member unlinks of {id} name {key:?} out of order or no member"
+                    ));
+                }
+                if unlinks.is_empty() || unlinks.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err(format!(
+                        "empi member unlinks of {key:?} in {id} are empty or not ascending"
+                    ));
+                }
+                kept.insert(key, unlinks);
+            }
+            if kept.is_empty() {
+                return Err(format!("empi member unlinks of {id} are empty"));
+            }
+            apart.insert(id, kept);
+        }
         let mut outbox = form.outbox;
         outbox.restore().map_err(|e| format!("empi {e}"))?;
         Ok(Self {
@@ -407,6 +505,7 @@ impl EmpiStore {
             outbox,
             delivered: Delivered::from_pairs(&form.delivered).map_err(|e| format!("empi delivered_upto {e}"))?,
             model: form.model.map(|(v, m)| (v, m.into_vec())),
+            apart,
         })
     }
 
@@ -428,5 +527,12 @@ impl EmpiStore {
                 .events
                 .back()
                 .is_none_or(|e| e.seq + 1 == self.events.next_seq)
+            // Member unlinks are kept for live identities' members only (few: steward actions).
+            && self.apart.iter().all(|(id, members)| {
+                !members.is_empty()
+                    && self.masters.get(id).is_some_and(|m| {
+                        m.merged_into.is_none() && members.iter().all(|(k, u)| !u.is_empty() && m.members.contains(k))
+                    })
+            })
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use plexus_proto::{
     block_shard_key, master_shard_key, model_shard_key, record_shard_key, shard_for_key, EmpiBlocks, EmpiEvent,
     EmpiEventKind, EmpiMaster, EmpiRead, EmpiRecord, EmpiState, ErrorReply, MasterId, PersonRecord, ReadOp, Reply,
-    Response, ShardId, ShardKey,
+    Response, Session, ShardId, ShardKey,
 };
 
 use crate::canary::Canary;
@@ -294,12 +294,12 @@ fn puts_fan_out_to_index_and_identity_shards_and_converge() {
     let b0 = &blocks_on(0, 1)[0];
     let (b2, b3) = (&blocks_on(2, 1)[0], &blocks_on(3, 1)[0]);
     let m = masters_on(3, 1)[0];
-    assert_eq!(c.put(vec![put(r1, m, &[b3, b0, b2, b0])]), Ok(Reply::Bools(vec![true])));
+    assert_eq!(c.put(vec![put(r1, m, &[b3, b0, b2, b0])]), Ok(Reply::Counts(vec![m])));
     // Only what lives on the record's shard is applied at once: the rest waits in the outbox.
     assert_eq!(c.blocks(&[b0]).found, vec![(b0.clone(), vec![r1.clone()])]);
     assert_eq!(c.master(m), None);
     assert_eq!(c.shards[0].0.empi_outbox_len(), 3);
-    assert_eq!(c.put(vec![put(r2, m, &[b2])]), Ok(Reply::Bools(vec![true])));
+    assert_eq!(c.put(vec![put(r2, m, &[b2])]), Ok(Reply::Counts(vec![m])));
     let to_3 = c.shards[0].0.empi_outbox_pending(64, usize::MAX).pop().unwrap();
     assert_eq!(c.pump(), 1);
     assert_eq!(c.violations(), Vec::<String>::new());
@@ -341,7 +341,7 @@ fn puts_fan_out_to_index_and_identity_shards_and_converge() {
         before[..3]
     );
     // The same record put again changes nothing but its time.
-    assert_eq!(c.put(vec![put(r2, m, &[b2])]), Ok(Reply::Bools(vec![true])));
+    assert_eq!(c.put(vec![put(r2, m, &[b2])]), Ok(Reply::Counts(vec![m])));
     assert_eq!(c.shards[1].0.empi_outbox_len(), 0);
     assert_eq!(c.record(r2).map(|r| r.updated_millis), Some(c.now));
 }
@@ -356,7 +356,9 @@ fn an_update_moves_blocking_keys_and_identity() {
     c.put(vec![put(r, m1, &[b1, b2])]).unwrap();
     c.put(vec![put(other, m2, &[b2])]).unwrap();
     c.pump();
-    assert_eq!(c.constrain(r, other, false), Ok(Reply::Changed(true)));
+    // Unlinked from a record outside m2 (one unlinked from `other` would be kept out of m2).
+    let stranger = &records_on(3, 1)[0];
+    assert_eq!(c.constrain(r, stranger, false), Ok(Reply::Changed(true)));
     let mut update = put(r, m2, &[b2, b3]);
     update.record.given_name = Some("anne".into());
     c.put(vec![update]).unwrap();
@@ -364,7 +366,7 @@ fn an_update_moves_blocking_keys_and_identity() {
     assert_eq!(c.violations(), Vec::<String>::new());
     let stored = c.record(r).unwrap();
     assert_eq!(stored.record.given_name.as_deref(), Some("anne"));
-    assert_eq!(stored.unlinks, vec![other.clone()], "steward constraints are kept");
+    assert_eq!(stored.unlinks, vec![stranger.clone()], "steward constraints are kept");
     assert_eq!(stored.blocks, sorted(&[b2, b3]));
     let found = c.blocks(&[b1]);
     assert!(found.found.is_empty() && found.rejected == 0, "{found:?}");
@@ -527,7 +529,11 @@ fn steward_constraints_reach_both_sides_and_wait_for_unknown_records() {
     // An update keeps the constraints, and a linked record keeps its identity whatever the
     // put says (one placed before the link arrived must not undo it).
     let elsewhere = masters_on(1, 1)[0];
-    c.put(vec![put(x, elsewhere, &[])]).unwrap();
+    assert_eq!(
+        c.put(vec![put(x, elsewhere, &[])]),
+        Ok(Reply::Counts(vec![m])),
+        "the answer names the identity the record holds, not the put's"
+    );
     c.pump();
     let kept = c.record(x).unwrap();
     assert_eq!((kept.links, kept.unlinks), (vec![unborn.clone()], vec![y.clone()]));
@@ -647,9 +653,9 @@ fn a_put_applies_only_over_the_version_it_was_placed_against() {
     // Placed when there was no record: applies once; the same put again (a repeat of its
     // proposal) finds a record and is skipped.
     let first = put(r, m1, &[]);
-    assert_eq!(c.put_as_is(vec![first.clone()]), Ok(Reply::Bools(vec![true])));
+    assert_eq!(c.put_as_is(vec![first.clone()]), Ok(Reply::Counts(vec![m1])));
     let v1 = c.record(r).map(|x| x.updated_millis);
-    assert_eq!(c.put_as_is(vec![first]), Ok(Reply::Bools(vec![false])));
+    assert_eq!(c.put_as_is(vec![first]), Ok(Reply::Counts(vec![0])));
     // A newer put over v1 applies; a late one placed against v1 too, with other fields,
     // must not overwrite it.
     let mut newer = put(r, m2, &[]);
@@ -658,8 +664,8 @@ fn a_put_applies_only_over_the_version_it_was_placed_against() {
     let mut late = put(r, m1, &[]);
     late.record.given_name = Some("annie".into());
     late.base = v1;
-    assert_eq!(c.put_as_is(vec![newer]), Ok(Reply::Bools(vec![true])));
-    assert_eq!(c.put_as_is(vec![late]), Ok(Reply::Bools(vec![false])));
+    assert_eq!(c.put_as_is(vec![newer]), Ok(Reply::Counts(vec![m2])));
+    assert_eq!(c.put_as_is(vec![late]), Ok(Reply::Counts(vec![0])));
     c.pump();
     let held = c.record(r).unwrap();
     assert_eq!((held.record.given_name.as_deref(), held.master), (Some("anne"), m2));
@@ -672,8 +678,92 @@ fn a_put_applies_only_over_the_version_it_was_placed_against() {
     after_move.base = Some(before);
     assert_eq!(c.constrain(r, &records_on(2, 1)[0], false), Ok(Reply::Changed(true)));
     assert_eq!(c.record(r).unwrap().updated_millis, before);
-    assert_eq!(c.put_as_is(vec![after_move]), Ok(Reply::Bools(vec![true])));
+    assert_eq!(c.put_as_is(vec![after_move]), Ok(Reply::Counts(vec![m1])));
     c.pump();
     assert_eq!(c.record(r).map(|x| x.master), Some(m1));
     assert_eq!(c.violations(), Vec::<String>::new());
+}
+
+#[test]
+fn a_put_in_a_session_applies_once_and_a_late_copy_is_refused() {
+    let mut c = Cluster::new(EmpiLimits::default());
+    let r = &records_on(1, 1)[0];
+    let shard = on(&record_shard_key(r));
+    let [m1, m2] = [masters_on(0, 1)[0], masters_on(2, 1)[0]];
+    let in_session = |seq: u64, ack_below: u64, p: EmpiPut, now_millis: u64| Command::InSession {
+        session: Session {
+            client_id: 7,
+            seq,
+            ack_below,
+        },
+        cmd: Box::new(Command::EmpiPut {
+            puts: vec![p],
+            now_millis,
+        }),
+    };
+    // Two copies of request 1 (a client's retry), each placed when nothing was stored: the
+    // first applies, the second gets the first's answer, not a second application.
+    let first = in_session(1, 1, put(r, m1, &[]), NOW);
+    assert_eq!(c.apply(shard, &first), Ok(Reply::Counts(vec![m1])));
+    let retry = in_session(1, 1, put(r, m2, &[]), NOW + 1);
+    assert_eq!(c.apply(shard, &retry), Ok(Reply::Counts(vec![m1])));
+    assert_eq!(c.record(r).map(|x| x.master), Some(m1));
+    // Request 2 updates the record; a third copy of request 1, placed after it (over its
+    // version, so the put's own guard would let it through), is refused by the session.
+    let mut second = put(r, m2, &[]);
+    second.record.given_name = Some("anne".into());
+    second.base = c.record(r).map(|x| x.updated_millis);
+    assert_eq!(
+        c.apply(shard, &in_session(2, 2, second, NOW + 2)),
+        Ok(Reply::Counts(vec![m2]))
+    );
+    let mut late = put(r, m1, &[]);
+    late.record.given_name = Some("annie".into());
+    late.base = c.record(r).map(|x| x.updated_millis);
+    assert_eq!(
+        c.apply(shard, &in_session(1, 1, late, NOW + 3)),
+        Err(ErrorReply::StaleSession { client_id: 7, seq: 1 })
+    );
+    c.pump();
+    let held = c.record(r).unwrap();
+    assert_eq!((held.record.given_name.as_deref(), held.master), (Some("anne"), m2));
+    assert_eq!(c.violations(), Vec::<String>::new());
+    // Only a workload's write for one request takes a session, and sessions do not nest.
+    let session = Session {
+        client_id: 7,
+        seq: 3,
+        ack_below: 3,
+    };
+    let merge = Command::InSession {
+        session,
+        cmd: Box::new(Command::EmpiMerge {
+            from: m2,
+            into: m1,
+            now_millis: NOW,
+        }),
+    };
+    assert!(matches!(c.apply(0, &merge), Err(ErrorReply::BadRequest(_))));
+    let nested = Command::InSession {
+        session,
+        cmd: Box::new(in_session(4, 3, put(r, m1, &[]), NOW)),
+    };
+    assert!(matches!(c.apply(shard, &nested), Err(ErrorReply::BadRequest(_))));
+    assert_eq!(c.record(r).map(|x| x.master), Some(m2), "neither applied");
+}
+
+#[test]
+fn master_ids_order_identities_by_age() {
+    use super::{new_master_id, MASTER_ID_HASH_BITS};
+    let a = new_master_id("S:1", 1_796_000_000_000);
+    let b = new_master_id("S:2", 1_796_000_000_001);
+    let c = new_master_id("S:3", 1_796_000_000_001);
+    assert!(a < b && a < c, "an older identity has the smaller id");
+    assert_ne!(b, c, "one millisecond's identities differ by their founding record");
+    assert_eq!(
+        new_master_id("S:1", 1_796_000_000_000),
+        a,
+        "ids are a function of record and time"
+    );
+    assert!(a >> MASTER_ID_HASH_BITS == 1_796_000_000_000 && a < 1 << 63);
+    assert!(new_master_id("S:1", 0) >= 1);
 }

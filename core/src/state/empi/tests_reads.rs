@@ -325,7 +325,10 @@ fn a_full_outbox_refuses_client_writes_until_delivered() {
     assert!(busy(c.apply(0, &reassign)));
     // Deliveries still apply while it is full, and once delivered, writes go in again.
     c.pump();
-    assert_eq!(c.put(vec![put(r2, far_master, &[])]), Ok(Reply::Bools(vec![true])));
+    assert_eq!(
+        c.put(vec![put(r2, far_master, &[])]),
+        Ok(Reply::Counts(vec![far_master]))
+    );
     assert_eq!(c.apply(0, &reassign), Ok(Reply::Changed(true)));
     c.pump();
     assert_eq!(c.record(r).map(|r| r.master), Some(5));

@@ -2,7 +2,7 @@
 //! property test: any interleaving of EMPI writes, partial deliveries and restores from
 //! snapshots converges, once delivered, to records, identities and an index that agree.
 
-use plexus_proto::{model_shard_key, shard_for_key, EmpiEventKind, MasterId, ShardId, WriteOp};
+use plexus_proto::{master_shard_key, model_shard_key, shard_for_key, EmpiEventKind, MasterId, ShardId, WriteOp};
 use proptest::prelude::*;
 
 use super::tests::{blocks_on, masters_on, put, records_on, Cluster, SHARDS};
@@ -127,6 +127,30 @@ fn a_version_three_snapshot_loads_without_empi_state() {
     ));
 }
 
+#[test]
+fn a_version_four_snapshot_loads_without_member_unlinks() {
+    let mut c = Cluster::new(EmpiLimits::default());
+    let (a, b) = (&records_on(0, 1)[0], &records_on(1, 1)[0]);
+    let m = masters_on(2, 1)[0];
+    c.put(vec![put(a, m, &[])]).unwrap();
+    c.pump();
+    let shard = shard_for_key(&master_shard_key(m), SHARDS) as usize;
+    let state = &c.shards[shard].0;
+    // A version-4 body is today's without the trailing (empty) list of member unlinks.
+    let snapshot = state.to_snapshot();
+    let mut body = snapshot[20..snapshot.len() - 4].to_vec();
+    assert_eq!(body.pop(), Some(0), "no member holds an unlink yet");
+    let v4 = frame_version_for_test(4, &body);
+    assert_eq!(&ShardState::from_snapshot(&v4, StateLimits::default()).unwrap(), state);
+    // Once a member's unlink is kept, the list is there and round-trips.
+    c.constrain(a, b, false).unwrap();
+    c.pump();
+    let state = &c.shards[shard].0;
+    assert_eq!(state.empi.apart.len(), 1);
+    let back = ShardState::from_snapshot(&state.to_snapshot(), StateLimits::default()).unwrap();
+    assert_eq!(&back, state);
+}
+
 /// Loads shard `shard` of `c` with its EMPI form replaced by `edit`'s version of it.
 fn load_edited(c: &Cluster, shard: usize, edit: impl FnOnce(&mut EmpiForm)) -> Result<ShardState, StateError> {
     let state = &c.shards[shard].0;
@@ -180,6 +204,15 @@ fn decoded_empi_state_is_checked() {
     assert!(invalid(2, &|f| f.pending[0].0 = f.records[0].record.key_string()));
     assert!(invalid(2, &|f| f.pending[0].1 = Default::default()));
     assert!(invalid(2, &|f| f.pending.push(f.pending[0].clone())));
+    // Member unlinks only for members of live identities here, ascending, never empty.
+    let kept = (0..SHARDS as usize)
+        .find(|&s| !c.shards[s].0.empi.apart.is_empty())
+        .expect("the rich cluster has a member with an unlink");
+    assert!(invalid(kept, &|f| f.apart[0].1[0].1.clear()));
+    assert!(invalid(kept, &|f| f.apart[0].1[0].0 = "S:nobody".into()));
+    assert!(invalid(kept, &|f| f.apart.push(f.apart[0].clone())));
+    assert!(invalid(kept, &|f| f.apart[0].0 = MasterId::MAX));
+    assert!(invalid(kept, &|f| f.apart[0].1.clear()));
     // A record foreign to the shard.
     assert!(invalid(1, &|f| {
         let mut r = f.records[0].clone();
