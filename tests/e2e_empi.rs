@@ -171,6 +171,7 @@ async fn identity_matching_end_to_end_on_three_nodes() {
     assert!(err.contains("line 3") && err.contains("not a date"), "{err}");
     let (out, err) = ok(&dir, &["empi", "ingest", "--format", "fhir", &fhir, "--json"]);
     assert!(err.contains("entry 2") && err.contains("birth"), "{err}");
+    assert!(err.contains("entry 3: unsupported: resourceType Observation"), "{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["files"][0]["linked"], 2, "{out}");
     ok(&dir, &["empi", "ingest", "--format", "hl7v2", &hl7]);

@@ -7,8 +7,10 @@
 //! `1980` or `1980-03` is dropped, not refused); `gender`; the `home` address (else the first): lines,
 //! `city`, `postalCode`, `state`; the first `phone` and `email` in `telecom`; the national id from an
 //! `identifier` whose system is configured, or by default whose system or type mentions SSN, social
-//! security or national id (type code `SS`/`NI`). Non-Patient entries of a Bundle are skipped; in
-//! bulk NDJSON they are reported. It is not a FHIR validator and reads no other resource type.
+//! security or national id (type code `SS`/`NI`). Resources other than `Patient`, in a Bundle or in
+//! bulk NDJSON, are reported (`unsupported: resourceType ...`) and skipped, like a bad record, so
+//! an ingest's report accounts for every entry. It is not a FHIR validator and reads no other
+//! resource type.
 
 use std::io::{self, BufRead, Read};
 
@@ -49,7 +51,8 @@ pub fn records<'a, R: BufRead + 'a>(mut reader: R, options: FhirOptions) -> Resu
     Ok(Box::new(document(&doc, &options)?.into_iter()))
 }
 
-/// The records of one document: a `Patient` (entry 0) or each `Patient` entry of a `Bundle`.
+/// The records of one document: a `Patient` (entry 0) or each entry of a `Bundle`, where every
+/// entry other than a `Patient` is an error saying what it is.
 pub fn document(doc: &Value, options: &FhirOptions) -> Result<Vec<Result<PersonRecord, RecordError>>, IngestError> {
     match doc.get("resourceType").and_then(Value::as_str) {
         Some("Patient") => Ok(vec![patient(doc, options, Position::Entry(0))]),
@@ -62,10 +65,19 @@ pub fn document(doc: &Value, options: &FhirOptions) -> Result<Vec<Result<PersonR
             Ok(entries
                 .iter()
                 .enumerate()
-                .filter_map(|(i, e)| {
-                    let resource = e.get("resource")?;
-                    (resource.get("resourceType").and_then(Value::as_str) == Some("Patient"))
-                        .then(|| patient(resource, options, Position::Entry(i as u64)))
+                .map(|(i, e)| {
+                    let position = Position::Entry(i as u64);
+                    let resource = e.get("resource");
+                    match resource.and_then(|r| r.get("resourceType")).and_then(Value::as_str) {
+                        Some("Patient") => patient(resource.unwrap_or(e), options, position),
+                        other => Err(RecordError::new(
+                            position,
+                            Reason::Unsupported(match (resource, other) {
+                                (None, _) => "a Bundle entry without a resource".to_string(),
+                                (Some(_), t) => format!("resourceType {}", t.unwrap_or("missing")),
+                            }),
+                        )),
+                    }
                 })
                 .collect())
         }
@@ -320,26 +332,35 @@ mod tests {
     }
 
     #[test]
-    fn bundle_skips_other_resources_and_reports_bad_patients() {
+    fn bundle_reports_other_resources_and_bad_patients() {
         let bundle = r#"{"resourceType":"Bundle","type":"collection","entry":[
           {"resource":{"resourceType":"Patient","id":"a","identifier":[{"system":"urn:oid:1.2.3","value":"9"}],"name":[{"family":"Lee","given":["Ann"]}],"birthDate":"1975"}},
           {"resource":{"resourceType":"Observation","id":"o1"}},
           {"resource":{"resourceType":"Patient","id":"b","meta":{"source":"lab"},"birthDate":"1975-02-30"}},
-          {"resource":{"resourceType":"Patient","id":"c","meta":{"source":"lab"},"name":{"family":"x"}}}
+          {"resource":{"resourceType":"Patient","id":"c","meta":{"source":"lab"},"name":{"family":"x"}}},
+          {"fullUrl":"urn:uuid:nothing"}
         ]}"#;
         let out: Vec<_> = records(bundle.as_bytes(), FhirOptions::default()).unwrap().collect();
-        assert_eq!(out.len(), 3);
+        assert_eq!(out.len(), 5, "every entry is accounted for");
         let a = out[0].as_ref().unwrap();
         assert_eq!(a.source, "1.2.3");
         assert_eq!(a.birth_date, None, "partial dates are dropped");
         assert_eq!(a.national_id, None);
         assert_eq!(
             out[1].as_ref().unwrap_err().to_string(),
-            "entry 2 (lab:b): birth_date: unparseable date \"1975-02-30\""
+            "entry 1: unsupported: resourceType Observation"
         );
         assert_eq!(
             out[2].as_ref().unwrap_err().to_string(),
+            "entry 2 (lab:b): birth_date: unparseable date \"1975-02-30\""
+        );
+        assert_eq!(
+            out[3].as_ref().unwrap_err().to_string(),
             "entry 3 (lab:c): given_name: wrong type: expected array, found object"
+        );
+        assert_eq!(
+            out[4].as_ref().unwrap_err().to_string(),
+            "entry 4: unsupported: a Bundle entry without a resource"
         );
     }
 
