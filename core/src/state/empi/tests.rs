@@ -17,7 +17,7 @@ use crate::state::{EmpiLimits, ShardState, StateLimits};
 pub(super) const SHARDS: u32 = 4;
 pub(super) const NOW: u64 = 1_000_000;
 
-fn on(key: &ShardKey) -> ShardId {
+pub(super) fn on(key: &ShardKey) -> ShardId {
     shard_for_key(key, SHARDS)
 }
 

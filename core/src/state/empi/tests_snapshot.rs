@@ -5,7 +5,7 @@
 use plexus_proto::{master_shard_key, model_shard_key, shard_for_key, EmpiEventKind, MasterId, ShardId, WriteOp};
 use proptest::prelude::*;
 
-use super::tests::{blocks_on, masters_on, put, records_on, Cluster, SHARDS};
+use super::tests::{blocks_on, masters_on, on, put, records_on, Cluster, SHARDS};
 use super::EmpiForm;
 use crate::command::Command;
 use crate::state::snapshot::{empty_empi, frame_for_test, frame_version_for_test};
@@ -134,7 +134,7 @@ fn a_version_four_snapshot_loads_without_member_unlinks() {
     let m = masters_on(2, 1)[0];
     c.put(vec![put(a, m, &[])]).unwrap();
     c.pump();
-    let shard = shard_for_key(&master_shard_key(m), SHARDS) as usize;
+    let shard = on(&master_shard_key(m)) as usize;
     let state = &c.shards[shard].0;
     // A version-4 body is today's without the trailing (empty) list of member unlinks.
     let snapshot = state.to_snapshot();

@@ -3,11 +3,20 @@
 
 use plexus_proto::{master_shard_key, Reply};
 
-use super::tests::{masters_on, put, records_on, sorted, Cluster, SHARDS};
+use plexus_proto::MasterId;
+
+use super::tests::{masters_on, on, put, records_on, sorted, Cluster};
 use crate::state::EmpiLimits;
 
-fn on_master(m: plexus_proto::MasterId) -> usize {
-    plexus_proto::shard_for_key(&master_shard_key(m), SHARDS) as usize
+/// A cluster holding `a` in `m1` and `b` in `m2`, which a steward unlinked, all delivered.
+fn unlinked_pair(a: &str, b: &str, m1: MasterId, m2: MasterId) -> Cluster {
+    let mut c = Cluster::new(EmpiLimits::default());
+    c.put(vec![put(a, m1, &[])]).unwrap();
+    c.put(vec![put(b, m2, &[])]).unwrap();
+    c.pump();
+    assert_eq!(c.constrain(a, b, false), Ok(Reply::Changed(true)));
+    c.pump();
+    c
 }
 
 #[test]
@@ -45,7 +54,7 @@ fn a_merge_decided_before_an_unlink_never_joins_the_pair_whenever_it_lands() {
     assert_eq!(c.constrain(x, &y, false), Ok(Reply::Changed(true)));
     c.put(vec![put(&y, m1, &[])]).unwrap();
     assert_eq!(c.record(&y).map(|r| r.unlinks), Some(vec![]), "y does not know yet");
-    c.deliver_to(on_master(m1) as u32);
+    c.deliver_to(on(&master_shard_key(m1)));
     assert!(!c.members(m1).contains(&y), "x is unlinked from y: y stays out of m1");
     c.pump();
     let ry = c.record(&y).unwrap();
@@ -57,14 +66,9 @@ fn a_merge_decided_before_an_unlink_never_joins_the_pair_whenever_it_lands() {
 
 #[test]
 fn an_unlink_replaced_by_a_link_lets_the_pair_join() {
-    let mut c = Cluster::new(EmpiLimits::default());
     let (a, b) = (&records_on(2, 1)[0], &records_on(1, 1)[0]);
     let [m1, m2] = [masters_on(3, 1)[0], masters_on(0, 1)[0]];
-    c.put(vec![put(a, m1, &[])]).unwrap();
-    c.put(vec![put(b, m2, &[])]).unwrap();
-    c.pump();
-    assert_eq!(c.constrain(a, b, false), Ok(Reply::Changed(true)));
-    c.pump();
+    let mut c = unlinked_pair(a, b, m1, m2);
     assert_eq!(c.shards[3].0.empi.apart.len(), 1, "m1 keeps a's unlink");
     // The steward links them; b's shard hears of it, and the merge moves b to m1, whose shard
     // gets b's entry (from shard 1) before a's news that its unlink is gone (from shard 2).
@@ -89,14 +93,9 @@ fn an_unlink_replaced_by_a_link_lets_the_pair_join() {
 
 #[test]
 fn a_record_refused_on_an_unlink_a_link_has_replaced_enters_again() {
-    let mut c = Cluster::new(EmpiLimits::default());
     let (a, b) = (&records_on(0, 1)[0], &records_on(2, 1)[0]);
     let [m1, m2] = [masters_on(1, 1)[0], masters_on(3, 1)[0]];
-    c.put(vec![put(a, m1, &[])]).unwrap();
-    c.put(vec![put(b, m2, &[])]).unwrap();
-    c.pump();
-    assert_eq!(c.constrain(a, b, false), Ok(Reply::Changed(true)));
-    c.pump();
+    let mut c = unlinked_pair(a, b, m1, m2);
     // The steward links them (a's shard first); before b's shard hears of it, b is placed
     // into m1, still carrying the unlink, and m1 refuses it.
     assert_eq!(c.constrain(a, b, true), Ok(Reply::Changed(true)));
